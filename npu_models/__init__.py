@@ -1,0 +1,34 @@
+"""PyTorch-native inference for published vision-language and language models on Ascend NPU, CUDA and CPU."""
+from pathlib import Path
+
+from npu_models.errors import UserError
+
+__version__ = "0.1.0"
+
+
+def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=False, tp=1):
+    """The one public entry: a ready-to-run model in eval mode.
+
+    name_or_path: a registry name ('bert-base-cased-sst2'), a short name ('bert'), or a directory
+        written by `python -m weights_tools.convert`.
+    checkpoint: an official artifact (converted on the fly) or our converted directory; None gives
+        reproducible random weights of the full size.
+    device: auto | npu[:N] | cuda[:N] | cpu.  dtype: None/'auto' for the device default, or fp32/fp16/bf16.
+    graph: compile with torchair on NPU, torch.compile elsewhere (static shapes).
+    """
+    from npu_models import registry, runtime
+    from weights_tools.common import is_converted_dir, read_json
+
+    if tp != 1:
+        raise UserError(f"tp={tp}: tensor parallelism is not available yet in this release; use tp=1.")
+    if checkpoint is None and Path(str(name_or_path)).is_dir() and is_converted_dir(name_or_path):
+        checkpoint, name_or_path = name_or_path, read_json(Path(name_or_path) / "config.json")["model"]
+    entry = registry.get_entry(str(name_or_path))
+    device = runtime.resolve_device(device)
+    dtype = runtime.parse_dtype(dtype, device)
+    model = registry.build_model(entry, checkpoint).to(device=device, dtype=dtype).eval()
+    model.requires_grad_(False)
+    return runtime.compile_model(model, device) if graph else model
+
+
+__all__ = ["UserError", "load_model"]

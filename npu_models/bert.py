@@ -1,0 +1,97 @@
+"""BERT encoder with pooler and sequence-classification head (bert-base-cased fine-tuned on SST-2)."""
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from npu_models.layers import PostNormBlock, TextEmbeddings
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 28996
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    with_pooler: bool = True
+    labels: list[str] = field(default_factory=lambda: ["negative", "positive"])  # empty: encoder only
+    # Preprocessing: the checkpoint's own WordPiece vocabulary, cased or not.
+    do_lower_case: bool = False
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+
+class Bert(nn.Module):
+    """Post-norm BERT. With labels: pooler + linear classifier; without: the encoder (and pooler) only."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = TextEmbeddings(config.vocab_size, config.hidden_size, config.max_positions,
+                                         config.type_vocab_size, config.layer_norm_eps, config.pad_token_id)
+        self.blocks = nn.ModuleList(
+            PostNormBlock(config.hidden_size, config.num_heads, config.intermediate_size, config.layer_norm_eps)
+            for _ in range(config.num_layers)
+        )
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.with_pooler else None
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels else None
+
+    def init_weights(self, seed: int = 0) -> "Bert":
+        """BERT's initialisation (normal std 0.02, LayerNorm 1/0), reproducible from `seed`."""
+        generator = torch.Generator().manual_seed(seed)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                with torch.no_grad():
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        return self
+
+    def forward_features(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Token ids [B, S] -> last hidden state [B, S, H]; padded keys (mask 0) are not attended to."""
+        return self._encode(input_ids, attention_mask, token_type_ids)[-1]
+
+    def forward_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Pooler tanh(dense(h[:, 0])) then the classifier; the pooled vector when there are no labels."""
+        pooled = torch.tanh(self.pooler(hidden[:, 0])) if self.pooler is not None else hidden[:, 0]
+        return self.classifier(pooled) if self.classifier is not None else pooled
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Logits [B, num_labels] (the pooled vector [B, H] for an encoder without labels)."""
+        return self.forward_head(self.forward_features(input_ids, attention_mask, token_type_ids))
+
+    def named_outputs(self, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, torch.Tensor]:
+        """Every intermediate the reference fixtures record, under the fixture's names."""
+        embedded, hidden = self._encode(input_ids, attention_mask, token_type_ids)
+        outputs = {"embeddings_output": embedded, "last_hidden_state": hidden}
+        if self.pooler is not None:
+            outputs["pooler_output"] = torch.tanh(self.pooler(hidden[:, 0]))
+        if self.classifier is not None:
+            outputs["logits"] = self.forward_head(hidden)
+            outputs["probs"] = outputs["logits"].float().softmax(dim=-1)
+        return outputs
+
+    def _encode(self, input_ids, attention_mask, token_type_ids):
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        # Key padding mask [B, 1, 1, S], True = attend; padded query rows are still computed.
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        embedded = x = self.embeddings(input_ids, token_type_ids)
+        for block in self.blocks:
+            x = block(x, mask)
+        return embedded, x
+
+
+def bert_base_cased_sst2() -> BertConfig:
+    """gchhablani/bert-base-cased-finetuned-sst2: bert-base-cased sizes, labels 0 = negative, 1 = positive."""
+    return BertConfig()

@@ -1,0 +1,81 @@
+"""Registry: model name -> config, builder and converter for its official checkpoint layout."""
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from npu_models import bert
+from npu_models.errors import UserError
+from weights_tools import hf_bert
+from weights_tools.common import check_state_dict, expected_shapes, is_converted_dir, read_converted
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    short_name: str
+    config_class: type
+    default_config: Callable[[], Any]
+    build: Callable[[Any], torch.nn.Module]
+    # official artifact path -> (config, our state dict, our key -> official key, unexpected official keys)
+    convert: Callable[[Path], tuple]
+    # files that travel with a converted checkpoint (e.g. the tokenizer vocabulary)
+    assets: tuple[str, ...] = ()
+
+
+REGISTRY = {
+    entry.name: entry
+    for entry in [
+        ModelEntry("bert-base-cased-sst2", "bert", bert.BertConfig, bert.bert_base_cased_sst2, bert.Bert,
+                   hf_bert.read_hf_bert, assets=("vocab.txt",)),
+    ]
+}
+
+
+def get_entry(name: str) -> ModelEntry:
+    """Look a model up by registry name or short name."""
+    for entry in REGISTRY.values():
+        if name in (entry.name, entry.short_name):
+            return entry
+    known = ", ".join(f"{e.name} ({e.short_name})" for e in REGISTRY.values())
+    raise UserError(f"unknown model '{name}'. Known models: {known}.")
+
+
+def config_from_dict(entry: ModelEntry, values: dict, source):
+    fields = {f.name for f in dataclasses.fields(entry.config_class)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise UserError(f"{source}: unknown config keys {unknown} for {entry.name}; known keys: {sorted(fields)}.")
+    return entry.config_class(**values)
+
+
+def load_weights(entry: ModelEntry, checkpoint) -> tuple[Any, dict]:
+    """(config, checked state dict in our layout) from an official artifact or our converted directory."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise UserError(f"checkpoint {checkpoint} does not exist; check the path.")
+    if is_converted_dir(checkpoint):
+        name, values, state = read_converted(checkpoint)
+        if name != entry.name:
+            raise UserError(f"{checkpoint} holds a converted '{name}' model, not '{entry.name}'; "
+                            f"pass --model {name} or another checkpoint.")
+        config, origin, unexpected = config_from_dict(entry, values, checkpoint / "config.json"), {}, []
+    else:
+        config, state, origin, unexpected = entry.convert(checkpoint)
+    with torch.device("meta"):
+        shapes = expected_shapes(entry.build(config))
+    check_state_dict(state, shapes, origin, unexpected, checkpoint)
+    return config, state
+
+
+def build_model(entry: ModelEntry, checkpoint=None, config=None) -> torch.nn.Module:
+    """The model on CPU in fp32: converted weights, or reproducible random ones when no checkpoint."""
+    if checkpoint is None:
+        return entry.build(config or entry.default_config()).init_weights()
+    config, state = load_weights(entry, checkpoint)
+    with torch.device("meta"):
+        model = entry.build(config)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
+    return model

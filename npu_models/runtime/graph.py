@@ -1,0 +1,42 @@
+"""Graph mode and the bounded set of static shapes it is fed.
+
+On Ascend the model is compiled by torchair into a GE graph; elsewhere by torch.compile (inductor).
+Both are compiled with static shapes, so the eval loops feed a fixed batch size and sequence lengths
+from a short list of buckets: each distinct shape compiles once.
+"""
+import torch
+
+from npu_models.runtime.device import import_torch_npu
+
+
+def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Return the graph-mode version of `model` for `device` (the module itself stays usable eagerly)."""
+    if device.type == "npu":
+        import_torch_npu()
+        import torchair
+        from torchair.configs.compiler_config import CompilerConfig
+
+        config = CompilerConfig()
+        # Weights never change during inference: let GE treat them as constants.
+        config.experimental_config.frozen_parameter = True
+        backend = torchair.get_npu_backend(compiler_config=config)
+        return torch.compile(model, fullgraph=True, backend=backend, dynamic=False)
+    return torch.compile(model, fullgraph=True, dynamic=False)
+
+
+def length_buckets(max_length: int, smallest: int = 16) -> list[int]:
+    """Sequence-length buckets: powers of two from `smallest` up to and including `max_length`."""
+    buckets, length = [], smallest
+    while length < max_length:
+        buckets.append(length)
+        length *= 2
+    buckets.append(max_length)
+    return buckets
+
+
+def bucket_for(length: int, buckets: list[int]) -> int:
+    """The smallest bucket that holds `length` tokens."""
+    for bucket in buckets:
+        if length <= bucket:
+            return bucket
+    raise ValueError(f"length {length} exceeds the largest bucket {buckets[-1]}")

@@ -1,0 +1,112 @@
+"""Safe reading of checkpoint files, the strict key/shape check, and our own converted layout."""
+import dataclasses
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from npu_models.errors import UserError
+
+OUR_FORMAT = "npu_models"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def read_json(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; check the path.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); the file may be truncated: fetch it again.") from None
+
+
+def read_state_dict(path) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file or a torch pickle, never executing code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint file {path} does not exist; check the path.")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"{path} holds Python objects beyond tensors, which are not loaded for safety ({err}). "
+            "Re-save only its state dict (torch.save(model.state_dict(), ...)) or convert it to safetensors."
+        ) from None
+    except (SafetensorError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise UserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
+                        "the file is probably corrupt or truncated: download it again.") from None
+
+
+def expected_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
+    return {name: tensor.shape for name, tensor in module.state_dict().items()}
+
+
+def check_state_dict(converted: dict, expected: dict, origin: dict, unexpected: list[str], source) -> None:
+    """Fail with one message naming every missing, unexpected and mis-shaped key.
+
+    `origin` maps each of our keys to the official key(s) it came from, so messages use official names.
+    """
+    missing = [key for key in expected if key not in converted]
+    extra = sorted(unexpected) + sorted(key for key in converted if key not in expected)
+    misshaped = [key for key in expected if key in converted and converted[key].shape != expected[key]]
+    if not (missing or extra or misshaped):
+        return
+    lines = [f"checkpoint {source} does not match the model:"]
+    for key in missing:
+        lines.append(f"  missing: {origin.get(key, key)}  (needed for {key}, shape {list(expected[key])})")
+    for key in extra:
+        lines.append(f"  unexpected: {key}")
+    for key in misshaped:
+        lines.append(f"  wrong shape: {origin.get(key, key)} has {list(converted[key].shape)}, "
+                     f"the model expects {list(expected[key])}")
+    lines.append("Check that the checkpoint is the one this model name expects, and that the config "
+                 "beside it (config.json) describes it.")
+    raise UserError("\n".join(lines))
+
+
+def is_converted_dir(path) -> bool:
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        return False
+    try:
+        return json.loads((path / CONFIG_FILE).read_text()).get("format") == OUR_FORMAT
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def save_converted(out_dir, model_name: str, config, state_dict: dict, assets: dict[str, Path]) -> None:
+    """Write config.json + model.safetensors (+ assets such as vocab.txt) atomically into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        document = {"format": OUR_FORMAT, "model": model_name, "config": dataclasses.asdict(config)}
+        (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(staging / WEIGHTS_FILE))
+        for name, source in assets.items():
+            shutil.copyfile(source, staging / name)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_converted(path) -> tuple[str, dict, dict[str, torch.Tensor]]:
+    """(registry name, config dict, state dict) from a directory written by save_converted."""
+    path = Path(path)
+    document = read_json(path / CONFIG_FILE)
+    if "model" not in document or "config" not in document:
+        raise UserError(f"{path / CONFIG_FILE} lacks 'model' or 'config'; convert the checkpoint again.")
+    return document["model"], document["config"], read_state_dict(path / WEIGHTS_FILE)

@@ -1,0 +1,122 @@
+"""Hugging Face BERT directory (config.json + pytorch_model.bin or model.safetensors) -> our Bert layout."""
+import re
+from pathlib import Path
+
+import torch
+
+from npu_models.bert import BertConfig
+from npu_models.errors import UserError
+from weights_tools.common import read_json, read_state_dict
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Buffers some releases carry; they are derived, not learned.
+IGNORED_KEYS = {"embeddings.position_ids", "embeddings.token_type_ids"}
+
+TOP_LEVEL = {  # HF module path -> ours
+    "embeddings.word_embeddings": "embeddings.word_embeddings",
+    "embeddings.position_embeddings": "embeddings.position_embeddings",
+    "embeddings.token_type_embeddings": "embeddings.token_type_embeddings",
+    "embeddings.LayerNorm": "embeddings.norm",
+    "pooler.dense": "pooler",
+    "classifier": "classifier",
+}
+PER_LAYER = {  # HF module path under encoder.layer.N -> ours under blocks.N
+    "attention.output.dense": "attn.proj",
+    "attention.output.LayerNorm": "attn_norm",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+    "output.LayerNorm": "mlp_norm",
+}
+QKV_ORDER = ("query", "key", "value")
+LAYER_KEY = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
+QKV_KEY = re.compile(r"^attention\.self\.(query|key|value)$")
+
+
+def find_weights(directory: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise UserError(f"no weights in {directory}: expected one of {', '.join(WEIGHT_FILES)} "
+                    "(a Hugging Face model directory).")
+
+
+def config_from_hf(hf: dict, state_dict: dict, tokenizer_config: dict, source) -> BertConfig:
+    """Our config from HF's config.json, with head presence read from the weights themselves."""
+    activation = hf.get("hidden_act", "gelu")
+    if activation != "gelu":
+        raise UserError(f"{source}: hidden_act '{activation}' is not supported; this runtime implements "
+                        "BERT with exact (erf) GELU, hidden_act 'gelu'.")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise UserError(f"{source}: position_embedding_type '{hf['position_embedding_type']}' is not "
+                        "supported; only 'absolute' is.")
+    try:
+        config = BertConfig(
+            vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+            num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
+            max_positions=hf["max_position_embeddings"], type_vocab_size=hf.get("type_vocab_size", 2),
+            layer_norm_eps=hf.get("layer_norm_eps", 1e-12), pad_token_id=hf.get("pad_token_id") or 0,
+            with_pooler=any(k.startswith("pooler.") for k in state_dict), labels=[],
+            do_lower_case=tokenizer_config.get("do_lower_case", True),
+        )
+    except KeyError as err:
+        raise UserError(f"{source} lacks the key {err}, which a BERT config.json must give.") from None
+    if "classifier.weight" in state_dict:
+        num_labels = state_dict["classifier.weight"].shape[0]
+        id2label = hf.get("id2label") or {}
+        config.labels = [id2label.get(str(i), f"LABEL_{i}") for i in range(num_labels)]
+    return config
+
+
+def convert_state_dict(hf_state: dict[str, torch.Tensor]) -> tuple[dict, dict, list[str]]:
+    """Rename HF keys to ours and fuse q/k/v into one qkv projection.
+
+    Returns (our state dict, our key -> official key(s), official keys that map nowhere).
+    """
+    ours, origin, unexpected = {}, {}, []
+    qkv_parts: dict[tuple[int, str], dict[str, tuple[str, torch.Tensor]]] = {}
+    for official_key, tensor in hf_state.items():
+        key = official_key.removeprefix("bert.")
+        key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))  # TF-era LayerNorm names
+        if key in IGNORED_KEYS:
+            continue
+        module, _, param = key.rpartition(".")
+        if module in TOP_LEVEL:
+            our_key = f"{TOP_LEVEL[module]}.{param}"
+        elif match := LAYER_KEY.match(key):
+            layer, sub, param = match.groups()
+            if qkv := QKV_KEY.match(sub):
+                qkv_parts.setdefault((int(layer), param), {})[qkv.group(1)] = (official_key, tensor)
+                continue
+            if sub not in PER_LAYER:
+                unexpected.append(official_key)
+                continue
+            our_key = f"blocks.{layer}.{PER_LAYER[sub]}.{param}"
+        else:
+            unexpected.append(official_key)
+            continue
+        ours[our_key], origin[our_key] = tensor, official_key
+    for (layer, param), parts in qkv_parts.items():
+        our_key = f"blocks.{layer}.attn.qkv.{param}"
+        origin[our_key] = " + ".join(
+            parts[name][0] if name in parts else f"...attention.self.{name}.{param}" for name in QKV_ORDER)
+        if len(parts) == 3:  # an incomplete triple is reported as missing by the shape check
+            ours[our_key] = torch.cat([parts[name][1] for name in QKV_ORDER], dim=0)
+    return ours, origin, unexpected
+
+
+def read_hf_bert(directory) -> tuple[BertConfig, dict, dict, list[str]]:
+    """(config, our state dict, origin, unexpected keys) from a Hugging Face BERT model directory."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"{directory} is not a directory; a BERT checkpoint is a Hugging Face model "
+                        "directory holding config.json and pytorch_model.bin or model.safetensors.")
+    hf_config = read_json(directory / "config.json")
+    if hf_config.get("model_type", "bert") != "bert":
+        raise UserError(f"{directory / 'config.json'} describes model_type '{hf_config['model_type']}', "
+                        "not 'bert'.")
+    tokenizer_path = directory / "tokenizer_config.json"
+    tokenizer_config = read_json(tokenizer_path) if tokenizer_path.is_file() else {}
+    hf_state = read_state_dict(find_weights(directory))
+    config = config_from_hf(hf_config, {k.removeprefix("bert."): v for k, v in hf_state.items()},
+                            tokenizer_config, directory / "config.json")
+    return (config, *convert_state_dict(hf_state))

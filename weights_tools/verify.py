@@ -1,0 +1,106 @@
+"""Run our model on a reference fixture directory and compare with the reference outputs.
+
+    python -m weights_tools.verify --model bert DIR
+
+DIR holds one or more checkpoints in the official layout, `inputs.safetensors` and `outputs.safetensors`.
+Every checkpoint is converted and run on the inputs; every output tensor our model produces is compared.
+Exit status 0 only when all of them are within tolerance.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from npu_models import registry, runtime
+from npu_models.errors import UserError, cli_main
+from weights_tools.common import is_converted_dir, read_state_dict
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz", ".tar.gz")
+FIXTURE_FILES = ("inputs.safetensors", "outputs.safetensors", "preprocessed.safetensors")
+
+
+def find_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoints in a fixture dir: model directories (config.json + weights) and weight files."""
+    found = []
+    for path in sorted([directory, *directory.iterdir()]):
+        if path.is_dir():
+            has_weights = any(p.name.endswith(WEIGHT_SUFFIXES) for p in path.iterdir())
+            if is_converted_dir(path) or (has_weights and (path / "config.json").is_file() and path != directory):
+                found.append(path)
+        elif path.name.endswith(WEIGHT_SUFFIXES) and path.name not in FIXTURE_FILES:
+            found.append(path)
+    return found
+
+
+def compare(name: str, ours: torch.Tensor, reference: torch.Tensor, atol: float, rtol: float) -> dict:
+    row = {"name": name, "shape": list(reference.shape), "tolerance": f"{atol:g} + {rtol:g}*|ref|"}
+    if tuple(ours.shape) != tuple(reference.shape):
+        return {**row, "max_abs_diff": float("inf"), "ok": False, "note": f"our shape {list(ours.shape)}"}
+    ours, reference = ours.detach().double().cpu(), reference.double()
+    diff = (ours - reference).abs()
+    ok = bool(torch.all(diff <= atol + rtol * reference.abs()))
+    return {**row, "max_abs_diff": diff.max().item() if diff.numel() else 0.0, "ok": ok, "note": ""}
+
+
+def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=1e-5, rtol=1e-5) -> list[dict]:
+    """One row per compared tensor (per checkpoint); raises UserError when nothing can be compared."""
+    directory = Path(directory)
+    entry = registry.get_entry(model_name)
+    for name in ("inputs.safetensors", "outputs.safetensors"):
+        if not (directory / name).is_file():
+            raise UserError(f"{directory} has no {name}; a fixture directory holds checkpoint(s), "
+                            "inputs.safetensors and outputs.safetensors.")
+    inputs, references = load_file(str(directory / "inputs.safetensors")), read_state_dict(directory / "outputs.safetensors")
+    checkpoints = find_checkpoints(directory)
+    if not checkpoints:
+        raise UserError(f"no checkpoint found in {directory}: expected a model directory or weight file "
+                        f"({', '.join(WEIGHT_SUFFIXES)}).")
+    device = runtime.resolve_device(device)
+    dtype = runtime.parse_dtype(dtype, device)
+    rows = []
+    for checkpoint in checkpoints:
+        model = registry.build_model(entry, checkpoint).to(device=device, dtype=dtype).eval()
+        with torch.no_grad():
+            produced = model.named_outputs(**{k: v.to(device) for k, v in inputs.items()})
+        prefix = f"{checkpoint.name}/" if len(checkpoints) > 1 else ""
+        for name, reference in references.items():
+            if name in produced:
+                rows.append(compare(prefix + name, produced[name], reference, atol, rtol))
+    if not rows:
+        raise UserError(f"our {entry.name} model produces none of the tensors in {directory / 'outputs.safetensors'} "
+                        f"({', '.join(references)}).")
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    width = max(len(r["name"]) for r in rows)
+    lines = [f"{'tensor':<{width}}  {'shape':<18} {'max abs diff':>12}  {'tolerance':<20} result"]
+    for r in rows:
+        lines.append(f"{r['name']:<{width}}  {str(r['shape']):<18} {r['max_abs_diff']:>12.3e}  "
+                     f"{r['tolerance']:<20} {'PASS' if r['ok'] else 'FAIL'} {r['note']}".rstrip())
+    passed = sum(r["ok"] for r in rows)
+    lines.append(f"verify: {passed}/{len(rows)} tensors within tolerance, "
+                 f"max abs diff {max(r['max_abs_diff'] for r in rows):.1e}")
+    return "\n".join(lines)
+
+
+@cli_main
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m weights_tools.verify", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("directory", type=Path, help="fixture directory in the reference layout")
+    parser.add_argument("--model", required=True, help="short name (bert) or registry name")
+    parser.add_argument("--device", default="cpu", help="auto | npu[:N] | cuda[:N] | cpu (default cpu)")
+    parser.add_argument("--dtype", default="fp32", help="fp32 (default) | fp16 | bf16")
+    parser.add_argument("--atol", type=float, default=1e-5)
+    parser.add_argument("--rtol", type=float, default=1e-5)
+    args = parser.parse_args(argv)
+    rows = verify(args.model, args.directory, args.device, args.dtype, args.atol, args.rtol)
+    print(format_rows(rows))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
