@@ -1,0 +1,50 @@
+"""SST-2 as GLUE distributes it: a TSV with a header row, columns `sentence` and `label` (test.tsv has
+`index` and `sentence` and no labels)."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from npu_models.errors import UserError
+
+
+@dataclass
+class SST2Example:
+    index: int
+    sentence: str
+    label: int | None
+
+
+def resolve_sst2_path(path: Path) -> Path:
+    """Accept the TSV itself or the GLUE SST-2 directory (dev.tsv inside)."""
+    if path.is_dir():
+        path = path / "dev.tsv"
+    if not path.is_file():
+        raise UserError(f"SST-2 file {path} does not exist; pass --data with dev.tsv or the directory holding it.")
+    return path
+
+
+def read_sst2(path: Path) -> list[SST2Example]:
+    path = resolve_sst2_path(Path(path))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        raise UserError(f"{path} is empty; expected a header row 'sentence<TAB>label' and one example per line.")
+    header = lines[0].split("\t")
+    if "sentence" not in header:
+        raise UserError(f"{path}: the header row {header} has no 'sentence' column; "
+                        "expected the GLUE SST-2 format 'sentence<TAB>label'.")
+    sentence_col, label_col = header.index("sentence"), header.index("label") if "label" in header else None
+    examples = []
+    for line_number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise UserError(f"{path}:{line_number}: expected {len(header)} tab-separated fields, found {len(fields)}.")
+        label = None
+        if label_col is not None:
+            if fields[label_col] not in ("0", "1"):
+                raise UserError(f"{path}:{line_number}: label {fields[label_col]!r} is not 0 or 1.")
+            label = int(fields[label_col])
+        examples.append(SST2Example(len(examples), fields[sentence_col], label))
+    if not examples:
+        raise UserError(f"{path} has a header but no examples.")
+    return examples

@@ -1,0 +1,136 @@
+"""SST-2 sentence classification accuracy, as the ModelZoo guide measures BERT-base-cased.
+
+    python -m eval.sst2 --checkpoint checkpoint-12630 --data SST-2/dev.tsv --device npu:0
+
+With neither --checkpoint nor --data it runs a demo: the bundled 40-sentence sample through randomly
+initialised full-size weights.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import npu_models
+from eval import metrics
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner,
+                         plan_batches, print_results, run_metadata, write_json_atomic)
+from eval.data.sst2 import read_sst2
+from npu_models import runtime
+from npu_models.errors import UserError, cli_main
+from npu_models.tokenizer import bert_tokenizer
+
+SAMPLE = SAMPLES_DIR / "sst2"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m eval.sst2", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, default_model="bert-base-cased-sst2")
+    parser.add_argument("--seq-len", type=int, default=128,
+                        help="maximum tokens per sentence incl. [CLS]/[SEP] (default 128, as ModelZoo); "
+                             "capped at the model's maximum positions")
+    parser.add_argument("--vocab", type=Path, help="vocab.txt (default: the one beside the checkpoint)")
+    return parser.parse_args(argv)
+
+
+def resolve_vocab(args) -> Path:
+    if args.vocab is not None:
+        return args.vocab
+    if args.checkpoint is None:
+        return SAMPLE / "vocab.txt"
+    directory = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
+    if not (directory / "vocab.txt").is_file():
+        raise UserError(f"no vocab.txt beside the checkpoint in {directory}; pass --vocab with the model's vocab.txt.")
+    return directory / "vocab.txt"
+
+
+def evaluate(args) -> dict:
+    if args.checkpoint is None:
+        demo_banner("bert-base-cased-sst2 with random weights on "
+                    + ("the bundled SST-2 sample." if args.data is None else f"{args.data}."))
+    data = args.data or SAMPLE / "dev.tsv"
+    examples = read_sst2(data)[: args.limit]
+    model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, args.graph, args.tp)
+    config = model.config
+    if not config.num_labels:
+        raise UserError(f"{args.checkpoint} is a BERT encoder without a classification head; "
+                        "SST-2 needs a BertForSequenceClassification checkpoint.")
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    seq_len = min(args.seq_len, config.max_positions)
+    if seq_len < args.seq_len:
+        print(f"note: --seq-len {args.seq_len} capped at the model's {config.max_positions} positions", file=sys.stderr)
+
+    store = PredictionStore(args.predictions)
+    for example in examples:
+        store.check_matches(example.index, "sentence", example.sentence)
+    todo = [e for e in examples if e.index not in store.done]
+    if store.done:
+        print(f"resuming: {len(examples) - len(todo)} of {len(examples)} predictions already in {args.predictions}",
+              file=sys.stderr)
+
+    tokenizer = bert_tokenizer(resolve_vocab(args), config.do_lower_case, seq_len)
+    encoded = [e.ids for e in tokenizer.encode_batch([e.sentence for e in todo])]
+    batches = plan_batches([len(ids) for ids in encoded], args.batch_size, runtime.length_buckets(seq_len))
+    # Graph mode compiles one graph per shape: pad the last batch to the full batch size.
+    rows = args.batch_size if args.graph else None
+
+    meter = LatencyMeter(device)
+    if args.graph and batches:
+        for length in sorted({length for _, length in batches}):
+            with torch.no_grad():
+                model(*make_batch([[0]], length, rows, device))  # compile every shape before timing
+    try:
+        for positions, length in tqdm(batches, desc="sst2", unit="batch", disable=None):
+            batch = make_batch([encoded[i] for i in positions], length, rows, device)
+            with meter, torch.no_grad():
+                probs = model(*batch).float().softmax(dim=-1)[: len(positions)].cpu()
+            meter.samples += len(positions)
+            records = []
+            for position, row in zip(positions, probs.tolist()):
+                example = todo[position]
+                prediction = max(range(len(row)), key=row.__getitem__)
+                records.append({"index": example.index, "sentence": example.sentence, "label": example.label,
+                                "prediction": prediction, "prediction_label": config.labels[prediction],
+                                "probs": row})
+            store.add(records)
+    finally:
+        store.close()
+
+    labelled = [e for e in examples if e.label is not None]
+    results = {
+        "accuracy": metrics.accuracy([store.done[e.index]["prediction"] for e in labelled],
+                                     [e.label for e in labelled]) if labelled else None,
+        "num_examples": len(examples), "num_computed": len(todo), "seq_len": seq_len,
+        "data": str(data), **meter.summary(), **run_metadata(args, device, dtype),
+    }
+    return results
+
+
+def make_batch(sequences: list[list[int]], length: int, rows: int | None, device):
+    """Pad token ids to `length` (and to `rows` sequences); returns input_ids, attention_mask, token_type_ids."""
+    rows = rows or len(sequences)
+    input_ids = torch.zeros(rows, length, dtype=torch.long)
+    attention_mask = torch.zeros(rows, length, dtype=torch.long)
+    attention_mask[:, 0] = 1  # filler rows attend to their first token, so no softmax row is empty
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids.to(device), attention_mask.to(device), torch.zeros_like(input_ids, device=device)
+
+
+@cli_main
+def main(argv=None):
+    args = parse_args(argv)
+    results = evaluate(args)
+    if args.output:
+        write_json_atomic(args.output, results)
+    print_results(results, ["accuracy", "num_examples", "num_computed", "samples_per_second",
+                            "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size", "seq_len"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
