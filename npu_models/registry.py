@@ -19,7 +19,7 @@ class ModelEntry:
     config_class: type
     default_config: Callable[[], Any]
     build: Callable[[Any], torch.nn.Module]
-    # official artifact path -> (config, our state dict, our key -> official key, unexpected official keys)
+    # official artifact path -> (config, our state dict, our key -> official name, unexpected official keys)
     convert: Callable[[Path], tuple]
     # files that travel with a converted checkpoint (e.g. the tokenizer vocabulary)
     assets: tuple[str, ...] = ()
@@ -61,12 +61,12 @@ def load_weights(entry: ModelEntry, checkpoint) -> tuple[Any, dict]:
         if name != entry.name:
             raise UserError(f"{checkpoint} holds a converted '{name}' model, not '{entry.name}'; "
                             f"pass --model {name} or another checkpoint.")
-        config, origin, unexpected = config_from_dict(entry, values, checkpoint / "config.json"), {}, []
+        config, describe, unexpected = config_from_dict(entry, values, checkpoint / "config.json"), str, []
     else:
-        config, state, origin, unexpected = entry.convert(checkpoint)
+        config, state, describe, unexpected = entry.convert(checkpoint)
     with torch.device("meta"):
         shapes = expected_shapes(entry.build(config))
-    check_state_dict(state, shapes, origin, unexpected, checkpoint)
+    check_state_dict(state, shapes, describe, unexpected, checkpoint)
     return config, state
 
 

@@ -52,10 +52,10 @@ def expected_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
     return {name: tensor.shape for name, tensor in module.state_dict().items()}
 
 
-def check_state_dict(converted: dict, expected: dict, origin: dict, unexpected: list[str], source) -> None:
+def check_state_dict(converted: dict, expected: dict, describe, unexpected: list[str], source) -> None:
     """Fail with one message naming every missing, unexpected and mis-shaped key.
 
-    `origin` maps each of our keys to the official key(s) it came from, so messages use official names.
+    `describe` maps each of our keys to the official key(s) it is made from, so messages use official names.
     """
     missing = [key for key in expected if key not in converted]
     extra = sorted(unexpected) + sorted(key for key in converted if key not in expected)
@@ -64,11 +64,11 @@ def check_state_dict(converted: dict, expected: dict, origin: dict, unexpected: 
         return
     lines = [f"checkpoint {source} does not match the model:"]
     for key in missing:
-        lines.append(f"  missing: {origin.get(key, key)}  (needed for {key}, shape {list(expected[key])})")
+        lines.append(f"  missing: {describe(key)}  (needed for {key}, shape {list(expected[key])})")
     for key in extra:
         lines.append(f"  unexpected: {key}")
     for key in misshaped:
-        lines.append(f"  wrong shape: {origin.get(key, key)} has {list(converted[key].shape)}, "
+        lines.append(f"  wrong shape: {describe(key)} has {list(converted[key].shape)}, "
                      f"the model expects {list(expected[key])}")
     lines.append("Check that the checkpoint is the one this model name expects, and that the config "
                  "beside it (config.json) describes it.")

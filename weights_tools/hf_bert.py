@@ -1,6 +1,7 @@
 """Hugging Face BERT directory (config.json + pytorch_model.bin or model.safetensors) -> our Bert layout."""
 import re
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -74,8 +75,8 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor]) -> tuple[dict, dict, l
     """
     ours, origin, unexpected = {}, {}, []
     qkv_parts: dict[tuple[int, str], dict[str, tuple[str, torch.Tensor]]] = {}
-    for official_key, tensor in hf_state.items():
-        key = official_key.removeprefix("bert.")
+    for hf_key, tensor in hf_state.items():
+        key = hf_key.removeprefix("bert.")
         key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))  # TF-era LayerNorm names
         if key in IGNORED_KEYS:
             continue
@@ -85,16 +86,16 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor]) -> tuple[dict, dict, l
         elif match := LAYER_KEY.match(key):
             layer, sub, param = match.groups()
             if qkv := QKV_KEY.match(sub):
-                qkv_parts.setdefault((int(layer), param), {})[qkv.group(1)] = (official_key, tensor)
+                qkv_parts.setdefault((int(layer), param), {})[qkv.group(1)] = (hf_key, tensor)
                 continue
             if sub not in PER_LAYER:
-                unexpected.append(official_key)
+                unexpected.append(hf_key)
                 continue
             our_key = f"blocks.{layer}.{PER_LAYER[sub]}.{param}"
         else:
-            unexpected.append(official_key)
+            unexpected.append(hf_key)
             continue
-        ours[our_key], origin[our_key] = tensor, official_key
+        ours[our_key], origin[our_key] = tensor, hf_key
     for (layer, param), parts in qkv_parts.items():
         our_key = f"blocks.{layer}.attn.qkv.{param}"
         origin[our_key] = " + ".join(
@@ -104,8 +105,21 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor]) -> tuple[dict, dict, l
     return ours, origin, unexpected
 
 
-def read_hf_bert(directory) -> tuple[BertConfig, dict, dict, list[str]]:
-    """(config, our state dict, origin, unexpected keys) from a Hugging Face BERT model directory."""
+def official_key(our_key: str, prefix: str) -> str:
+    """The HF name our key is made from, for error messages about keys the checkpoint lacks."""
+    module, _, param = our_key.rpartition(".")
+    if match := re.match(r"^blocks\.(\d+)\.(.+)$", module):
+        layer, sub = match.groups()
+        if sub == "attn.qkv":
+            return f"{prefix}encoder.layer.{layer}.attention.self.{{query,key,value}}.{param}"
+        hf_sub = {ours: hf for hf, ours in PER_LAYER.items()}.get(sub, sub)
+        return f"{prefix}encoder.layer.{layer}.{hf_sub}.{param}"
+    hf_module = {ours: hf for hf, ours in TOP_LEVEL.items()}.get(module, module)
+    return f"{'' if hf_module == 'classifier' else prefix}{hf_module}.{param}"
+
+
+def read_hf_bert(directory) -> tuple[BertConfig, dict, Callable[[str], str], list[str]]:
+    """(config, our state dict, our key -> official name, unexpected keys) from a HF BERT model directory."""
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"{directory} is not a directory; a BERT checkpoint is a Hugging Face model "
@@ -119,4 +133,6 @@ def read_hf_bert(directory) -> tuple[BertConfig, dict, dict, list[str]]:
     hf_state = read_state_dict(find_weights(directory))
     config = config_from_hf(hf_config, {k.removeprefix("bert."): v for k, v in hf_state.items()},
                             tokenizer_config, directory / "config.json")
-    return (config, *convert_state_dict(hf_state))
+    state, origin, unexpected = convert_state_dict(hf_state)
+    prefix = "bert." if any(k.startswith("bert.") for k in hf_state) else ""
+    return config, state, lambda key: origin.get(key) or official_key(key, prefix), unexpected

@@ -1,0 +1,70 @@
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from npu_models import runtime
+from npu_models.errors import UserError
+from npu_models.runtime import device as device_module
+
+# torch.device("npu") only parses once torch_npu has registered the device type.
+NPU0 = SimpleNamespace(type="npu", index=0)
+
+
+def test_cpu_and_auto_resolve_on_a_machine_without_accelerators(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_module, "npu_available", lambda: False)
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+    assert runtime.resolve_device("auto") == torch.device("cpu")
+    assert runtime.resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("spec", ["gpu", "npu:x", "cuda:-1", "tpu:0", ""])
+def test_malformed_device_names_the_accepted_forms(spec):
+    with pytest.raises(UserError, match="auto, npu, npu:N, cuda, cuda:N or cpu"):
+        runtime.resolve_device(spec)
+
+
+def test_npu_without_torch_npu_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_npu", None)  # makes `import torch_npu` raise ImportError
+    device_module.import_torch_npu.cache_clear()
+    with pytest.raises(UserError, match=r"torch_npu.*pip install -e \.\[npu\]"):
+        runtime.resolve_device("npu:0")
+    device_module.import_torch_npu.cache_clear()
+
+
+def test_missing_cuda_device_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no cuda device is visible"):
+        runtime.resolve_device("cuda:1")
+
+
+@pytest.mark.parametrize("chip, expected", [("Ascend310P3", torch.float16), ("Ascend910B2", torch.bfloat16),
+                                            ("Ascend910_9392", torch.bfloat16)])
+def test_dtype_policy_per_ascend_chip(monkeypatch, chip, expected):
+    monkeypatch.setattr(device_module, "npu_chip_name", lambda device: chip)
+    assert runtime.default_dtype(NPU0) == expected
+    assert runtime.parse_dtype("auto", NPU0) == expected
+
+
+def test_dtype_policy_cpu_cuda_and_explicit_names(monkeypatch):
+    assert runtime.default_dtype(torch.device("cpu")) == torch.float32
+    assert runtime.default_dtype(torch.device("cuda", 0)) == torch.bfloat16
+    assert runtime.parse_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert runtime.parse_dtype(None, torch.device("cpu")) == torch.float32
+    with pytest.raises(UserError, match="unknown dtype 'fp8'"):
+        runtime.parse_dtype("fp8", torch.device("cpu"))
+    monkeypatch.setattr(device_module, "npu_chip_name", lambda device: "Ascend310P3")
+    with pytest.raises(UserError, match="no bf16 support"):
+        runtime.parse_dtype("bf16", NPU0)
+
+
+def test_length_buckets_are_bounded_and_cover_the_maximum():
+    assert runtime.length_buckets(128) == [16, 32, 64, 128]
+    assert runtime.length_buckets(100) == [16, 32, 64, 100]
+    assert runtime.length_buckets(8) == [8]
+    buckets = runtime.length_buckets(128)
+    assert [runtime.bucket_for(n, buckets) for n in (1, 16, 17, 64, 65, 128)] == [16, 16, 32, 64, 128, 128]
+    with pytest.raises(ValueError):
+        runtime.bucket_for(129, buckets)
