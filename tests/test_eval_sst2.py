@@ -1,0 +1,160 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import npu_models
+from eval import sst2
+from eval.common import PredictionStore, plan_batches
+from tests.conftest import BERT_FIXTURE
+
+transformers = pytest.importorskip("transformers")
+
+CHECKPOINT = BERT_FIXTURE / "checkpoint"
+SENTENCES = json.loads((BERT_FIXTURE / "inputs.json").read_text())["sentences"] + [
+    "A tour de force .", "the film is long , and it feels longer .", "Bleak .", "Hollywood never made a funnier film .",
+    "It 's a charming and often affecting journey , though the acting , costumes , music , cinematography and "
+    "sound are all astounding given the production 's austere locales and the script is a dull , overrated mess .",
+    "smart , sharp and surprisingly moving", "never finds its heart", "the acting is astounding", "dull",
+    "an affecting , charming film that never stops being funny , smart , and astounding .", "Too long .",
+]
+
+
+@pytest.fixture
+def dev_tsv(tmp_path):
+    path = tmp_path / "SST-2" / "dev.tsv"
+    path.parent.mkdir()
+    labels = [i % 2 for i in range(len(SENTENCES))]
+    path.write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in zip(SENTENCES, labels)))
+    return path
+
+
+def transformers_predictions(seq_len: int) -> list[int]:
+    tokenizer = transformers.BertTokenizer(str(CHECKPOINT / "vocab.txt"), do_lower_case=False)
+    model = transformers.BertForSequenceClassification.from_pretrained(CHECKPOINT).eval()
+    batch = tokenizer(SENTENCES, padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
+    with torch.no_grad():
+        return model(**batch).logits.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("seq_len", [128, 12])  # 128 is capped at the fixture's 64 positions; 12 truncates
+def test_accuracy_and_predictions_equal_transformers(tmp_path, dev_tsv, seq_len):
+    expected = transformers_predictions(min(seq_len, 64))
+    out = tmp_path / "results.json"
+    predictions = tmp_path / "predictions.jsonl"
+    sst2.main(["--checkpoint", str(CHECKPOINT), "--data", str(dev_tsv.parent), "--device", "cpu", "--batch-size", "4",
+               "--seq-len", str(seq_len), "--output", str(out), "--predictions", str(predictions)])
+    results = json.loads(out.read_text())
+    labels = [i % 2 for i in range(len(SENTENCES))]
+    assert results["accuracy"] == sum(p == y for p, y in zip(expected, labels)) / len(labels)
+    assert results["num_examples"] == len(SENTENCES) and results["seq_len"] == min(seq_len, 64)
+    assert results["dtype"] == "fp32" and results["device"].startswith("cpu")
+    assert results["samples_per_second"] > 0
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert sorted(r["index"] for r in records) == list(range(len(SENTENCES)))
+    assert [r["prediction"] for r in sorted(records, key=lambda r: r["index"])] == expected
+
+
+def test_interrupted_run_resumes_without_recomputing(tmp_path, dev_tsv, monkeypatch):
+    predictions = tmp_path / "predictions.jsonl"
+    args = ["--checkpoint", str(CHECKPOINT), "--data", str(dev_tsv), "--device", "cpu", "--batch-size", "3",
+            "--predictions", str(predictions)]
+    sst2.main(args + ["--output", str(tmp_path / "full.json")])
+    full = json.loads((tmp_path / "full.json").read_text())
+    lines = predictions.read_text().splitlines(keepends=True)
+    # An interruption: five finished lines and a sixth cut off mid-write.
+    predictions.write_text("".join(lines[:5]) + lines[5][:17])
+
+    rows_seen = []
+    real_load = npu_models.load_model
+
+    def counting_load(*a, **k):
+        model = real_load(*a, **k)
+        model.register_forward_pre_hook(lambda module, inputs: rows_seen.append(inputs[0].shape[0]))
+        return model
+
+    monkeypatch.setattr(npu_models, "load_model", counting_load)
+    sst2.main(args + ["--output", str(tmp_path / "resumed.json")])
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    assert sum(rows_seen) == len(SENTENCES) - 5
+    assert resumed["num_computed"] == len(SENTENCES) - 5
+    assert resumed["accuracy"] == full["accuracy"]
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert sorted(r["index"] for r in records) == list(range(len(SENTENCES)))
+
+
+def test_predictions_from_another_dataset_are_refused(tmp_path, dev_tsv, capsys):
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text(json.dumps({"index": 0, "sentence": "something else", "prediction": 1}) + "\n")
+    with pytest.raises(SystemExit) as info:
+        sst2.main(["--checkpoint", str(CHECKPOINT), "--data", str(dev_tsv), "--device", "cpu",
+                   "--predictions", str(predictions)])
+    assert info.value.code == 2
+    assert "written for another dataset" in capsys.readouterr().err
+
+
+def test_graph_mode_gives_the_eager_predictions(tmp_path, dev_tsv):
+    results = {}
+    for mode in ("eager", "graph"):
+        out = tmp_path / f"{mode}.jsonl"
+        sst2.main(["--checkpoint", str(CHECKPOINT), "--data", str(dev_tsv), "--device", "cpu", "--batch-size", "8",
+                   "--seq-len", "32", "--predictions", str(out)] + (["--graph"] if mode == "graph" else []))
+        results[mode] = {r["index"]: r for r in map(json.loads, out.read_text().splitlines())}
+    for index, eager in results["eager"].items():
+        assert results["graph"][index]["prediction"] == eager["prediction"]
+        assert results["graph"][index]["probs"] == pytest.approx(eager["probs"], abs=1e-5)
+
+
+def test_demo_run_says_loudly_that_weights_are_random(capsys, monkeypatch):
+    monkeypatch.setattr(sst2, "evaluate", lambda args: (sst2.demo_banner("x"), {})[1])
+    sst2.main([])
+    assert "RANDOM" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--data", "/nonexistent/dev.tsv"], "SST-2 file /nonexistent/dev.tsv does not exist"),
+    (["--model", "bret"], "unknown model 'bret'"),
+    (["--device", "npu:0"], "needs the Ascend PyTorch adapter torch_npu"),
+    (["--checkpoint", "/nonexistent/ckpt"], "checkpoint /nonexistent/ckpt does not exist"),
+])
+def test_bad_input_gives_one_paragraph_and_no_traceback(argv, expected):
+    result = subprocess.run([sys.executable, "-m", "eval.sst2", *argv], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_checkpoint_is_named(tmp_path, capsys):
+    (tmp_path / "config.json").write_text((CHECKPOINT / "config.json").read_text())
+    (tmp_path / "vocab.txt").write_text((CHECKPOINT / "vocab.txt").read_text())
+    (tmp_path / "pytorch_model.bin").write_bytes((CHECKPOINT / "pytorch_model.bin").read_bytes()[:5000])
+    with pytest.raises(SystemExit):
+        sst2.main(["--checkpoint", str(tmp_path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'pytorch_model.bin'} is not a readable checkpoint" in err and "corrupt" in err
+
+
+def test_malformed_tsv_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "dev.tsv"
+    bad.write_text("sentence\tlabel\ngood one\t1\nbad one\tpositive\n")
+    with pytest.raises(SystemExit):
+        sst2.main(["--data", str(bad), "--checkpoint", str(CHECKPOINT), "--device", "cpu"])
+    assert f"{bad}:3: label 'positive' is not 0 or 1" in capsys.readouterr().err
+
+
+def test_batches_are_sorted_by_length_and_bucketed():
+    lengths = [5, 40, 3, 17, 16, 2, 33]
+    batches = plan_batches(lengths, batch_size=3, buckets=[16, 32, 64])
+    assert batches == [([5, 2, 0], 16), ([4, 3, 6], 64), ([1], 64)]
+
+
+def test_prediction_store_drops_a_cut_off_last_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"index": 0, "p": 1}\n{"index": 1, "p": 0}\n{"index": 2, "p"')
+    store = PredictionStore(path)
+    assert sorted(store.done) == [0, 1]
+    store.add([{"index": 2, "p": 1}])
+    store.close()
+    assert [json.loads(line)["index"] for line in path.read_text().splitlines()] == [0, 1, 2]

@@ -1,0 +1,88 @@
+import argparse
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.conftest import BERT_FIXTURE
+from tests.test_bert import padded_inputs, random_hf_model
+from weights_tools import verify
+
+transformers = pytest.importorskip("transformers")
+
+
+def run_verify(directory):
+    return subprocess.run([sys.executable, "-m", "weights_tools.verify", "--model", "bert", str(directory)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_verify_cli_passes_on_the_reference_fixture():
+    result = run_verify(BERT_FIXTURE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert sum(" PASS" in line for line in lines) == 5
+    assert lines[-1].startswith("verify: 5/5 tensors within tolerance, max abs diff ")
+
+
+def make_fixture(directory, seed=11):
+    """A fixture in the documented layout, with other sizes and another checkpoint directory name."""
+    hf_model = random_hf_model(seed)
+    hf_model.save_pretrained(directory / "some-other-name")
+    input_ids, attention_mask, token_type_ids = padded_inputs(hf_model.config, length=9)
+    with torch.no_grad():
+        out = hf_model(input_ids, attention_mask, token_type_ids, output_hidden_states=True)
+    save_file({"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids},
+              str(directory / "inputs.safetensors"))
+    outputs = {"logits": out.logits, "last_hidden_state": out.hidden_states[-1],
+               "a_tensor_we_do_not_produce": torch.zeros(3)}
+    save_file(outputs, str(directory / "outputs.safetensors"))
+    return outputs
+
+
+def test_verify_does_not_depend_on_fixture_sizes_or_names(tmp_path):
+    make_fixture(tmp_path)
+    result = run_verify(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "verify: 2/2 tensors within tolerance" in result.stdout
+
+
+def test_verify_fails_when_an_output_is_off_by_a_gelu_approximation_sized_error(tmp_path):
+    outputs = make_fixture(tmp_path)
+    outputs["logits"] = outputs["logits"] + 5e-5
+    save_file(outputs, str(tmp_path / "outputs.safetensors"))
+    result = run_verify(tmp_path)
+    assert result.returncode == 1
+    assert [line.split()[0] for line in result.stdout.splitlines() if "FAIL" in line] == ["logits"]
+    assert "verify: 1/2 tensors within tolerance" in result.stdout
+
+
+def test_verify_reports_missing_fixture_files(tmp_path):
+    shutil.copytree(BERT_FIXTURE / "checkpoint", tmp_path / "checkpoint")
+    result = run_verify(tmp_path)
+    assert result.returncode == 2 and "has no inputs.safetensors" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_find_checkpoints_ignores_fixture_files():
+    assert verify.find_checkpoints(BERT_FIXTURE) == [BERT_FIXTURE / "checkpoint"]
+
+
+def test_convert_refuses_to_overwrite_its_source(tmp_path, capsys):
+    from weights_tools.convert import main
+    shutil.copytree(BERT_FIXTURE / "checkpoint", tmp_path / "ckpt")
+    with pytest.raises(SystemExit):
+        main(["--model", "bert", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "ckpt")])
+    assert "--out must differ from --checkpoint" in capsys.readouterr().err
+    assert (tmp_path / "ckpt" / "pytorch_model.bin").is_file()
+
+
+def test_pickled_objects_are_refused_not_executed(tmp_path):
+    from npu_models.errors import UserError
+    from weights_tools.common import read_state_dict
+
+    torch.save({"weight": torch.zeros(2), "hparams": argparse.Namespace(lr=0.1)}, tmp_path / "evil.bin")
+    with pytest.raises(UserError, match="Python objects beyond tensors"):
+        read_state_dict(tmp_path / "evil.bin")
