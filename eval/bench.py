@@ -1,0 +1,201 @@
+"""Throughput and latency of our model and its reference peer, side by side (the ais_bench --loop equivalent).
+
+    python -m eval.bench --model bert-base-cased-sst2 --device npu:0 --batch-sizes 1,8,32 --json bench.json
+
+For every batch size, mode (eager, graph) and implementation (ours; the peer from transformers or timm,
+loaded with the same weights), it runs warm-up iterations, then times --iters iterations with the device
+synchronised, and reports samples/s and the median and p90 latency. Rows are written as they arrive.
+"""
+import argparse
+import csv
+import datetime
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from eval.common import latency_percentiles, write_json_atomic
+from npu_models import registry, runtime
+from npu_models.errors import UserError, cli_main
+
+COLUMNS = ["model", "impl", "mode", "batch_size", "seq_len", "samples_per_second", "latency_ms_p50",
+           "latency_ms_p90", "device", "dtype", "max_abs_diff_vs_peer", "date"]
+
+
+@dataclass
+class Contender:
+    impl: str                      # "ours" or "peer"
+    module: torch.nn.Module
+    run: Callable                  # (module, inputs) -> output tensor
+
+
+def bert_contenders(checkpoint, device, dtype):
+    """Our Bert and transformers' BertForSequenceClassification holding the same weights."""
+    try:
+        import transformers
+    except ImportError:
+        raise UserError("the BERT peer needs transformers: `pip install -e .[test]`, or pass --no-peer.") from None
+    from weights_tools import hf_bert
+
+    entry = registry.get_entry("bert-base-cased-sst2")
+    if checkpoint is not None:
+        peer = transformers.BertForSequenceClassification.from_pretrained(checkpoint)
+    else:
+        torch.manual_seed(0)
+        config = entry.default_config()
+        peer = transformers.BertForSequenceClassification(transformers.BertConfig(
+            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
+            max_position_embeddings=config.max_positions, num_labels=config.num_labels))
+    state = peer.state_dict()
+    ours_config = hf_bert.config_from_hf(peer.config.to_dict(), {k.removeprefix("bert."): v for k, v in state.items()},
+                                         {}, "peer config")
+    ours = entry.build(ours_config)
+    ours.load_state_dict(hf_bert.convert_state_dict(state)[0])
+    return ours_config, [
+        Contender("ours", ours, lambda m, x: m(*x)),
+        Contender("peer", peer, lambda m, x: m(input_ids=x[0], attention_mask=x[1], token_type_ids=x[2]).logits),
+    ]
+
+
+def bert_inputs(config, batch_size, seq_len, device):
+    generator = torch.Generator().manual_seed(batch_size)
+    input_ids = torch.randint(1, config.vocab_size, (batch_size, seq_len), generator=generator)
+    return input_ids.to(device), torch.ones_like(input_ids, device=device), torch.zeros_like(input_ids, device=device)
+
+
+BENCHMARKS = {"bert-base-cased-sst2": (bert_contenders, bert_inputs)}
+
+
+def time_iterations(run, module, inputs, device, warmup, iters) -> list[float]:
+    with torch.no_grad():
+        for _ in range(warmup):
+            run(module, inputs)
+        seconds = []
+        for _ in range(iters):
+            runtime.synchronize(device)
+            start = time.perf_counter()
+            run(module, inputs)
+            runtime.synchronize(device)
+            seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="bert-base-cased-sst2", help="registry or short name")
+    parser.add_argument("--checkpoint", type=Path, help="official checkpoint; omitted: random full-size weights")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated (default 1,8,32)")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--modes", default="eager,graph", help="eager, graph or both (default)")
+    parser.add_argument("--no-peer", action="store_true", help="time only our implementation")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
+    parser.add_argument("--csv", type=Path, help="write the rows as CSV here")
+    parser.add_argument("--plot", type=Path, help="write a PNG of throughput against batch size here")
+    return parser.parse_args(argv)
+
+
+def write_outputs(rows, args):
+    if args.json:
+        write_json_atomic(args.json, rows)
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def plot(rows, path: Path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plot needs matplotlib: `pip install -e .[plot]`.") from None
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for impl, mode in sorted({(r["impl"], r["mode"]) for r in rows}):
+        points = sorted((r["batch_size"], r["samples_per_second"]) for r in rows if (r["impl"], r["mode"]) == (impl, mode))
+        axes.plot(*zip(*points), marker="o", label=f"{impl} {mode}")
+    first = rows[0]
+    axes.set(xscale="log", xlabel="batch size", ylabel="samples / s",
+             title=f"{first['model']} seq {first['seq_len']}, {first['dtype']}, {first['device']}")
+    axes.set_xticks(sorted({r["batch_size"] for r in rows}), labels=sorted({r["batch_size"] for r in rows}))
+    axes.set_ylim(bottom=0)
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def format_table(rows) -> str:
+    header = f"{'impl':<5} {'mode':<6} {'batch':>5} {'seq':>4} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} {'diff vs peer':>12}"
+    lines = [header]
+    for r in rows:
+        diff = "" if r["max_abs_diff_vs_peer"] is None else f"{r['max_abs_diff_vs_peer']:.1e}"
+        lines.append(f"{r['impl']:<5} {r['mode']:<6} {r['batch_size']:>5} {r['seq_len']:>4} {r['samples_per_second']:>10.1f} "
+                     f"{r['latency_ms_p50']:>9.2f} {r['latency_ms_p90']:>9.2f} {diff:>12}")
+    return "\n".join(lines)
+
+
+@cli_main
+def main(argv=None):
+    args = parse_args(argv)
+    entry = registry.get_entry(args.model)
+    if entry.name not in BENCHMARKS:
+        raise UserError(f"no benchmark defined for {entry.name}; available: {', '.join(BENCHMARKS)}.")
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        raise UserError(f"--batch-sizes must be comma-separated integers, got '{args.batch_sizes}'.") from None
+    modes = args.modes.split(",")
+    if set(modes) - {"eager", "graph"}:
+        raise UserError(f"--modes takes eager and/or graph, got '{args.modes}'.")
+    device = runtime.resolve_device(args.device)
+    dtype = runtime.parse_dtype(args.dtype, device)
+    make_contenders, make_inputs = BENCHMARKS[entry.name]
+    config, contenders = make_contenders(args.checkpoint, device, dtype)
+    if args.no_peer:
+        contenders = [c for c in contenders if c.impl == "ours"]
+    if args.checkpoint is None:
+        print("note: random full-size weights (no --checkpoint); speed does not depend on their values",
+              file=sys.stderr)
+    for contender in contenders:
+        contender.module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    seq_len = min(args.seq_len, config.max_positions)
+    rows = []
+    for mode in modes:
+        modules = {c.impl: runtime.compile_model(c.module, device) if mode == "graph" else c.module for c in contenders}
+        for batch_size in batch_sizes:
+            inputs = make_inputs(config, batch_size, seq_len, device)
+            outputs = {}
+            for contender in contenders:
+                module = modules[contender.impl]
+                with torch.no_grad():
+                    outputs[contender.impl] = contender.run(module, inputs).float()
+                seconds = time_iterations(contender.run, module, inputs, device, args.warmup, args.iters)
+                diff = ((outputs["ours"] - outputs["peer"]).abs().max().item()
+                        if contender.impl == "peer" and "ours" in outputs else None)
+                rows.append({"model": entry.name, "impl": contender.impl, "mode": mode, "batch_size": batch_size,
+                             "seq_len": seq_len, "samples_per_second": batch_size * len(seconds) / sum(seconds),
+                             **latency_percentiles(seconds), "device": runtime.device_description(device),
+                             "dtype": runtime.dtype_name(dtype), "max_abs_diff_vs_peer": diff,
+                             "date": datetime.date.today().isoformat()})
+                print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+                write_outputs(rows, args)
+    print(f"\n{entry.name} on {rows[0]['device']}, {rows[0]['dtype']}\n{format_table(rows)}")
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+import json
+
+import pytest
+
+from eval import bench
+from eval.bench import COLUMNS
+from tests.conftest import BERT_FIXTURE
+
+pytest.importorskip("transformers")
+
+
+def test_bench_rows_cover_both_implementations_on_the_same_weights(tmp_path, capsys):
+    out_json, out_csv = tmp_path / "bench.json", tmp_path / "bench.csv"
+    bench.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--batch-sizes", "1,3",
+                "--seq-len", "16", "--modes", "eager", "--warmup", "1", "--iters", "2",
+                "--json", str(out_json), "--csv", str(out_csv)])
+    rows = json.loads(out_json.read_text())
+    assert [(r["impl"], r["batch_size"]) for r in rows] == [("ours", 1), ("peer", 1), ("ours", 3), ("peer", 3)]
+    for row in rows:
+        assert set(COLUMNS) <= set(row)
+        assert row["samples_per_second"] > 0 and row["latency_ms_p90"] >= row["latency_ms_p50"] > 0
+        assert row["dtype"] == "fp32" and row["seq_len"] == 16
+    assert all(r["max_abs_diff_vs_peer"] < 1e-5 for r in rows if r["impl"] == "peer")
+    assert out_csv.read_text().splitlines()[0] == ",".join(COLUMNS)
+    assert "samples/s" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_modes(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--modes", "eager,fast", "--device", "cpu"])
+    assert "--modes takes eager and/or graph" in capsys.readouterr().err
