@@ -4,7 +4,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from npu_models.layers import PostNormBlock, TextEmbeddings
+from npu_models.layers import Block, TextEmbeddings
+from npu_models.layers.init import init_weights_
 
 
 @dataclass
@@ -37,25 +38,14 @@ class Bert(nn.Module):
         self.embeddings = TextEmbeddings(config.vocab_size, config.hidden_size, config.max_positions,
                                          config.type_vocab_size, config.layer_norm_eps, config.pad_token_id)
         self.blocks = nn.ModuleList(
-            PostNormBlock(config.hidden_size, config.num_heads, config.intermediate_size, config.layer_norm_eps)
+            Block(config.hidden_size, config.num_heads, config.intermediate_size, config.layer_norm_eps)
             for _ in range(config.num_layers)
         )
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.with_pooler else None
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels else None
 
     def init_weights(self, seed: int = 0) -> "Bert":
-        """BERT's initialisation (normal std 0.02, LayerNorm 1/0), reproducible from `seed`."""
-        generator = torch.Generator().manual_seed(seed)
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                with torch.no_grad():
-                    module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.02)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        return self
+        return init_weights_(self, seed)
 
     def forward_features(self, input_ids, attention_mask=None, token_type_ids=None):
         """Token ids [B, S] -> last hidden state [B, S, H]; padded keys (mask 0) are not attended to."""

@@ -6,9 +6,10 @@ from typing import Any, Callable
 
 import torch
 
-from npu_models import bert
+from npu_models import bert, vit
 from npu_models.errors import UserError
 from weights_tools import hf_bert
+from weights_tools import vit as vit_weights
 from weights_tools.common import check_state_dict, expected_shapes, is_converted_dir, read_converted
 
 
@@ -30,6 +31,8 @@ REGISTRY = {
     for entry in [
         ModelEntry("bert-base-cased-sst2", "bert", bert.BertConfig, bert.bert_base_cased_sst2, bert.Bert,
                    hf_bert.read_hf_bert, assets=("vocab.txt",)),
+        ModelEntry("vit-base-patch32-224", "vit", vit.ViTConfig, vit.vit_base_patch32_224, vit.ViT,
+                   vit_weights.read_vit),
     ]
 }
 

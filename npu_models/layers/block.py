@@ -1,4 +1,4 @@
-"""Transformer encoder block."""
+"""The transformer encoder block, post-norm (BERT) or pre-norm (ViT)."""
 from torch import nn
 
 from kernels import add_layer_norm
@@ -6,16 +6,22 @@ from npu_models.layers.attention import Attention
 from npu_models.layers.mlp import Mlp
 
 
-class PostNormBlock(nn.Module):
-    """BERT's block: x = LN(x + Attn(x)); x = LN(x + MLP(x))."""
+class Block(nn.Module):
+    """post-norm: x = LN(x + Attn(x)); x = LN(x + MLP(x))
+    pre-norm:  x = x + Attn(LN(x));  x = x + MLP(LN(x))
+    """
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, norm_eps: float):
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, norm_eps: float, pre_norm: bool = False):
         super().__init__()
+        self.pre_norm = pre_norm
         self.attn = Attention(dim, num_heads)
         self.attn_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, mlp_dim)
         self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
 
     def forward(self, x, mask=None):
+        if self.pre_norm:
+            x = x + self.attn(self.attn_norm(x), mask)
+            return x + self.mlp(self.mlp_norm(x))
         x = add_layer_norm(self.attn(x, mask), x, self.attn_norm.weight, self.attn_norm.bias, self.attn_norm.eps)
         return add_layer_norm(self.mlp(x), x, self.mlp_norm.weight, self.mlp_norm.bias, self.mlp_norm.eps)

@@ -1,4 +1,4 @@
-"""Token embeddings for text encoders."""
+"""Token embeddings: text (word + position + type) and image patches."""
 import torch
 from torch import nn
 
@@ -18,3 +18,14 @@ class TextEmbeddings(nn.Module):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
         return self.norm(x + self.position_embeddings(positions))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches through one strided conv -> tokens [B, N, D] in row-major patch order."""
+
+    def __init__(self, patch_size: int, dim: int, in_channels: int = 3):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.proj(pixels).flatten(2).transpose(1, 2)
