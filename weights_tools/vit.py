@@ -1,6 +1,7 @@
 """ViT checkpoints -> our layout: Google AugReg `.npz` (JAX names and kernel layouts) or a timm state dict."""
 import math
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, EOFError) as err:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise UserError(f"{path} is not a readable .npz checkpoint ({err}); the file is probably corrupt: "
                         "download it again.") from None
 

@@ -1,0 +1,101 @@
+"""ImageNet-1k validation top-1 / top-5, as the ModelZoo guide measures ViT-B/32.
+
+    python -m eval.imagenet --model vit --checkpoint B_32-...-res_224.npz --data ILSVRC2012_img_val --device npu:0
+
+--data holds either the flat release (ILSVRC2012_val_*.JPEG with the devkit's
+ILSVRC2012_validation_ground_truth.txt and meta.mat beside it, in ILSVRC2012_devkit_t12/data/ or one level
+up) or one folder per class named by WordNet id. With neither --checkpoint nor --data it runs a demo on
+the bundled sample with random full-size weights.
+"""
+import argparse
+import os
+import sys
+
+import torch
+from tqdm import tqdm
+
+import npu_models
+from eval import metrics
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, print_results,
+                         run_metadata, write_json_atomic)
+from eval.data.imagenet import ImageDataset, collate, read_imagenet
+from npu_models.errors import UserError, cli_main
+
+SAMPLE = SAMPLES_DIR / "imagenet"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m eval.imagenet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, default_model="vit-base-patch32-224", default_batch_size=64)
+    parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="DataLoader workers decoding and transforming images")
+    return parser.parse_args(argv)
+
+
+def evaluate(args) -> dict:
+    if args.checkpoint is None:
+        demo_banner(f"{args.model} with random weights on "
+                    + ("the bundled ImageNet sample." if args.data is None else f"{args.data}."))
+    data = args.data or SAMPLE
+    examples = read_imagenet(data)[: args.limit]
+    model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, args.graph, args.tp)
+    config = model.config
+    if not getattr(config, "num_classes", 0):
+        raise UserError(f"{args.checkpoint} has no classification head; ImageNet needs one.")
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    top_k = min(5, config.num_classes)
+
+    store = PredictionStore(args.predictions, key="file")
+    todo = [e for e in examples if e.file not in store.done]
+    if store.done:
+        print(f"resuming: {len(examples) - len(todo)} of {len(examples)} predictions already in {args.predictions}",
+              file=sys.stderr)
+    loader = torch.utils.data.DataLoader(ImageDataset(todo, config.transform), batch_size=args.batch_size,
+                                         num_workers=args.num_workers, collate_fn=collate,
+                                         pin_memory=device.type != "cpu")
+    meter, unreadable = LatencyMeter(device), []
+    try:
+        for positions, pixels, failed in tqdm(loader, desc="imagenet", unit="batch", disable=None):
+            for position, error in failed:
+                unreadable.append({"file": todo[position].file, "error": error})
+                print(f"skipped unreadable image {todo[position].path}: {error}", file=sys.stderr)
+            if pixels is None:
+                continue
+            if args.graph and len(positions) < args.batch_size:  # one static shape for the compiled graph
+                pixels = torch.cat([pixels, pixels.new_zeros(args.batch_size - len(positions), *pixels.shape[1:])])
+            with meter, torch.no_grad():
+                logits = model(pixels.to(device, dtype, non_blocking=True))
+                probs, ranked = logits.float().softmax(dim=-1)[: len(positions)].topk(top_k, dim=-1)
+                probs, ranked = probs.cpu(), ranked.cpu()
+            meter.samples += len(positions)
+            store.add([{"file": todo[p].file, "label": todo[p].label, "prediction": r[0], "top5": r,
+                        "top5_probs": pr} for p, r, pr in zip(positions, ranked.tolist(), probs.tolist())])
+    finally:
+        store.close()
+
+    scored = [e for e in examples if e.label is not None and e.file in store.done]
+    ranked = [store.done[e.file]["top5"] for e in scored]
+    labels = [e.label for e in scored]
+    return {
+        "top1": metrics.top_k_accuracy(ranked, labels, 1) if scored else None,
+        "top5": metrics.top_k_accuracy(ranked, labels, 5) if scored else None,
+        "num_examples": len(scored), "num_images": len(examples), "num_computed": meter.samples,
+        "num_unreadable": len(unreadable), "unreadable": unreadable, "data": str(data),
+        "img_size": config.img_size, **meter.summary(), **run_metadata(args, device, dtype),
+    }
+
+
+@cli_main
+def main(argv=None):
+    args = parse_args(argv)
+    results = evaluate(args)
+    if args.output:
+        write_json_atomic(args.output, results)
+    print_results(results, ["top1", "top5", "num_examples", "num_unreadable", "samples_per_second",
+                            "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size", "img_size"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
