@@ -32,7 +32,7 @@ class Contender:
     run: Callable                  # (module, inputs) -> output tensor
 
 
-def bert_contenders(checkpoint, device, dtype):
+def bert_contenders(checkpoint):
     """Our Bert and transformers' BertForSequenceClassification holding the same weights."""
     try:
         import transformers
@@ -62,12 +62,56 @@ def bert_contenders(checkpoint, device, dtype):
 
 
 def bert_inputs(config, batch_size, seq_len, device):
+    """All-valid token ids at min(seq_len, max positions), as ais_bench feeds them; returns (inputs, seq_len)."""
+    seq_len = min(seq_len, config.max_positions)
     generator = torch.Generator().manual_seed(batch_size)
     input_ids = torch.randint(1, config.vocab_size, (batch_size, seq_len), generator=generator)
-    return input_ids.to(device), torch.ones_like(input_ids, device=device), torch.zeros_like(input_ids, device=device)
+    mask, types = torch.ones_like(input_ids), torch.zeros_like(input_ids)
+    return (input_ids.to(device), mask.to(device), types.to(device)), seq_len
 
 
-BENCHMARKS = {"bert-base-cased-sst2": (bert_contenders, bert_inputs)}
+def vit_contenders(checkpoint):
+    """Our ViT and timm's VisionTransformer holding the same weights (timm layout; npz converted)."""
+    try:
+        import timm
+    except ImportError:
+        raise UserError("the ViT peer needs timm: `pip install -e .[test]`, or pass --no-peer.") from None
+    from weights_tools import vit as vit_weights
+    from weights_tools.common import read_state_dict
+
+    entry = registry.get_entry("vit-base-patch32-224")
+    if checkpoint is None:
+        torch.manual_seed(0)
+        timm_state = timm.create_model("vit_base_patch32_224", pretrained=False).state_dict()
+        num_heads, sidecar = None, {}
+    elif checkpoint.suffix == ".npz":
+        timm_state, num_heads, _ = vit_weights.jax_to_timm(vit_weights.read_npz(checkpoint))
+        sidecar = vit_weights.sidecar_model_config(checkpoint)
+    else:
+        timm_state = vit_weights.unwrap(read_state_dict(checkpoint), checkpoint)
+        num_heads, sidecar = None, vit_weights.sidecar_model_config(checkpoint)
+    state = vit_weights.timm_to_ours(timm_state)[0]
+    # The peer runs at the checkpoint's own resolution: only the head count comes from the sidecar.
+    config = vit_weights.infer_config(state, num_heads, {k: v for k, v in sidecar.items() if k == "num_heads"},
+                                      checkpoint)
+    peer = timm.models.vision_transformer.VisionTransformer(
+        img_size=config.img_size, patch_size=config.patch_size, embed_dim=config.embed_dim, depth=config.depth,
+        num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, num_classes=config.num_classes)
+    peer.load_state_dict(timm_state)
+    ours = entry.build(config)
+    ours.load_state_dict(state)
+    return config, [Contender("ours", ours, lambda m, x: m(x)), Contender("peer", peer, lambda m, x: m(x))]
+
+
+def vit_inputs(config, batch_size, seq_len, device):
+    """Normalised random pixels at the model's input size; the sequence is its patch tokens + class token."""
+    generator = torch.Generator().manual_seed(batch_size)
+    pixels = torch.randn(batch_size, 3, config.img_size, config.img_size, generator=generator)
+    return pixels.to(device), config.grid_size ** 2 + 1
+
+
+BENCHMARKS = {"bert-base-cased-sst2": (bert_contenders, bert_inputs),
+              "vit-base-patch32-224": (vit_contenders, vit_inputs)}
 
 
 def time_iterations(run, module, inputs, device, warmup, iters) -> list[float]:
@@ -92,7 +136,7 @@ def parse_args(argv):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated (default 1,8,32)")
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--seq-len", type=int, default=128, help="text models: tokens per sequence (default 128)")
     parser.add_argument("--modes", default="eager,graph", help="eager, graph or both (default)")
     parser.add_argument("--no-peer", action="store_true", help="time only our implementation")
     parser.add_argument("--warmup", type=int, default=3)
@@ -162,7 +206,7 @@ def main(argv=None):
     device = runtime.resolve_device(args.device)
     dtype = runtime.parse_dtype(args.dtype, device)
     make_contenders, make_inputs = BENCHMARKS[entry.name]
-    config, contenders = make_contenders(args.checkpoint, device, dtype)
+    config, contenders = make_contenders(args.checkpoint)
     if args.no_peer:
         contenders = [c for c in contenders if c.impl == "ours"]
     if args.checkpoint is None:
@@ -170,12 +214,11 @@ def main(argv=None):
               file=sys.stderr)
     for contender in contenders:
         contender.module.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    seq_len = min(args.seq_len, config.max_positions)
     rows = []
     for mode in modes:
         modules = {c.impl: runtime.compile_model(c.module, device) if mode == "graph" else c.module for c in contenders}
         for batch_size in batch_sizes:
-            inputs = make_inputs(config, batch_size, seq_len, device)
+            inputs, seq_len = make_inputs(config, batch_size, args.seq_len, device)
             outputs = {}
             for contender in contenders:
                 module = modules[contender.impl]

@@ -4,7 +4,7 @@ import pytest
 
 from eval import bench
 from eval.bench import COLUMNS
-from tests.conftest import BERT_FIXTURE
+from tests.conftest import BERT_FIXTURE, FIXTURES
 
 pytest.importorskip("transformers")
 
@@ -29,3 +29,14 @@ def test_bench_rejects_unknown_modes(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--modes", "eager,fast", "--device", "cpu"])
     assert "--modes takes eager and/or graph" in capsys.readouterr().err
+
+
+def test_vit_bench_against_timm_on_the_fixture_npz(tmp_path):
+    pytest.importorskip("timm")
+    out = tmp_path / "vit.json"
+    bench.main(["--model", "vit", "--checkpoint", str(FIXTURES / "reference" / "vit" / "checkpoint.npz"),
+                "--device", "cpu", "--batch-sizes", "2", "--modes", "eager", "--warmup", "1", "--iters", "1",
+                "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r["impl"], r["seq_len"]) for r in rows] == [("ours", 10), ("peer", 10)]  # 3x3 patches + class token
+    assert rows[1]["max_abs_diff_vs_peer"] < 1e-5
