@@ -32,12 +32,13 @@ class Contender:
     run: Callable                  # (module, inputs) -> output tensor
 
 
-def bert_contenders(checkpoint):
-    """Our Bert and transformers' BertForSequenceClassification holding the same weights."""
+def bert_peer(checkpoint):
+    """transformers' BertForSequenceClassification, and its weights in our layout with our config."""
     try:
         import transformers
     except ImportError:
-        raise UserError("the BERT peer needs transformers: `pip install -e .[test]`, or pass --no-peer.") from None
+        raise UserError("the BERT peer needs transformers: `pip install -e .[test]`, or pass --no-peer "
+                        "to time ours alone.") from None
     from weights_tools import hf_bert
 
     entry = registry.get_entry("bert-base-cased-sst2")
@@ -51,14 +52,10 @@ def bert_contenders(checkpoint):
             num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
             max_position_embeddings=config.max_positions, num_labels=config.num_labels))
     state = peer.state_dict()
-    ours_config = hf_bert.config_from_hf(peer.config.to_dict(), {k.removeprefix("bert."): v for k, v in state.items()},
-                                         {}, "peer config")
-    ours = entry.build(ours_config)
-    ours.load_state_dict(hf_bert.convert_state_dict(state)[0])
-    return ours_config, [
-        Contender("ours", ours, lambda m, x: m(*x)),
-        Contender("peer", peer, lambda m, x: m(input_ids=x[0], attention_mask=x[1], token_type_ids=x[2]).logits),
-    ]
+    config = hf_bert.config_from_hf(peer.config.to_dict(), {k.removeprefix("bert."): v for k, v in state.items()},
+                                    {}, "peer config")
+    run = lambda m, x: m(input_ids=x[0], attention_mask=x[1], token_type_ids=x[2]).logits  # noqa: E731
+    return peer, run, config, hf_bert.convert_state_dict(state)[0]
 
 
 def bert_inputs(config, batch_size, seq_len, device):
@@ -70,16 +67,16 @@ def bert_inputs(config, batch_size, seq_len, device):
     return (input_ids.to(device), mask.to(device), types.to(device)), seq_len
 
 
-def vit_contenders(checkpoint):
-    """Our ViT and timm's VisionTransformer holding the same weights (timm layout; npz converted)."""
+def vit_peer(checkpoint):
+    """timm's VisionTransformer (npz converted to its layout), and its weights in our layout with our config."""
     try:
         import timm
     except ImportError:
-        raise UserError("the ViT peer needs timm: `pip install -e .[test]`, or pass --no-peer.") from None
+        raise UserError("the ViT peer needs timm: `pip install -e .[test]`, or pass --no-peer "
+                        "to time ours alone.") from None
     from weights_tools import vit as vit_weights
     from weights_tools.common import read_state_dict
 
-    entry = registry.get_entry("vit-base-patch32-224")
     if checkpoint is None:
         torch.manual_seed(0)
         timm_state = timm.create_model("vit_base_patch32_224", pretrained=False).state_dict()
@@ -98,20 +95,19 @@ def vit_contenders(checkpoint):
         img_size=config.img_size, patch_size=config.patch_size, embed_dim=config.embed_dim, depth=config.depth,
         num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, num_classes=config.num_classes)
     peer.load_state_dict(timm_state)
-    ours = entry.build(config)
-    ours.load_state_dict(state)
-    return config, [Contender("ours", ours, lambda m, x: m(x)), Contender("peer", peer, lambda m, x: m(x))]
+    return peer, lambda m, x: m(*x), config, state
 
 
 def vit_inputs(config, batch_size, seq_len, device):
     """Normalised random pixels at the model's input size; the sequence is its patch tokens + class token."""
     generator = torch.Generator().manual_seed(batch_size)
     pixels = torch.randn(batch_size, 3, config.img_size, config.img_size, generator=generator)
-    return pixels.to(device), config.grid_size ** 2 + 1
+    return (pixels.to(device),), config.grid_size ** 2 + 1
 
 
-BENCHMARKS = {"bert-base-cased-sst2": (bert_contenders, bert_inputs),
-              "vit-base-patch32-224": (vit_contenders, vit_inputs)}
+# registry name -> (peer builder, input maker); inputs are a tuple that our model takes positionally
+BENCHMARKS = {"bert-base-cased-sst2": (bert_peer, bert_inputs),
+              "vit-base-patch32-224": (vit_peer, vit_inputs)}
 
 
 def time_iterations(run, module, inputs, device, warmup, iters) -> list[float]:
@@ -205,10 +201,16 @@ def main(argv=None):
         raise UserError(f"--modes takes eager and/or graph, got '{args.modes}'.")
     device = runtime.resolve_device(args.device)
     dtype = runtime.parse_dtype(args.dtype, device)
-    make_contenders, make_inputs = BENCHMARKS[entry.name]
-    config, contenders = make_contenders(args.checkpoint)
+    make_peer, make_inputs = BENCHMARKS[entry.name]
+    call_ours = lambda m, x: m(*x)  # noqa: E731
     if args.no_peer:
-        contenders = [c for c in contenders if c.impl == "ours"]
+        ours = registry.build_model(entry, args.checkpoint)
+        config, contenders = ours.config, [Contender("ours", ours, call_ours)]
+    else:
+        peer, call_peer, config, state = make_peer(args.checkpoint)
+        ours = entry.build(config)
+        ours.load_state_dict(state)
+        contenders = [Contender("ours", ours, call_ours), Contender("peer", peer, call_peer)]
     if args.checkpoint is None:
         print("note: random full-size weights (no --checkpoint); speed does not depend on their values",
               file=sys.stderr)

@@ -40,3 +40,11 @@ def test_vit_bench_against_timm_on_the_fixture_npz(tmp_path):
     rows = json.loads(out.read_text())
     assert [(r["impl"], r["seq_len"]) for r in rows] == [("ours", 10), ("peer", 10)]  # 3x3 patches + class token
     assert rows[1]["max_abs_diff_vs_peer"] < 1e-5
+
+
+def test_no_peer_times_ours_alone(tmp_path):
+    out = tmp_path / "ours.json"
+    bench.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--batch-sizes", "2",
+                "--seq-len", "8", "--modes", "eager", "--warmup", "0", "--iters", "1", "--no-peer", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r["impl"], r["seq_len"], r["max_abs_diff_vs_peer"]) for r in rows] == [("ours", 8, None)]

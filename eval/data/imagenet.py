@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from npu_models.errors import UserError
 from npu_models.transforms import ImageTransform, load_rgb
 
+# The 1000 ImageNet-1k WordNet ids in sorted order (the same list timm ships as imagenet_synsets.txt).
 WNIDS_FILE = Path(__file__).parent / "imagenet_wnids.txt"
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 META = "meta.mat"
