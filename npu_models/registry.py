@@ -6,10 +6,11 @@ from typing import Any, Callable
 
 import torch
 
-from npu_models import bert, vit
+from npu_models import bert, vit, vlmo
 from npu_models.errors import UserError
 from weights_tools import hf_bert
 from weights_tools import vit as vit_weights
+from weights_tools import vlmo as vlmo_weights
 from weights_tools.common import check_state_dict, expected_shapes, is_converted_dir, read_converted
 
 
@@ -22,6 +23,7 @@ class ModelEntry:
     build: Callable[[Any], torch.nn.Module]
     # official artifact path -> (config, our state dict, our key -> official name, unexpected official keys)
     convert: Callable[[Path], tuple]
+    task: str                     # the eval command that runs it: sst2, imagenet, vqa, retrieval
     # files that travel with a converted checkpoint (e.g. the tokenizer vocabulary)
     assets: tuple[str, ...] = ()
 
@@ -30,18 +32,28 @@ REGISTRY = {
     entry.name: entry
     for entry in [
         ModelEntry("bert-base-cased-sst2", "bert", bert.BertConfig, bert.bert_base_cased_sst2, bert.Bert,
-                   hf_bert.read_hf_bert, assets=("vocab.txt",)),
+                   hf_bert.read_hf_bert, "sst2", assets=("vocab.txt",)),
         ModelEntry("vit-base-patch32-224", "vit", vit.ViTConfig, vit.vit_base_patch32_224, vit.ViT,
-                   vit_weights.read_vit),
+                   vit_weights.read_vit, "imagenet"),
+        ModelEntry("vlmo-base-vqa", "vlmo", vlmo.VLMoConfig, vlmo.vlmo_base_vqa, vlmo.VLMo,
+                   vlmo_weights.read_vlmo, "vqa", assets=("vocab.txt",)),
+        ModelEntry("vlmo-base-coco-retrieval", "vlmo", vlmo.VLMoConfig, vlmo.vlmo_base_coco_retrieval, vlmo.VLMo,
+                   vlmo_weights.read_vlmo, "retrieval", assets=("vocab.txt",)),
     ]
 }
 
 
-def get_entry(name: str) -> ModelEntry:
-    """Look a model up by registry name or short name."""
-    for entry in REGISTRY.values():
-        if name in (entry.name, entry.short_name):
-            return entry
+def get_entry(name: str, task: str | None = None) -> ModelEntry:
+    """Look a model up by registry name, or by short name (with the task where one short name has several)."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    matches = [e for e in REGISTRY.values() if e.short_name == name]
+    if len(matches) > 1 and task is not None:
+        matches = [e for e in matches if e.task == task]
+    if len(matches) == 1 or (matches and len({(e.build, e.convert) for e in matches}) == 1 and task is None):
+        return matches[0]  # one model, or one family whose checkpoint decides the rest (verify, convert)
+    if matches:
+        raise UserError(f"'{name}' names several models ({', '.join(e.name for e in matches)}); use the full name.")
     known = ", ".join(f"{e.name} ({e.short_name})" for e in REGISTRY.values())
     raise UserError(f"unknown model '{name}'. Known models: {known}.")
 

@@ -43,6 +43,16 @@ def test_sdpa_matches_reference(mask_kind, scale):
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_sdpa_with_additive_bias_matches_reference(with_mask):
+    q, k, v = random_qkv(q_len=7, k_len=7)
+    bias = torch.randn(4, 7, 7) * 2  # per-head relative-position bias, broadcast over the batch
+    mask = padding_mask([7, 3, 5], 7) if with_mask else None
+    expected = eager_attention(q, k, v, mask, None, bias)
+    torch.testing.assert_close(sdpa_attention(q, k, v, mask, None, bias), expected, atol=1e-5, rtol=1e-5)
+    assert (expected - eager_attention(q, k, v, mask)).abs().max() > 1e-2  # the bias matters
+
+
 def test_sdpa_matches_reference_in_bf16():
     q, k, v = random_qkv(dtype=torch.bfloat16)
     mask = padding_mask([9, 3, 6], 9)
@@ -74,17 +84,20 @@ def test_ascend_mask_keeps_per_head_and_2d_masks():
         to_ascend_mask(torch.zeros(2, 1, 1, 4), 4, 4)
 
 
-def ascend_reference(q, k, v, atten_mask, num_heads, scale, pre_tokens, next_tokens, input_layout):
+def ascend_reference(q, k, v, atten_mask, num_heads, scale, pre_tokens, next_tokens, input_layout, pse_shift=None):
     """The documented Ascend semantics: True in atten_mask masks out; only keys j with
-    i - pre_tokens <= j <= i + next_tokens are visible."""
+    i - pre_tokens <= j <= i + next_tokens are visible; pse_shift [B|1, N, Sq, Sk] is added to the scores."""
     assert input_layout == "BNSD" and q.shape[1] == num_heads
+    if pse_shift is not None:
+        assert pse_shift.dim() == 4 and pse_shift.shape[1:] == (num_heads, q.shape[2], k.shape[2])
+        assert pse_shift.dtype == q.dtype
     i = torch.arange(q.shape[2])[:, None]
     j = torch.arange(k.shape[2])[None, :]
     visible = (j >= i - pre_tokens) & (j <= i + next_tokens)
     if atten_mask is not None:
         assert atten_mask.dtype == torch.bool and atten_mask.dim() == 4
         visible = visible & ~atten_mask
-    return eager_attention(q, k, v, visible, scale)
+    return eager_attention(q, k, v, visible, scale, pse_shift)
 
 
 def test_npu_backend_on_310p_calls_prompt_flash_attention(fake_torch_npu, monkeypatch):
@@ -107,17 +120,17 @@ def test_npu_backend_on_310p_calls_prompt_flash_attention(fake_torch_npu, monkey
 @pytest.mark.parametrize("scale_keyword", ["scale", "scale_value"])
 def test_npu_backend_on_910_calls_fused_infer_attention(fake_torch_npu, monkeypatch, scale_keyword):
     def fused(q, k, v, *, atten_mask=None, num_heads=1, pre_tokens=ASCEND_NO_TOKEN_LIMIT,
-              next_tokens=ASCEND_NO_TOKEN_LIMIT, input_layout="BSH", **scale):
+              next_tokens=ASCEND_NO_TOKEN_LIMIT, input_layout="BSH", pse_shift=None, **scale):
         assert list(scale) == [scale_keyword]
         out = ascend_reference(q, k, v, atten_mask, num_heads, scale[scale_keyword], pre_tokens, next_tokens,
-                               input_layout)
+                               input_layout, pse_shift)
         return out, None
 
     # Both spellings of the scale argument exist across torch_npu releases.
-    exec(f"def npu_fused_infer_attention_score(q, k, v, *, atten_mask=None, num_heads=1, {scale_keyword}=1.0,"
-         " pre_tokens=0, next_tokens=0, input_layout='BSH'):\n"
+    exec(f"def npu_fused_infer_attention_score(q, k, v, *, atten_mask=None, pse_shift=None, num_heads=1,"
+         f" {scale_keyword}=1.0, pre_tokens=0, next_tokens=0, input_layout='BSH'):\n"
          f"    return fused(q, k, v, atten_mask=atten_mask, num_heads=num_heads, {scale_keyword}={scale_keyword},"
-         " pre_tokens=pre_tokens, next_tokens=next_tokens, input_layout=input_layout)",
+         " pre_tokens=pre_tokens, next_tokens=next_tokens, input_layout=input_layout, pse_shift=pse_shift)",
          {"fused": fused}, fake_torch_npu.__dict__)
     monkeypatch.setattr(attention_module, "npu_chip_name", lambda device: "Ascend910B2")
     q, k, v = random_qkv(q_len=6, k_len=8, dtype=torch.bfloat16)
@@ -125,6 +138,10 @@ def test_npu_backend_on_910_calls_fused_infer_attention(fake_torch_npu, monkeypa
     out = npu_attention(q, k, v, mask, scale=0.2)
     torch.testing.assert_close(out.float(), eager_attention(q.float(), k.float(), v.float(), mask, 0.2),
                                atol=2e-2, rtol=2e-2)
+    bias = torch.randn(4, 6, 8)
+    out = npu_attention(q, k, v, mask, scale=0.2, bias=bias)
+    torch.testing.assert_close(out.float(), eager_attention(q.float(), k.float(), v.float(), mask, 0.2, bias),
+                               atol=3e-2, rtol=3e-2)
 
 
 def test_npu_backend_falls_back_to_math_for_unsupported_dtype(fake_torch_npu, monkeypatch):

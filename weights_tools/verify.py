@@ -7,6 +7,7 @@ Every checkpoint is converted and run on the inputs; every output tensor our mod
 Exit status 0 only when all of them are within tolerance.
 """
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -62,8 +63,9 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=1e-5, rt
     rows = []
     for checkpoint in checkpoints:
         model = registry.build_model(entry, checkpoint).to(device=device, dtype=dtype).eval()
-        with torch.no_grad():
-            produced = model.named_outputs(**{k: v.to(device) for k, v in inputs.items()})
+        accepted = inspect.signature(model.named_outputs).parameters
+        with torch.no_grad():  # fixtures may carry extra inputs (raw images for preprocessing checks)
+            produced = model.named_outputs(**{k: v.to(device) for k, v in inputs.items() if k in accepted})
         prefix = f"{checkpoint.name}/" if len(checkpoints) > 1 else ""
         for name, reference in references.items():
             if name in produced:

@@ -4,20 +4,24 @@ from torch import nn
 
 
 class TextEmbeddings(nn.Module):
-    """word + absolute position (0..S-1, padding does not shift them) + token type, then LayerNorm."""
+    """word + absolute position (0..S-1, padding does not shift them) + token type, then LayerNorm.
+
+    max_positions=0 leaves out absolute positions (models whose attention carries relative positions).
+    """
 
     def __init__(self, vocab_size: int, dim: int, max_positions: int, type_vocab_size: int, norm_eps: float,
                  pad_token_id: int = 0):
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab_size, dim, padding_idx=pad_token_id)
-        self.position_embeddings = nn.Embedding(max_positions, dim)
+        self.position_embeddings = nn.Embedding(max_positions, dim) if max_positions else None
         self.token_type_embeddings = nn.Embedding(type_vocab_size, dim)
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        return self.norm(x + self.position_embeddings(positions))
+        if self.position_embeddings is not None:
+            x = x + self.position_embeddings(torch.arange(input_ids.shape[1], device=input_ids.device))
+        return self.norm(x)
 
 
 class PatchEmbed(nn.Module):

@@ -1,0 +1,233 @@
+"""VLMo (unified vision-language transformer with mixture-of-modality experts) for VQAv2 and retrieval."""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from npu_models.layers import MultiwayBlock, PatchEmbed, TextEmbeddings
+from npu_models.layers.init import init_weights_
+from npu_models.transforms import ImageTransform
+
+TEXT, IMAGE = 0, 1  # modality-type embedding rows
+
+
+@dataclass
+class VLMoConfig:
+    image_size: int = 480
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    vlffn_start_layer_index: int = 10   # blocks from here on own a vision-language expert
+    max_text_len: int = 40              # text is always padded to this: the joint path splits there
+    max_text_len_of_initckpt: int = 196  # sizes the text part of the relative-position table
+    vocab_size: int = 30522
+    type_vocab_size: int = 2
+    head: str = "vqa"                   # "vqa" (pooler + answer classifier) or "retrieval" (ITC projections)
+    num_answers: int = 3129
+    norm_eps: float = 1e-6
+    do_lower_case: bool = True           # bert-base-uncased tokenisation
+
+    @property
+    def window(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.window ** 2 + 1
+
+    @property
+    def image_distances(self) -> int:
+        """Relative-position table rows for the image: 2-D offsets plus the three CLS entries."""
+        return (2 * self.window - 1) ** 2 + 3
+
+    @property
+    def table_rows(self) -> int:
+        """Rows of the shared relative-position table: image entries, text offsets, three text CLS entries."""
+        return self.image_distances + 2 * self.max_text_len_of_initckpt + 2
+
+    @property
+    def transform(self) -> ImageTransform:
+        # PIL bicubic squash to S x S (no crop), mean/std 0.5.
+        return ImageTransform(self.image_size, (0.5,) * 3, (0.5,) * 3, crop_pct=None, interpolation="bicubic")
+
+
+def relative_position_indices(config: VLMoConfig) -> dict[str, torch.Tensor]:
+    """Index matrices into the shared relative-position table for the image, text and joint sequences.
+
+    Image (BEiT): 2-D offsets between patches, plus three constants for CLS->patch, patch->CLS, CLS->CLS.
+    Text: 1-D offsets shifted past the image entries, plus its own three CLS constants. Joint: the two
+    matrices on the diagonal and one constant per direction between the modalities.
+    """
+    w, text_len = config.window, config.max_text_len
+    image_distances, table_rows = config.image_distances, config.table_rows
+    # Always built on the CPU: they are constants, also when the model is being built on the meta device.
+    cpu = torch.device("cpu")
+
+    rows, cols = torch.meshgrid(torch.arange(w, device=cpu), torch.arange(w, device=cpu), indexing="ij")
+    coords = torch.stack([rows.flatten(), cols.flatten()])                 # [2, P]
+    delta = coords[:, :, None] - coords[:, None, :] + (w - 1)             # [2, P, P]
+    image = torch.empty(w * w + 1, w * w + 1, dtype=torch.long, device=cpu)
+    image[1:, 1:] = delta[0] * (2 * w - 1) + delta[1]
+    image[0, :] = image_distances - 3
+    image[:, 0] = image_distances - 2
+    image[0, 0] = image_distances - 1
+
+    positions = torch.arange(text_len, device=cpu)
+    text = positions[None, :] - positions[:, None] + config.max_text_len_of_initckpt - 2 + image_distances + 2
+    text[0, :] = table_rows - 3
+    text[:, 0] = table_rows - 2
+    text[0, 0] = table_rows - 1
+
+    joint = torch.empty(text_len + w * w + 1, text_len + w * w + 1, dtype=torch.long, device=cpu)
+    joint[:text_len, :text_len] = text
+    joint[text_len:, text_len:] = image
+    joint[:text_len, text_len:] = image_distances
+    joint[text_len:, :text_len] = image_distances + 1
+    return {"image": image, "text": text, "joint": joint}
+
+
+class VLMo(nn.Module):
+    def __init__(self, config: VLMoConfig):
+        super().__init__()
+        if config.image_size % config.patch_size:
+            raise ValueError(f"image size {config.image_size} is not a multiple of patch size {config.patch_size}")
+        if config.head not in ("vqa", "retrieval"):
+            raise ValueError(f"head must be 'vqa' or 'retrieval', not {config.head!r}")
+        self.config = config
+        dim, depth = config.embed_dim, config.depth
+        self.text_embeddings = TextEmbeddings(config.vocab_size, dim, 0, config.type_vocab_size, 1e-12)
+        self.modality_embeddings = nn.Embedding(2, dim)
+        self.patch_embed = PatchEmbed(config.patch_size, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # One table for all layers; columns are layer-major, head-minor.
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(config.table_rows, config.num_heads * depth))
+        for name, index in relative_position_indices(config).items():
+            self.register_buffer(f"{name}_position_index", index, persistent=False)
+        self.blocks = nn.ModuleList(
+            MultiwayBlock(dim, config.num_heads, int(dim * config.mlp_ratio), config.norm_eps,
+                          ("text", "image", "vl") if i >= config.vlffn_start_layer_index else ("text", "image"))
+            for i in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
+        self.pooler = nn.Linear(dim, dim)
+        if config.head == "vqa":
+            self.vqa_head = nn.Sequential(nn.Linear(dim, 2 * dim), nn.LayerNorm(2 * dim, eps=1e-5), nn.GELU(),
+                                          nn.Linear(2 * dim, config.num_answers))
+        else:
+            self.text_proj = nn.Linear(dim, dim, bias=False)
+            self.image_proj = nn.Linear(dim, dim, bias=False)
+            self.logit_scale = nn.Parameter(torch.tensor(0.0))
+
+    def init_weights(self, seed: int = 0) -> "VLMo":
+        init_weights_(self, seed)
+        with torch.no_grad():
+            for block in self.blocks:
+                block.gamma_attn.fill_(0.1)
+                block.gamma_ffn.fill_(0.1)
+        return self
+
+    # --- embeddings -------------------------------------------------------------------------------------
+    def embed_text(self, text_ids):
+        """BERT word + token-type(0) embedding and LayerNorm (no absolute positions), then modality 0."""
+        bert = self.text_embeddings(text_ids, torch.zeros_like(text_ids))
+        return bert, bert + self.modality_embeddings.weight[TEXT]
+
+    def embed_image(self, image):
+        """Patch tokens with the class token in front (no absolute positions), then modality 1."""
+        if image.shape[-1] != self.config.image_size or image.shape[-2] != self.config.image_size:
+            raise ValueError(f"VLMo expects {self.config.image_size}x{self.config.image_size} images, got "
+                             f"{tuple(image.shape[-2:])}")
+        patches = self.patch_embed(image)
+        tokens = torch.cat([self.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
+        return patches, tokens, tokens + self.modality_embeddings.weight[IMAGE]
+
+    def position_bias(self, kind: str) -> torch.Tensor:
+        """[depth, heads, n, n] relative-position bias for the 'image', 'text' or 'joint' sequence."""
+        index = getattr(self, f"{kind}_position_index")
+        n = index.shape[0]
+        bias = self.relative_position_bias_table[index.flatten()].view(n, n, self.config.depth, self.config.num_heads)
+        return bias.permute(2, 3, 0, 1)
+
+    # --- the three paths --------------------------------------------------------------------------------
+    def encode(self, x, kind: str, key_mask=None, return_hidden: bool = False):
+        """Run the blocks on 'text' / 'image' tokens with their own expert everywhere, or on 'joint' tokens
+        (text expert on the first max_text_len tokens and image expert on the rest, the VL expert from
+        vlffn_start_layer_index on). Returns the final-normed tokens (and every block's output)."""
+        text_len, image_len = self.config.max_text_len, self.config.num_image_tokens
+        mask = None if key_mask is None else key_mask.bool()[:, None, None, :]
+        bias = self.position_bias(kind)
+        hidden = []
+        for i, block in enumerate(self.blocks):
+            if kind != "joint":
+                route = ((kind, x.shape[1]),)
+            elif i < self.config.vlffn_start_layer_index:
+                route = (("text", text_len), ("image", image_len))
+            else:
+                route = (("vl", text_len + image_len),)
+            x = block(x, route, mask, bias[i])
+            hidden.append(x)
+        return (self.norm(x), hidden) if return_hidden else self.norm(x)
+
+    def joint_features(self, image, text_ids, text_masks, return_hidden: bool = False):
+        text = self.embed_text(text_ids)[1]
+        image_tokens = self.embed_image(image)[2]
+        key_mask = torch.cat([text_masks, text_masks.new_ones(text_masks.shape[0], image_tokens.shape[1])], dim=1)
+        return self.encode(torch.cat([text, image_tokens], dim=1), "joint", key_mask, return_hidden)
+
+    def vqa_logits(self, image, text_ids, text_masks):
+        cls_feats = torch.tanh(self.pooler(self.joint_features(image, text_ids, text_masks)[:, 0]))
+        return self.vqa_head(cls_feats)
+
+    def image_embeds(self, image):
+        """L2-normalised ITC embedding of the image class token (image expert in every block)."""
+        return F.normalize(self.image_proj(self.encode(self.embed_image(image)[2], "image")[:, 0]), dim=-1)
+
+    def text_embeds(self, text_ids, text_masks):
+        """L2-normalised ITC embedding of the text class token (text expert in every block)."""
+        features = self.encode(self.embed_text(text_ids)[1], "text", text_masks)
+        return F.normalize(self.text_proj(features[:, 0]), dim=-1)
+
+    def forward(self, image, text_ids, text_masks):
+        """VQA answer logits [B, num_answers] (the VQA head); retrieval models use image_embeds/text_embeds."""
+        return self.vqa_logits(image, text_ids, text_masks)
+
+    def named_outputs(self, image, text_ids, text_masks) -> dict[str, torch.Tensor]:
+        """Every tensor the reference fixture records, under its names (prefix vqa. or irtr.)."""
+        p = "vqa" if self.config.head == "vqa" else "irtr"
+        bert, text_input = self.embed_text(text_ids)
+        patches, visual, image_input = self.embed_image(image)
+        out = {f"{p}.text_embeddings_bert": bert, f"{p}.text_input_embeds": text_input, f"{p}.patch_embed": patches,
+               f"{p}.visual_embed": visual, f"{p}.image_input_embeds": image_input}
+        final, hidden = self.joint_features(image, text_ids, text_masks, return_hidden=True)
+        out.update({f"{p}.joint.hidden.layer{i}": h for i, h in enumerate(hidden)})
+        out.update({f"{p}.joint.final_norm": final, f"{p}.joint.raw_cls_feats": final[:, 0],
+                    f"{p}.joint.cls_feats": torch.tanh(self.pooler(final[:, 0]))})
+        joint_bias = self.position_bias("joint")
+        out.update({f"{p}.joint.rel_pos_bias.layer{i}": joint_bias[i] for i in (0, self.config.depth - 1)})
+        out.update({"debug.relative_position_index": self.image_position_index,
+                    "debug.text_relative_position_index": self.text_position_index,
+                    "debug.text_imag_relative_position_index": self.joint_position_index})
+        if self.config.head == "vqa":
+            out["vqa.logits"] = self.vqa_head(out["vqa.joint.cls_feats"])
+            return out
+        for kind, tokens, mask in (("image", image_input, None), ("text", text_input, text_masks)):
+            final, hidden = self.encode(tokens, kind, mask, return_hidden=True)
+            out.update({f"irtr.{kind}.hidden.layer{i}": h for i, h in enumerate(hidden)})
+            out[f"irtr.{kind}.final_norm"] = final
+            out[f"irtr.{kind}.rel_pos_bias.layer0"] = self.position_bias(kind)[0]
+        out["irtr.image_embeds"] = F.normalize(self.image_proj(out["irtr.image.final_norm"][:, 0]), dim=-1)
+        out["irtr.text_embeds"] = F.normalize(self.text_proj(out["irtr.text.final_norm"][:, 0]), dim=-1)
+        out["irtr.similarity"] = out["irtr.image_embeds"] @ out["irtr.text_embeds"].T
+        out["irtr.logits_per_image"] = out["irtr.similarity"] * self.logit_scale.exp()
+        return out
+
+
+def vlmo_base_vqa() -> VLMoConfig:
+    return VLMoConfig(image_size=480, head="vqa")
+
+
+def vlmo_base_coco_retrieval() -> VLMoConfig:
+    return VLMoConfig(image_size=384, head="retrieval")
