@@ -18,7 +18,8 @@ import npu_models
 from eval import metrics
 from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, print_results,
                          run_metadata, write_json_atomic)
-from eval.data.imagenet import ImageDataset, collate, read_imagenet
+from eval.data.imagenet import read_imagenet
+from eval.data.images import ImageDataset, collate
 from npu_models.errors import UserError, cli_main
 
 SAMPLE = SAMPLES_DIR / "imagenet"

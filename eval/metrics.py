@@ -16,3 +16,34 @@ def top_k_accuracy(ranked_predictions: list[list[int]], labels: list[int], k: in
     if not labels:
         raise ValueError("accuracy of an empty set")
     return sum(int(y in ranked[:k]) for ranked, y in zip(ranked_predictions, labels)) / len(labels)
+
+
+def vqa_accuracy(predicted: str, human_answers: list[str]) -> float:
+    """The official VQA accuracy of one answer against its ten human answers (vqaEval.py).
+
+    Each human answer is left out in turn and the prediction scores min(1, matches among the other nine / 3);
+    the ten scores are averaged. As in vqaEval.py, normalisation happens only when the humans disagree:
+    human answers then lose punctuation, the prediction is fully normalised.
+    """
+    from eval.vqa_normalize import normalize_answer, process_punctuation
+
+    clean = lambda s: s.replace("\n", " ").replace("\t", " ").strip()  # noqa: E731
+    humans = [clean(a) for a in human_answers]
+    predicted = clean(predicted)
+    if len(set(humans)) > 1:
+        humans = [process_punctuation(a) for a in humans]
+        predicted = normalize_answer(predicted)
+    scores = []
+    for left_out in range(len(humans)):
+        matches = sum(1 for i, a in enumerate(humans) if i != left_out and a == predicted)
+        scores.append(min(1.0, matches / 3))
+    return sum(scores) / len(scores)
+
+
+VQA_SOFT_TARGET = (0.0, 0.3, 0.6, 0.9, 1.0)
+
+
+def vqa_soft_score(predicted: str, human_answers: list[str]) -> float:
+    """The reference repos' (ViLT/VLMo) VQA score: 0/0.3/0.6/0.9/1.0 for 0/1/2/3/4+ raw human answers
+    equal to the predicted answer string."""
+    return VQA_SOFT_TARGET[min(4, sum(1 for a in human_answers if a == predicted))]

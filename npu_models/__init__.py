@@ -6,7 +6,7 @@ from npu_models.errors import UserError
 __version__ = "0.1.0"
 
 
-def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=False, tp=1):
+def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=False, tp=1, task=None, config=None):
     """The one public entry: a ready-to-run model in eval mode.
 
     name_or_path: a registry name ('bert-base-cased-sst2'), a short name ('bert'), or a directory
@@ -15,6 +15,8 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
         reproducible random weights of the full size.
     device: auto | npu[:N] | cuda[:N] | cpu.  dtype: None/'auto' for the device default, or fp32/fp16/bf16.
     graph: compile with torchair on NPU, torch.compile elsewhere (static shapes).
+    task: picks among models sharing a short name ('vlmo' -> 'vqa' or 'retrieval').
+    config: the model config for random weights (no checkpoint); default: the registry's full-size one.
     """
     from npu_models import registry, runtime
     from weights_tools.common import is_converted_dir, read_json
@@ -23,10 +25,10 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
         raise UserError(f"tp={tp}: tensor parallelism is not available yet in this release; use tp=1.")
     if checkpoint is None and Path(str(name_or_path)).is_dir() and is_converted_dir(name_or_path):
         checkpoint, name_or_path = name_or_path, read_json(Path(name_or_path) / "config.json")["model"]
-    entry = registry.get_entry(str(name_or_path))
+    entry = registry.get_entry(str(name_or_path), task)
     device = runtime.resolve_device(device)
     dtype = runtime.parse_dtype(dtype, device)
-    model = registry.build_model(entry, checkpoint).to(device=device, dtype=dtype).eval()
+    model = registry.build_model(entry, checkpoint, config).to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
     return runtime.compile_model(model, device) if graph else model
 

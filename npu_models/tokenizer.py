@@ -32,3 +32,15 @@ def bert_tokenizer(vocab_file, lowercase: bool, max_length: int) -> Tokenizer:
     tokenizer.post_processor = processors.BertProcessing(("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
     tokenizer.enable_truncation(max_length)
     return tokenizer
+
+
+def encode_padded(tokenizer: Tokenizer, texts: list[str], length: int):
+    """Token ids and attention mask [N, length] int64, padded with [PAD] = 0 to exactly `length`."""
+    import torch
+
+    ids = torch.zeros(len(texts), length, dtype=torch.long)
+    mask = torch.zeros(len(texts), length, dtype=torch.long)
+    for row, encoding in enumerate(tokenizer.encode_batch(texts)):
+        ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids[:length])
+        mask[row, : len(encoding.ids)] = 1
+    return ids, mask

@@ -8,11 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from PIL import Image, UnidentifiedImageError
-
 from npu_models.errors import UserError
-from npu_models.transforms import ImageTransform, load_rgb
 
 # The 1000 ImageNet-1k WordNet ids in sorted order (the same list timm ships as imagenet_synsets.txt).
 WNIDS_FILE = Path(__file__).parent / "imagenet_wnids.txt"
@@ -103,30 +99,3 @@ def read_imagenet(root) -> list[ImageExample]:
         raise UserError(f"no ImageNet images in {root}: expected ILSVRC2012_val_*.JPEG files (with the devkit's "
                         f"{GROUND_TRUTH} and {META}) or one folder per class named by WordNet id.")
     return examples
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Decodes and transforms in DataLoader workers; an unreadable image yields None and its error."""
-
-    def __init__(self, examples: list[ImageExample], transform: ImageTransform):
-        self.examples, self.transform = examples, transform
-        self._pipeline = None
-
-    def __len__(self):
-        return len(self.examples)
-
-    def __getitem__(self, position):
-        if self._pipeline is None:
-            self._pipeline = self.transform.build()
-        try:
-            return position, self._pipeline(load_rgb(self.examples[position].path)), None
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as err:
-            return position, None, f"{type(err).__name__}: {err}"
-
-
-def collate(items):
-    """(positions, stacked pixels or None, [(position, error)]) for a batch that may hold failures."""
-    good = [(position, pixels) for position, pixels, _ in items if pixels is not None]
-    failed = [(position, error) for position, _, error in items if error is not None]
-    pixels = torch.stack([p for _, p in good]) if good else None
-    return [position for position, _ in good], pixels, failed

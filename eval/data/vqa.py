@@ -1,0 +1,92 @@
+"""VQAv2 in its released layout: v2_OpenEnded_mscoco_<split>_questions.json, v2_mscoco_<split>_annotations.json
+(absent for test splits) and <images>/COCO_<images>_<image id, 12 digits>.jpg; plus the answer vocabulary."""
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from eval.vqa_normalize import normalize_answer
+from npu_models.errors import UserError
+from weights_tools.common import read_json
+
+# test-dev questions refer to the test2015 images
+IMAGE_FOLDER = {"test-dev2015": "test2015"}
+
+
+@dataclass
+class VQAExample:
+    question_id: int
+    image_id: int
+    question: str
+    path: Path
+    answers: list[str] | None          # the ten raw human answers; None on test splits
+
+
+def questions_file(root: Path, split: str) -> Path:
+    return root / f"v2_OpenEnded_mscoco_{split}_questions.json"
+
+
+def annotations_file(root: Path, split: str) -> Path:
+    return root / f"v2_mscoco_{split}_annotations.json"
+
+
+def read_vqa(root, split: str = "val2014") -> list[VQAExample]:
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"VQAv2 directory {root} does not exist; pass --data with the question/annotation files.")
+    if not questions_file(root, split).is_file():
+        found = sorted(p.name for p in root.glob("v2_OpenEnded_mscoco_*_questions.json"))
+        raise UserError(f"{questions_file(root, split)} does not exist (--split {split}); found: "
+                        f"{', '.join(found) or 'no question files'}.")
+    questions = read_json(questions_file(root, split)).get("questions")
+    if not questions:
+        raise UserError(f"{questions_file(root, split)} holds no 'questions'.")
+    answers = {}
+    if annotations_file(root, split).is_file():
+        for annotation in read_json(annotations_file(root, split))["annotations"]:
+            answers[annotation["question_id"]] = [a["answer"] for a in annotation["answers"]]
+    folder = IMAGE_FOLDER.get(split, split)
+    examples = []
+    for q in questions:
+        if answers and q["question_id"] not in answers:
+            raise UserError(f"question {q['question_id']} has no entry in {annotations_file(root, split)}.")
+        path = root / folder / f"COCO_{folder}_{q['image_id']:012d}.jpg"
+        examples.append(VQAExample(q["question_id"], q["image_id"], q["question"], path,
+                                   answers.get(q["question_id"])))
+    return examples
+
+
+def normalize_word(answer: str) -> str:
+    """ViLT/VLMo's glossary.normalize_word: the VQA normalisation, then commas removed."""
+    return normalize_answer(answer).replace(",", "")
+
+
+def build_answer_vocabulary(root: Path, min_count: int = 9) -> list[str]:
+    """Rebuilt as the reference does: normalised multiple-choice answers of train2014 then val2014,
+    kept when seen at least `min_count` times, in order of first occurrence."""
+    files = [annotations_file(root, split) for split in ("train2014", "val2014")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"rebuilding the answer vocabulary needs {' and '.join(missing)}; or pass --answers "
+                        "answer2label.txt (the JSON-lines file the ModelZoo guide writes).")
+    counts = Counter(normalize_word(a["multiple_choice_answer"])
+                     for f in files for a in read_json(f)["annotations"])
+    return [answer for answer, count in counts.items() if count >= min_count]
+
+
+def read_answer2label(path: Path) -> list[str]:
+    """answer2label.txt: one JSON object {"answer": ..., "label": ...} per line -> answers by label."""
+    if not path.is_file():
+        raise UserError(f"answer list {path} does not exist; pass --answers answer2label.txt.")
+    by_label = {}
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            by_label[int(entry["label"])] = entry["answer"]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise UserError(f"{path}:{line_number}: expected a JSON object with 'answer' and 'label'.") from None
+    if sorted(by_label) != list(range(len(by_label))):
+        raise UserError(f"{path}: labels must run from 0 to {len(by_label) - 1} without gaps.")
+    return [by_label[i] for i in range(len(by_label))]
