@@ -43,16 +43,16 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def beside(args, name: str) -> Path | None:
-    """A file in --data or beside the checkpoint, in that order."""
-    for directory in (args.data, args.checkpoint.parent if args.checkpoint else None):
+def beside(args, data: Path, name: str) -> Path | None:
+    """A file in the data directory or beside the checkpoint, in that order."""
+    for directory in (data, args.checkpoint.parent if args.checkpoint else None):
         if directory is not None and (directory / name).is_file():
             return directory / name
     return None
 
 
 def load_answers(args, data: Path) -> list[str]:
-    path = args.answers or beside(args, "answer2label.txt")
+    path = args.answers or beside(args, data, "answer2label.txt")
     return read_answer2label(path) if path else build_answer_vocabulary(data)
 
 
@@ -77,7 +77,7 @@ def evaluate(args) -> dict:
     data = args.data or SAMPLE
     examples = read_vqa(data, args.split)[: args.limit]
     answers = load_answers(args, data)
-    vocab = args.vocab or beside(args, "vocab.txt") or (SAMPLE / "vocab.txt" if args.checkpoint is None else None)
+    vocab = args.vocab or beside(args, data, "vocab.txt")
     if vocab is None:
         raise UserError("no vocab.txt in --data or beside the checkpoint; pass --vocab with bert-base-uncased's vocab.txt.")
     model = load_vqa_model(args, len(answers))

@@ -39,9 +39,12 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        reason = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
         raise UserError(
-            f"{path} holds Python objects beyond tensors, which are not loaded for safety ({err}). "
-            "Re-save only its state dict (torch.save(model.state_dict(), ...)) or convert it to safetensors."
+            f"{path} holds Python objects beyond tensors ({reason or 'not a plain state dict'}); they are not "
+            "unpickled, since unpickling can run code. If you trust the file, re-save its state dict once and pass "
+            "the new file: python -c \"import torch; c = torch.load('IN', weights_only=False); "
+            "torch.save({'state_dict': c['state_dict']}, 'OUT')\" (or save c itself when it is a bare state dict)."
         ) from None
     except (SafetensorError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise UserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
