@@ -52,7 +52,7 @@ def evaluate(args) -> dict:
     if store.done:
         print(f"resuming: {len(examples) - len(todo)} of {len(examples)} predictions already in {args.predictions}",
               file=sys.stderr)
-    loader = torch.utils.data.DataLoader(ImageDataset(todo, config.transform), batch_size=args.batch_size,
+    loader = torch.utils.data.DataLoader(ImageDataset([e.path for e in todo], config.transform), batch_size=args.batch_size,
                                          num_workers=args.num_workers, collate_fn=collate,
                                          pin_memory=device.type != "cpu")
     meter, unreadable = LatencyMeter(device), []

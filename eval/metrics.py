@@ -47,3 +47,29 @@ def vqa_soft_score(predicted: str, human_answers: list[str]) -> float:
     """The reference repos' (ViLT/VLMo) VQA score: 0/0.3/0.6/0.9/1.0 for 0/1/2/3/4+ raw human answers
     equal to the predicted answer string."""
     return VQA_SOFT_TARGET[min(4, sum(1 for a in human_answers if a == predicted))]
+
+
+def retrieval_recall(scores_i2t, scores_t2i, image_to_texts: list[list[int]], text_to_image: list[int]) -> dict:
+    """Recall@1/5/10 in percent for text retrieval (TR, per image) and image retrieval (IR, per caption),
+    ranked as the reference evaluations rank (numpy argsort, descending); r_mean averages both means."""
+    import numpy as np
+
+    scores_i2t, scores_t2i = np.asarray(scores_i2t), np.asarray(scores_t2i)
+    text_ranks = np.zeros(len(image_to_texts))
+    for image, row in enumerate(scores_i2t):
+        order = np.argsort(row)[::-1]
+        text_ranks[image] = min(np.where(order == t)[0][0] for t in image_to_texts[image])
+    image_ranks = np.zeros(len(text_to_image))
+    for text, row in enumerate(scores_t2i):
+        order = np.argsort(row)[::-1]
+        image_ranks[text] = np.where(order == text_to_image[text])[0][0]
+
+    def recall(ranks, k):
+        return 100.0 * len(np.where(ranks < k)[0]) / len(ranks)
+
+    out = {f"txt_r{k}": recall(text_ranks, k) for k in (1, 5, 10)}
+    out.update({f"img_r{k}": recall(image_ranks, k) for k in (1, 5, 10)})
+    out["txt_r_mean"] = (out["txt_r1"] + out["txt_r5"] + out["txt_r10"]) / 3
+    out["img_r_mean"] = (out["img_r1"] + out["img_r5"] + out["img_r10"]) / 3
+    out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
+    return out

@@ -93,7 +93,7 @@ def evaluate(args) -> dict:
               file=sys.stderr)
     tokenizer = bert_tokenizer(vocab, config.do_lower_case, config.max_text_len)
     text_ids, text_masks = encode_padded(tokenizer, [e.question for e in todo], config.max_text_len)
-    loader = torch.utils.data.DataLoader(ImageDataset(todo, config.transform), batch_size=args.batch_size,
+    loader = torch.utils.data.DataLoader(ImageDataset([e.path for e in todo], config.transform), batch_size=args.batch_size,
                                          num_workers=args.num_workers, collate_fn=collate)
     meter, unreadable = LatencyMeter(device), []
     try:

@@ -48,3 +48,14 @@ def test_no_peer_times_ours_alone(tmp_path):
                 "--seq-len", "8", "--modes", "eager", "--warmup", "0", "--iters", "1", "--no-peer", "--json", str(out)])
     rows = json.loads(out.read_text())
     assert [(r["impl"], r["seq_len"], r["max_abs_diff_vs_peer"]) for r in rows] == [("ours", 8, None)]
+
+
+@pytest.mark.parametrize("model, checkpoint, seq_len", [("vlmo-base-vqa", "vqa_checkpoint.pt", 12 + 17),
+                                                        ("vlmo-base-coco-retrieval", "retrieval_checkpoint.pt", 17)])
+def test_vlmo_bench_times_ours_alone(tmp_path, capsys, model, checkpoint, seq_len):
+    out = tmp_path / "vlmo.json"
+    bench.main(["--model", model, "--checkpoint", str(FIXTURES / "reference" / "vlmo" / checkpoint), "--device", "cpu",
+                "--batch-sizes", "2", "--modes", "eager,graph", "--warmup", "0", "--iters", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r["impl"], r["mode"], r["seq_len"]) for r in rows] == [("ours", "eager", seq_len), ("ours", "graph", seq_len)]
+    assert "no peer implementation" in capsys.readouterr().err

@@ -8,18 +8,18 @@ from npu_models.transforms import ImageTransform, load_rgb
 class ImageDataset(torch.utils.data.Dataset):
     """Decodes and transforms in DataLoader workers; an unreadable image yields None and its error."""
 
-    def __init__(self, examples: list, transform: ImageTransform):
-        self.examples, self.transform = examples, transform
+    def __init__(self, paths: list, transform: ImageTransform):
+        self.paths, self.transform = paths, transform
         self._pipeline = None
 
     def __len__(self):
-        return len(self.examples)
+        return len(self.paths)
 
     def __getitem__(self, position):
         if self._pipeline is None:
             self._pipeline = self.transform.build()
         try:
-            return position, self._pipeline(load_rgb(self.examples[position].path)), None
+            return position, self._pipeline(load_rgb(self.paths[position])), None
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as err:
             return position, None, f"{type(err).__name__}: {err}"
 

@@ -9,8 +9,9 @@ import torch
 from npu_models.runtime.device import import_torch_npu
 
 
-def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Return the graph-mode version of `model` for `device` (the module itself stays usable eagerly)."""
+def compile_model(model, device: torch.device):
+    """The graph-mode version of `model` (a module, or one of its methods) for `device`; the original stays
+    usable eagerly."""
     if device.type == "npu":
         import_torch_npu()
         import torchair

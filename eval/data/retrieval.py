@@ -1,0 +1,45 @@
+"""COCO Karpathy retrieval splits: Karpathy's `dataset_coco.json` or BLIP's `coco_karpathy_<split>.json`."""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from npu_models.errors import UserError
+from weights_tools.common import read_json
+
+
+@dataclass
+class RetrievalSplit:
+    image_paths: list[Path]
+    texts: list[str]
+    text_to_image: list[int]                                   # the image row of each caption
+    image_to_texts: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.image_to_texts = [[] for _ in self.image_paths]
+        for text, image in enumerate(self.text_to_image):
+            self.image_to_texts[image].append(text)
+
+
+def read_retrieval(root, split: str = "test") -> RetrievalSplit:
+    """Images in file order, every caption kept, captions numbered image by image (as both references do)."""
+    root = Path(root)
+    karpathy, blip = root / "dataset_coco.json", root / f"coco_karpathy_{split}.json"
+    if blip.is_file():
+        entries = read_json(blip)
+        records = [(root / e["image"], e["caption"] if isinstance(e["caption"], list) else [e["caption"]])
+                   for e in entries]
+    elif karpathy.is_file():
+        images = read_json(karpathy).get("images", [])
+        records = [(root / e.get("filepath", "") / e["filename"], [s["raw"] for s in e["sentences"]])
+                   for e in images if e.get("split") == split]
+    else:
+        raise UserError(f"no retrieval annotations in {root}: expected coco_karpathy_{split}.json (BLIP) or "
+                        "dataset_coco.json (Karpathy's split file) beside the val2014/ images.")
+    if not records:
+        raise UserError(f"the {split} split in {root} has no images.")
+    texts, text_to_image = [], []
+    for row, (_, captions) in enumerate(records):
+        if not captions:
+            raise UserError(f"image {records[row][0].name} has no captions in the {split} split.")
+        texts += captions
+        text_to_image += [row] * len(captions)
+    return RetrievalSplit([path for path, _ in records], texts, text_to_image)

@@ -1,0 +1,99 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+import npu_models
+from eval import metrics, retrieval
+from eval.data.retrieval import read_retrieval
+from npu_models.errors import UserError
+from npu_models.tokenizer import bert_tokenizer, encode_padded
+from npu_models.transforms import preprocess
+from tests.conftest import FIXTURES
+from tests.imagenet_layout import synthetic_image
+
+VLMO_FIXTURE = FIXTURES / "reference" / "vlmo"
+VQA_VLMO = FIXTURES / "reference" / "vqa-vlmo"
+CAPTIONS = [["two circles on blue", "a blue picture", "round shapes", "what is this", "some color"],
+            ["a red square", "the edge of a table", "stripes and gradient", "a little woman", "big train"],
+            ["orange center", "green stripe", "standing at the edge", "wearing a hat", "a gradient"]]
+
+
+def test_recall_hand_computed():
+    # 3 images x 4 captions; image 0 owns captions 0-1, image 1 owns 2, image 2 owns 3.
+    scores = torch.tensor([[0.9, 0.1, 0.8, 0.0],    # image 0: its caption 0 ranks first            -> TR rank 0
+                           [0.7, 0.6, 0.5, 0.4],    # image 1: its caption 2 ranks third            -> TR rank 2
+                           [0.1, 0.2, 0.3, 0.05]])  # image 2: its caption 3 ranks last (fourth)    -> TR rank 3
+    image_to_texts, text_to_image = [[0, 1], [2], [3]], [0, 0, 1, 2]
+    # IR ranks per caption (column): c0 -> image 0 first (0); c1 -> image 1 beats image 0 (1);
+    # c2 -> image 0 beats image 1 (1); c3 -> image 1 beats image 2 (1)
+    out = metrics.retrieval_recall(scores, scores.T, image_to_texts, text_to_image)
+    assert (out["txt_r1"], out["txt_r5"], out["txt_r10"]) == (100 / 3, 100.0, 100.0)
+    assert (out["img_r1"], out["img_r5"], out["img_r10"]) == (25.0, 100.0, 100.0)
+    assert out["r_mean"] == pytest.approx(((100 / 3 + 200) / 3 + 225 / 3) / 2)
+
+
+def write_dataset(root, karpathy: bool):
+    (root / "val2014").mkdir(parents=True)
+    for i in range(3):
+        synthetic_image(300 + i).save(root / "val2014" / f"COCO_val2014_{i:012d}.jpg")
+    if karpathy:
+        images = [{"filepath": "val2014", "filename": f"COCO_val2014_{i:012d}.jpg", "split": "test",
+                   "sentences": [{"raw": c, "tokens": c.split()} for c in caps]} for i, caps in enumerate(CAPTIONS)]
+        images.insert(1, {"filepath": "train2014", "filename": "x.jpg", "split": "train", "sentences": [{"raw": "x"}]})
+        (root / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+    else:
+        (root / "coco_karpathy_test.json").write_text(json.dumps(
+            [{"image": f"val2014/COCO_val2014_{i:012d}.jpg", "caption": caps} for i, caps in enumerate(CAPTIONS)]))
+    shutil.copy(VLMO_FIXTURE / "retrieval_checkpoint.pt", root / "retrieval.pt")
+    shutil.copy(VLMO_FIXTURE / "config.json", root / "config.json")
+    shutil.copy(VQA_VLMO / "vocab.txt", root / "vocab.txt")
+
+
+@pytest.mark.parametrize("karpathy", [True, False])
+def test_both_annotation_formats_read_the_same_split(tmp_path, karpathy):
+    write_dataset(tmp_path, karpathy)
+    split = read_retrieval(tmp_path)
+    assert [p.name for p in split.image_paths] == [f"COCO_val2014_{i:012d}.jpg" for i in range(3)]
+    assert split.texts == [c for caps in CAPTIONS for c in caps]
+    assert split.image_to_texts == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14]]
+
+
+def test_eval_equals_recall_of_directly_computed_embeddings(tmp_path):
+    write_dataset(tmp_path, karpathy=True)
+    out = tmp_path / "out.json"
+    retrieval.main(["--model", "vlmo", "--checkpoint", str(tmp_path / "retrieval.pt"), "--data", str(tmp_path),
+                    "--device", "cpu", "--batch-size", "2", "--num-workers", "0", "--output", str(out)])
+    results = json.loads(out.read_text())
+    model = npu_models.load_model("vlmo", tmp_path / "retrieval.pt", device="cpu", task="retrieval")
+    split = read_retrieval(tmp_path)
+    pixels = torch.stack([preprocess(p, model.config.transform) for p in split.image_paths])
+    ids, masks = encode_padded(bert_tokenizer(tmp_path / "vocab.txt", True, 12), split.texts, 12)
+    with torch.no_grad():
+        scores = model.image_embeds(pixels) @ model.text_embeds(ids, masks).T
+    expected = metrics.retrieval_recall(scores, scores.T, split.image_to_texts, split.text_to_image)
+    assert {k: results[k] for k in expected} == expected
+    assert (results["num_images"], results["num_texts"]) == (3, 15)
+    # the embeddings are what the reference computes: unit vectors from the projection of the class token
+    assert torch.allclose(model.image_embeds(pixels).norm(dim=-1), torch.ones(3))
+
+
+def test_missing_annotations_and_images_are_explained(tmp_path, capsys):
+    with pytest.raises(UserError, match="no retrieval annotations"):
+        read_retrieval(tmp_path)
+    write_dataset(tmp_path, karpathy=False)
+    (tmp_path / "val2014" / "COCO_val2014_000000000001.jpg").unlink()
+    with pytest.raises(SystemExit):
+        retrieval.main(["--checkpoint", str(tmp_path / "retrieval.pt"), "--data", str(tmp_path), "--device", "cpu",
+                        "--num-workers", "0"])
+    assert "COCO_val2014_000000000001.jpg cannot be read" in capsys.readouterr().err
+
+
+def test_a_vqa_checkpoint_is_refused_for_retrieval(tmp_path, capsys):
+    write_dataset(tmp_path, karpathy=False)
+    shutil.copy(VLMO_FIXTURE / "vqa_checkpoint.pt", tmp_path / "vqa.pt")
+    with pytest.raises(SystemExit):
+        retrieval.main(["--model", "vlmo", "--checkpoint", str(tmp_path / "vqa.pt"), "--data", str(tmp_path),
+                        "--device", "cpu", "--num-workers", "0"])
+    assert "is a vqa checkpoint; retrieval needs the COCO retrieval fine-tune" in capsys.readouterr().err
