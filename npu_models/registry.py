@@ -58,6 +58,12 @@ def get_entry(name: str, task: str | None = None) -> ModelEntry:
     raise UserError(f"unknown model '{name}'. Known models: {known}.")
 
 
+def entry_for_config(entry: ModelEntry, config) -> ModelEntry:
+    """Among models built by the same class, the one whose task the (checkpoint's) config says."""
+    task = getattr(config, "task", entry.task)
+    return next((e for e in REGISTRY.values() if e.build is entry.build and e.task == task), entry)
+
+
 def config_from_dict(entry: ModelEntry, values: dict, source):
     fields = {f.name for f in dataclasses.fields(entry.config_class)}
     unknown = sorted(set(values) - fields)

@@ -131,3 +131,13 @@ def test_square_transform_reproduces_the_reference_images(tmp_path):
     for i in range(3):
         image = Image.fromarray(np.asarray(inputs[f"raw_image_{i}"]))
         torch.testing.assert_close(transform(image), inputs["image"][i], atol=2 / 255 * 2, rtol=0)  # 1 LSB of PIL
+
+
+def test_convert_names_the_model_by_the_checkpoint_head(tmp_path):
+    from weights_tools.convert import convert
+    for checkpoint, name in (("retrieval_checkpoint.pt", "vlmo-base-coco-retrieval"), ("vqa_checkpoint.pt", "vlmo-base-vqa")):
+        out = convert("vlmo", VLMO_FIXTURE / checkpoint, tmp_path / name)
+        assert json.loads((out / "config.json").read_text())["model"] == name
+        model = npu_models.load_model(out, device="cpu")
+        reference = npu_models.load_model("vlmo", VLMO_FIXTURE / checkpoint, device="cpu")
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))

@@ -18,6 +18,7 @@ def convert(model_name: str, checkpoint, out_dir) -> Path:
     entry = registry.get_entry(model_name)
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     config, state = registry.load_weights(entry, checkpoint)
+    entry = registry.entry_for_config(entry, config)
     source_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
     assets = {name: source_dir / name for name in entry.assets if (source_dir / name).is_file()}
     save_converted(out_dir, entry.name, config, state, assets)
