@@ -237,3 +237,9 @@ def vlmo_base_vqa() -> VLMoConfig:
 
 def vlmo_base_coco_retrieval() -> VLMoConfig:
     return VLMoConfig(image_size=384, head="retrieval")
+
+
+def vlmo_large(image_size: int, head: str) -> VLMoConfig:
+    """vlmo_large_patch16: 24 blocks of width 1024 with 16 heads, the VL expert in the last three."""
+    return VLMoConfig(image_size=image_size, embed_dim=1024, depth=24, num_heads=16, vlffn_start_layer_index=21,
+                      head=head)

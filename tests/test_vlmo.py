@@ -52,6 +52,14 @@ def test_every_official_key_maps_onto_the_full_size_model(section, config):
     assert sum(p.numel() for p in model.parameters()) + 40 * 768 == official["num_parameters"]  # + unused text positions
 
 
+def test_large_config_builds_with_its_sizes():
+    from npu_models.vlmo import vlmo_large
+    with torch.device("meta"):
+        model = VLMo(vlmo_large(480, "vqa"))
+    assert len(model.blocks) == 24 and model.relative_position_bias_table.shape == (3878, 24 * 16)
+    assert [sorted(b.ffn.mlps) for b in model.blocks].count(["image", "text", "vl"]) == 3
+
+
 def test_index_matrices_follow_the_config():
     config = tiny_config(max_text_len_of_initckpt=7)
     indices = relative_position_indices(config)
