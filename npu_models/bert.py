@@ -21,6 +21,7 @@ class BertConfig:
     pad_token_id: int = 0
     with_pooler: bool = True
     labels: list[str] = field(default_factory=lambda: ["negative", "positive"])  # empty: encoder only
+    cross_attention_dim: int = 0         # > 0: every block can attend to another encoder's tokens (BLIP)
     # Preprocessing: the checkpoint's own WordPiece vocabulary, cased or not.
     do_lower_case: bool = False
 
@@ -38,7 +39,8 @@ class Bert(nn.Module):
         self.embeddings = TextEmbeddings(config.vocab_size, config.hidden_size, config.max_positions,
                                          config.type_vocab_size, config.layer_norm_eps, config.pad_token_id)
         self.blocks = nn.ModuleList(
-            Block(config.hidden_size, config.num_heads, config.intermediate_size, config.layer_norm_eps)
+            Block(config.hidden_size, config.num_heads, config.intermediate_size, config.layer_norm_eps,
+                  cross_attention_dim=config.cross_attention_dim or None)
             for _ in range(config.num_layers)
         )
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.with_pooler else None
@@ -47,9 +49,10 @@ class Bert(nn.Module):
     def init_weights(self, seed: int = 0) -> "Bert":
         return init_weights_(self, seed)
 
-    def forward_features(self, input_ids, attention_mask=None, token_type_ids=None):
-        """Token ids [B, S] -> last hidden state [B, S, H]; padded keys (mask 0) are not attended to."""
-        return self._encode(input_ids, attention_mask, token_type_ids)[-1]
+    def forward_features(self, input_ids, attention_mask=None, token_type_ids=None, context=None):
+        """Token ids [B, S] -> last hidden state [B, S, H]; padded keys (mask 0) are not attended to.
+        With a context [B, N, C] (cross-attention models) every block also attends to all of its tokens."""
+        return self._encode(input_ids, attention_mask, token_type_ids, context)[-1]
 
     def forward_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Pooler tanh(dense(h[:, 0])) then the classifier; the pooled vector when there are no labels."""
@@ -71,15 +74,15 @@ class Bert(nn.Module):
             outputs["probs"] = outputs["logits"].float().softmax(dim=-1)
         return outputs
 
-    def _encode(self, input_ids, attention_mask, token_type_ids):
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+    def _encode(self, input_ids, attention_mask, token_type_ids, context=None, return_hidden=False):
         # Key padding mask [B, 1, 1, S], True = attend; padded query rows are still computed.
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         embedded = x = self.embeddings(input_ids, token_type_ids)
+        hidden = []
         for block in self.blocks:
-            x = block(x, mask)
-        return embedded, x
+            x = block(x, mask, context)
+            hidden.append(x)
+        return (embedded, hidden) if return_hidden else (embedded, x)
 
 
 def bert_base_cased_sst2() -> BertConfig:

@@ -6,8 +6,9 @@ from typing import Any, Callable
 
 import torch
 
-from npu_models import bert, vit, vlmo
+from npu_models import bert, blip, vit, vlmo
 from npu_models.errors import UserError
+from weights_tools import blip as blip_weights
 from weights_tools import hf_bert
 from weights_tools import vit as vit_weights
 from weights_tools import vlmo as vlmo_weights
@@ -35,6 +36,8 @@ REGISTRY = {
                    hf_bert.read_hf_bert, "sst2", assets=("vocab.txt",)),
         ModelEntry("vit-base-patch32-224", "vit", vit.ViTConfig, vit.vit_base_patch32_224, vit.ViT,
                    vit_weights.read_vit, "imagenet"),
+        ModelEntry("blip-retrieval-coco", "blip", blip.BlipConfig, blip.blip_retrieval_coco, blip.Blip,
+                   blip_weights.read_blip, "retrieval", assets=("vocab.txt",)),
         ModelEntry("vlmo-base-vqa", "vlmo", vlmo.VLMoConfig, vlmo.vlmo_base_vqa, vlmo.VLMo,
                    vlmo_weights.read_vlmo, "vqa", assets=("vocab.txt",)),
         ModelEntry("vlmo-base-coco-retrieval", "vlmo", vlmo.VLMoConfig, vlmo.vlmo_base_coco_retrieval, vlmo.VLMo,

@@ -24,13 +24,19 @@ TOP_LEVEL = {  # HF module path -> ours
 PER_LAYER = {  # HF module path under encoder.layer.N -> ours under blocks.N
     "attention.output.dense": "attn.proj",
     "attention.output.LayerNorm": "attn_norm",
+    "crossattention.output.dense": "cross_attn.proj",       # BLIP's text encoder (MED)
+    "crossattention.output.LayerNorm": "cross_attn_norm",
     "intermediate.dense": "mlp.fc1",
     "output.dense": "mlp.fc2",
     "output.LayerNorm": "mlp_norm",
 }
 QKV_ORDER = ("query", "key", "value")
 LAYER_KEY = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
-QKV_KEY = re.compile(r"^attention\.self\.(query|key|value)$")
+QKV_KEY = re.compile(r"^(attention|crossattention)\.self\.(query|key|value)$")
+# Self-attention fuses q, k, v into one projection; cross-attention keeps q (on the text) apart from
+# k, v (on the other encoder's tokens, possibly of another width).
+FUSED = {"attention": {"attn.qkv": QKV_ORDER}, "crossattention": {"cross_attn.q": ("query",),
+                                                                   "cross_attn.kv": ("key", "value")}}
 
 
 def find_weights(directory: Path) -> Path:
@@ -54,10 +60,13 @@ def config_from_hf(hf: dict, state_dict: dict, tokenizer_config: dict, source) -
         config = BertConfig(
             vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
             num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
-            max_positions=hf["max_position_embeddings"], type_vocab_size=hf.get("type_vocab_size", 2),
+            max_positions=hf["max_position_embeddings"],
+            type_vocab_size=hf.get("type_vocab_size", 2) if "embeddings.token_type_embeddings.weight" in state_dict else 0,
             layer_norm_eps=hf.get("layer_norm_eps", 1e-12), pad_token_id=hf.get("pad_token_id") or 0,
             with_pooler=any(k.startswith("pooler.") for k in state_dict), labels=[],
             do_lower_case=tokenizer_config.get("do_lower_case", True),
+            cross_attention_dim=hf.get("encoder_width", hf["hidden_size"])
+            if any(".crossattention." in k for k in state_dict) else 0,
         )
     except KeyError as err:
         raise UserError(f"{source} lacks the key {err}, which a BERT config.json must give.") from None
@@ -86,7 +95,7 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor]) -> tuple[dict, dict, l
         elif match := LAYER_KEY.match(key):
             layer, sub, param = match.groups()
             if qkv := QKV_KEY.match(sub):
-                qkv_parts.setdefault((int(layer), param), {})[qkv.group(1)] = (hf_key, tensor)
+                qkv_parts.setdefault((int(layer), qkv.group(1), param), {})[qkv.group(2)] = (hf_key, tensor)
                 continue
             if sub not in PER_LAYER:
                 unexpected.append(hf_key)
@@ -96,12 +105,13 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor]) -> tuple[dict, dict, l
             unexpected.append(hf_key)
             continue
         ours[our_key], origin[our_key] = tensor, hf_key
-    for (layer, param), parts in qkv_parts.items():
-        our_key = f"blocks.{layer}.attn.qkv.{param}"
-        origin[our_key] = " + ".join(
-            parts[name][0] if name in parts else f"...attention.self.{name}.{param}" for name in QKV_ORDER)
-        if len(parts) == 3:  # an incomplete triple is reported as missing by the shape check
-            ours[our_key] = torch.cat([parts[name][1] for name in QKV_ORDER], dim=0)
+    for (layer, kind, param), parts in qkv_parts.items():
+        for target, names in FUSED[kind].items():
+            our_key = f"blocks.{layer}.{target}.{param}"
+            origin[our_key] = " + ".join(
+                parts[name][0] if name in parts else f"...{kind}.self.{name}.{param}" for name in names)
+            if all(name in parts for name in names):  # an incomplete set is reported as missing by the shape check
+                ours[our_key] = torch.cat([parts[name][1] for name in names], dim=0)
     return ours, origin, unexpected
 
 
@@ -112,6 +122,9 @@ def official_key(our_key: str, prefix: str) -> str:
         layer, sub = match.groups()
         if sub == "attn.qkv":
             return f"{prefix}encoder.layer.{layer}.attention.self.{{query,key,value}}.{param}"
+        if sub in ("cross_attn.q", "cross_attn.kv"):
+            names = "query" if sub == "cross_attn.q" else "{key,value}"
+            return f"{prefix}encoder.layer.{layer}.crossattention.self.{names}.{param}"
         hf_sub = {ours: hf for hf, ours in PER_LAYER.items()}.get(sub, sub)
         return f"{prefix}encoder.layer.{layer}.{hf_sub}.{param}"
     hf_module = {ours: hf for hf, ours in TOP_LEVEL.items()}.get(module, module)

@@ -7,30 +7,44 @@ from kernels import attention
 
 
 class Attention(nn.Module):
-    """qkv: Linear(dim, 3 * dim) with q, k, v stacked along the output (fused at conversion time).
+    """Self-attention: qkv = Linear(dim, 3 * dim), q, k, v stacked along the output (fused at conversion).
+    Cross-attention (kv_dim given): q = Linear(dim, dim) on x, kv = Linear(kv_dim, 2 * dim) on the context.
 
     qkv_bias: "qkv" (one bias for all three), "qv" (BEiT/VLMo: q and v biases, keys unbiased) or None.
     `num_heads` counts the heads this module computes: tensor parallelism lowers it per rank.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: str | None = "qkv"):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: str | None = "qkv", kv_dim: int | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias == "qkv")
+        if kv_dim is None:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias == "qkv")
+        else:
+            self.q = nn.Linear(dim, dim)
+            self.kv = nn.Linear(kv_dim, 2 * dim)
         if qkv_bias == "qv":
             self.q_bias = nn.Parameter(torch.zeros(dim))
             self.v_bias = nn.Parameter(torch.zeros(dim))
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None):
+    def split_heads(self, x: torch.Tensor, parts: int) -> list[torch.Tensor]:
+        """[B, S, parts * H * D] -> `parts` tensors [B, H, S, D]."""
         batch, length, _ = x.shape
-        if hasattr(self, "q_bias"):
-            qkv = F.linear(x, self.qkv.weight, torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias]))
+        return list(x.view(batch, length, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                context: torch.Tensor | None = None):
+        """mask (bool, True = attend) and bias are over the keys: x's own tokens, or the context's."""
+        batch, length, _ = x.shape
+        if context is not None:
+            (q,), (k, v) = self.split_heads(self.q(x), 1), self.split_heads(self.kv(context), 2)
+        elif hasattr(self, "q_bias"):
+            qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+            q, k, v = self.split_heads(F.linear(x, self.qkv.weight, qkv_bias), 3)
         else:
-            qkv = self.qkv(x)
-        q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = attention(q, k, v, mask, bias=bias)  # each of q, k, v: [B, H, S, D]
+            q, k, v = self.split_heads(self.qkv(x), 3)
+        out = attention(q, k, v, mask, bias=bias)
         return self.proj(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim))

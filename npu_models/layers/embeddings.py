@@ -6,7 +6,8 @@ from torch import nn
 class TextEmbeddings(nn.Module):
     """word + absolute position (0..S-1, padding does not shift them) + token type, then LayerNorm.
 
-    max_positions=0 leaves out absolute positions (models whose attention carries relative positions).
+    max_positions=0 leaves out absolute positions (models whose attention carries relative positions);
+    type_vocab_size=0 leaves out token types (BLIP's text encoder has none).
     """
 
     def __init__(self, vocab_size: int, dim: int, max_positions: int, type_vocab_size: int, norm_eps: float,
@@ -14,11 +15,13 @@ class TextEmbeddings(nn.Module):
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab_size, dim, padding_idx=pad_token_id)
         self.position_embeddings = nn.Embedding(max_positions, dim) if max_positions else None
-        self.token_type_embeddings = nn.Embedding(type_vocab_size, dim)
+        self.token_type_embeddings = nn.Embedding(type_vocab_size, dim) if type_vocab_size else None
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.word_embeddings(input_ids)
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
         if self.position_embeddings is not None:
             x = x + self.position_embeddings(torch.arange(input_ids.shape[1], device=input_ids.device))
         return self.norm(x)
