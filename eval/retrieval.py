@@ -1,10 +1,13 @@
 """Image-text retrieval on the COCO Karpathy test split: TR/IR recall@1/5/10.
 
+    python -m eval.retrieval --model blip --checkpoint model_base_retrieval_coco.pth --data coco --vocab vocab.txt
     python -m eval.retrieval --model vlmo --checkpoint vlmo_base_patch16_384_coco.pt --data coco --vocab vocab.txt
 
 --data holds val2014/ (the images) and coco_karpathy_test.json (BLIP's file) or dataset_coco.json
-(Karpathy's). Image and caption embeddings are computed once, in batches; the similarity matrix is formed
-on the device. With neither --checkpoint nor --data it runs a demo on the bundled sample.
+(Karpathy's). Image and caption embeddings are computed once, in batches, and the similarity matrix is
+formed on the device. VLMo ranks by that similarity (ITC); BLIP then re-ranks each query's top --k-test
+candidates with its ITM head in both directions (score = ITM logit + ITC similarity), the slow part, which
+is batched across queries, streamed to --predictions and resumed from there.
 """
 import argparse
 import os
@@ -16,9 +19,12 @@ from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import SAMPLES_DIR, LatencyMeter, add_common_args, demo_banner, print_results, run_metadata, write_json_atomic
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, print_results,
+                         run_metadata, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.retrieval import read_retrieval
+from npu_models import registry
+from npu_models.blip import BlipConfig, pre_caption, rerank, score_matrix
 from npu_models.errors import UserError, cli_main
 from npu_models.tokenizer import bert_tokenizer, encode_padded
 
@@ -30,69 +36,119 @@ def parse_args(argv):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, default_model="vlmo-base-coco-retrieval", default_batch_size=64)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--vocab", type=Path, help="bert-base-uncased vocab.txt (default: beside the checkpoint)")
+    parser.add_argument("--vocab", type=Path, help="bert-base-uncased vocab.txt (default: in --data or beside the checkpoint)")
+    parser.add_argument("--k-test", type=int, help="BLIP: candidates re-ranked by ITM per query (default: the "
+                        "model's, 256 as the reference)")
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
     return parser.parse_args(argv)
 
 
-def embed_images(model, split, batch_size, num_workers, device, dtype, meter) -> torch.Tensor:
-    loader = torch.utils.data.DataLoader(ImageDataset(split.image_paths, model.config.transform),
-                                         batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
-    embeddings = []
+def image_pass(encode, split, batch_size, num_workers, transform, device, dtype, meter) -> torch.Tensor:
+    """`encode` over every image of the split, in DataLoader batches; the results stay on the device."""
+    loader = torch.utils.data.DataLoader(ImageDataset(split.image_paths, transform), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=collate)
+    outputs = []
     for positions, pixels, failed in tqdm(loader, desc="images", unit="batch", disable=None):
-        if failed:  # every image has a row in the similarity matrix: a missing one cannot be skipped
+        if failed:  # every image has a row in the score matrices: a missing one cannot be skipped
             position, error = failed[0]
             raise UserError(f"image {split.image_paths[position]} cannot be read ({error}); retrieval needs every "
                             "image of the split.")
         with meter, torch.no_grad():
-            embeddings.append(model.image_embeds(pixels.to(device, dtype)))
+            outputs.append(encode(pixels.to(device, dtype)))
         meter.samples += len(positions)
-    return torch.cat(embeddings)
+    return torch.cat(outputs)
 
 
-def embed_texts(model, split, tokenizer, batch_size, device, meter) -> torch.Tensor:
-    ids, masks = encode_padded(tokenizer, split.texts, model.config.max_text_len)
-    embeddings = []
-    for start in tqdm(range(0, len(split.texts), batch_size), desc="texts", unit="batch", disable=None):
+def text_pass(encode, ids, masks, batch_size, device, meter) -> torch.Tensor:
+    outputs = []
+    for start in tqdm(range(0, len(ids), batch_size), desc="texts", unit="batch", disable=None):
         with meter, torch.no_grad():
-            embeddings.append(model.text_embeds(ids[start:start + batch_size].to(device),
-                                                masks[start:start + batch_size].to(device)))
-        meter.samples += min(batch_size, len(split.texts) - start)
-    return torch.cat(embeddings)
+            outputs.append(encode(ids[start:start + batch_size].to(device), masks[start:start + batch_size].to(device)))
+        meter.samples += len(ids[start:start + batch_size])
+    return torch.cat(outputs)
+
+
+def itm_rerank(model, sims, image_feats, ids, masks, k, batch_size, store, meter):
+    """Both directions, a chunk of query rows per ITM pass; rows already in the store are not recomputed."""
+    device = sims.device
+    ids, masks = ids.to(device), masks.to(device)
+    ranked = {}
+    for direction, num_rows in (("i2t", sims.shape[0]), ("t2i", sims.shape[1])):
+        todo = [row for row in range(num_rows) if f"{direction}:{row}" not in store.done]
+        chunk = max(1, batch_size // k)
+        for start in tqdm(range(0, len(todo), chunk), desc=f"ITM {direction}", unit="chunk", disable=None):
+            rows = todo[start:start + chunk]
+            with meter:
+                indices, scores = rerank(model, sims, image_feats, ids, masks, direction, rows, k)
+            meter.samples += len(rows) * k
+            store.add([{"key": f"{direction}:{row}", "indices": i, "scores": s}
+                       for row, i, s in zip(rows, indices.tolist(), scores.tolist())])
+        records = [store.done[f"{direction}:{row}"] for row in range(num_rows)]
+        expected_top = (sims if direction == "i2t" else sims.T).topk(k, dim=1).indices.tolist()
+        if any(r["indices"] != top for r, top in zip(records, expected_top)):
+            raise UserError(f"{store.path} holds re-ranking results of another run (other candidates for the same "
+                            "queries); delete it or pass another --predictions file.")
+        ranked[direction] = (torch.tensor([r["indices"] for r in records]), torch.tensor([r["scores"] for r in records]))
+    return (score_matrix(ranked["i2t"], tuple(sims.shape)), score_matrix(ranked["t2i"], tuple(sims.T.shape)))
 
 
 def evaluate(args) -> dict:
+    entry = registry.get_entry(args.model, task="retrieval")
     if args.checkpoint is None:
-        demo_banner("vlmo-base-coco-retrieval with random weights on " + (
+        demo_banner(f"{entry.name} with random weights on " + (
             "the bundled retrieval sample." if args.data is None else f"{args.data}."))
+    if args.graph:
+        print("note: eval.retrieval runs eagerly; --graph is not used here", file=sys.stderr)
     data = args.data or SAMPLE
     split = read_retrieval(data, args.split)
     if args.limit:
-        keep = set(range(args.limit))
         split = type(split)(split.image_paths[: args.limit],
-                            [t for t, i in zip(split.texts, split.text_to_image) if i in keep],
-                            [i for i in split.text_to_image if i in keep])
-    model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, False, args.tp,
-                                  task="retrieval")
-    if model.config.head != "retrieval":
-        raise UserError(f"{args.checkpoint} is a {model.config.head} checkpoint; retrieval needs the COCO retrieval "
-                        "fine-tune.")
+                            [t for t, i in zip(split.texts, split.text_to_image) if i < args.limit],
+                            [i for i in split.text_to_image if i < args.limit])
+    model = npu_models.load_model(entry.name, args.checkpoint, args.device, args.dtype, False, args.tp, task="retrieval")
+    config = model.config
+    if getattr(config, "head", "retrieval") != "retrieval":
+        raise UserError(f"{args.checkpoint} is a {config.head} checkpoint; retrieval needs the COCO retrieval fine-tune.")
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     vocab = args.vocab or next((d / "vocab.txt" for d in (data, args.checkpoint.parent if args.checkpoint else None)
                                 if d is not None and (d / "vocab.txt").is_file()), None)
     if vocab is None:
         raise UserError("no vocab.txt in --data or beside the checkpoint; pass --vocab with bert-base-uncased's vocab.txt.")
-    tokenizer = bert_tokenizer(vocab, model.config.do_lower_case, model.config.max_text_len)
+    blip = isinstance(config, BlipConfig)
+    texts = [pre_caption(t, config.max_words) for t in split.texts] if blip else split.texts
+    max_length = config.max_length if blip else config.max_text_len
+    lowercase = config.text.do_lower_case if blip else config.do_lower_case
+    ids, masks = encode_padded(bert_tokenizer(vocab, lowercase, max_length), texts, max_length)
+
     meter = LatencyMeter(device)
-    image_embeds = embed_images(model, split, args.batch_size, args.num_workers, device, dtype, meter)
-    text_embeds = embed_texts(model, split, tokenizer, args.batch_size, device, meter)
-    scores = (image_embeds.float() @ text_embeds.float().T).cpu()
-    results = metrics.retrieval_recall(scores, scores.T, split.image_to_texts, split.text_to_image)
+    if blip:
+        image_feats = image_pass(model.image_features, split, args.batch_size, args.num_workers, config.transform,
+                                 device, dtype, meter)
+        with torch.no_grad():
+            image_embeds = model.image_embed(image_feats)
+        text_embeds = text_pass(model.text_embed, ids, masks, args.batch_size, device, meter)
+    else:
+        image_embeds = image_pass(model.image_embeds, split, args.batch_size, args.num_workers, config.transform,
+                                  device, dtype, meter)
+        text_embeds = text_pass(model.text_embeds, ids, masks, args.batch_size, device, meter)
+    sims = image_embeds.float() @ text_embeds.float().T
+    results = {}
+    if blip:
+        k = min(args.k_test or config.k_test, *sims.shape)
+        store = PredictionStore(args.predictions, key="key")
+        try:
+            scores_i2t, scores_t2i = itm_rerank(model, sims, image_feats, ids, masks, k, args.batch_size, store, meter)
+        finally:
+            store.close()
+        results["k_test"] = k
+    else:
+        scores_i2t, scores_t2i = sims, sims.T
+        if args.predictions:
+            write_json_atomic(args.predictions, {"i2t_top10": sims.topk(min(10, sims.shape[1]), dim=1).indices.tolist(),
+                                                 "t2i_top10": sims.T.topk(min(10, sims.shape[0]), dim=1).indices.tolist()})
+    results.update(metrics.retrieval_recall(scores_i2t.cpu(), scores_t2i.cpu(), split.image_to_texts, split.text_to_image))
     results.update({"num_images": len(split.image_paths), "num_texts": len(split.texts), "data": str(data),
                     **meter.summary(), **run_metadata(args, device, dtype)})
-    if args.predictions:
-        write_json_atomic(args.predictions, {"i2t_top10": scores.topk(min(10, scores.shape[1]), dim=1).indices.tolist(),
-                                             "t2i_top10": scores.T.topk(min(10, scores.shape[0]), dim=1).indices.tolist()})
     return results
 
 
