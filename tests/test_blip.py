@@ -1,0 +1,134 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import npu_models
+from eval import retrieval
+from npu_models.blip import Blip, BlipConfig, pre_caption
+from npu_models.tokenizer import bert_tokenizer, encode_padded
+from tests.conftest import FIXTURES
+from weights_tools import blip as blip_weights
+from weights_tools.common import check_state_dict, expected_shapes
+from weights_tools.verify import verify
+
+BLIP_FIXTURE = FIXTURES / "reference" / "blip"
+RETRIEVAL_BLIP = FIXTURES / "reference" / "retrieval-blip"
+CONFIG = json.loads((BLIP_FIXTURE / "config.json").read_text())
+
+
+def test_fixture_parity_every_tensor_at_model_resolution():
+    rows = verify("blip", BLIP_FIXTURE, atol=1e-5, rtol=1e-5)
+    expected = {k for k in load_file(str(BLIP_FIXTURE / "outputs.safetensors")) if not k.startswith("hires.")}
+    assert {r["name"] for r in rows} == expected
+    assert all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+
+
+def test_position_embedding_interpolated_at_load_matches_the_reference(tmp_path):
+    shutil.copy(BLIP_FIXTURE / "checkpoint.pth", tmp_path / "checkpoint.pth")
+    sidecar = json.loads(json.dumps(CONFIG))
+    sidecar["small_model"]["vit"]["image_size"] = CONFIG["small_model"]["hires_image_size"]
+    (tmp_path / "config.json").write_text(json.dumps(sidecar))
+    model = npu_models.load_model("blip", tmp_path / "checkpoint.pth", device="cpu")
+    inputs, outputs = load_file(str(BLIP_FIXTURE / "inputs.safetensors")), load_file(str(BLIP_FIXTURE / "outputs.safetensors"))
+    with torch.no_grad():
+        image_feat = model.image_features(inputs["images_hires"])
+        torch.testing.assert_close(model.visual_encoder.pos_embed, outputs["hires.pos_embed_interp"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(image_feat, outputs["hires.image_feat"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.image_embed(image_feat), outputs["hires.image_embed"], atol=1e-5, rtol=1e-5)
+
+
+def test_official_keys_inference_tensors_kept_training_state_dropped():
+    official = json.loads((BLIP_FIXTURE / "official_keys.json").read_text())
+    keys = official["keys"]
+    kept = [k for k in keys if not blip_weights.is_training_only(k["key"]) and not k["key"].endswith("position_ids")]
+    assert len(keys) == 949 and len(kept) == official["num_inference_keys"] == 472
+    assert all(k["role"] != "training-only" for k in kept)
+    with torch.device("meta"):
+        model = Blip(BlipConfig())
+        state = {k["key"]: torch.empty(k["shape"]) for k in keys}
+        from weights_tools import hf_bert, vit as vit_weights
+        visual = vit_weights.timm_to_ours({k.removeprefix("visual_encoder."): v for k, v in state.items()
+                                           if k.startswith("visual_encoder.")})[0]
+        text = hf_bert.convert_state_dict({k.removeprefix("text_encoder."): v for k, v in state.items()
+                                           if k.startswith("text_encoder.")})[0]
+    ours = {**{f"visual_encoder.{k}": v for k, v in visual.items()}, **{f"text_encoder.{k}": v for k, v in text.items()},
+            **{k: v for k, v in state.items() if k.startswith(("vision_proj.", "text_proj.", "itm_head."))}}
+    check_state_dict(ours, expected_shapes(model), str, [], "official_keys.json")
+    assert sum(p.numel() for p in model.parameters()) == official["numel_inference_weights"]
+
+
+def test_momentum_weights_are_not_used():
+    checkpoint = torch.load(BLIP_FIXTURE / "checkpoint.pth", weights_only=True)["model"]
+    model = npu_models.load_model("blip", BLIP_FIXTURE / "checkpoint.pth", device="cpu")
+    assert torch.equal(model.vision_proj.weight, checkpoint["vision_proj.weight"])
+    assert not torch.equal(model.vision_proj.weight, checkpoint["vision_proj_m.weight"])
+
+
+def test_caption_cleanup_and_tokenisation_match_the_reference():
+    captions = [c for entry in CONFIG["eval_annotation"] for c in entry["caption"]]
+    cleaned = [pre_caption(c, 30) for c in captions]
+    assert cleaned == CONFIG["eval_texts_after_pre_caption"]
+    inputs = load_file(str(BLIP_FIXTURE / "inputs.safetensors"))
+    ids, mask = encode_padded(bert_tokenizer(BLIP_FIXTURE / "toy_vocab.txt", True, 35), cleaned, 35)
+    assert torch.equal(ids, inputs["text_input_ids"]) and torch.equal(mask, inputs["text_attention_mask"])
+    model = npu_models.load_model("blip", BLIP_FIXTURE / "checkpoint.pth", device="cpu")
+    assert torch.equal(model.with_enc_token(ids), inputs["itm_input_ids"])  # [ENC] = vocab_size - 1 replaces [CLS]
+
+
+def test_image_transform_reproduces_the_reference_pixels():
+    inputs = load_file(str(BLIP_FIXTURE / "inputs.safetensors"))
+    transform = npu_models.load_model("blip", BLIP_FIXTURE / "checkpoint.pth", device="cpu").config.transform.build()
+    for i in range(3):
+        pixels = transform(Image.fromarray(np.asarray(inputs["raw_images_uint8"][i])))
+        torch.testing.assert_close(pixels, inputs["images"][i], atol=2 / 255 / 0.26, rtol=0)  # 1 LSB of PIL
+
+
+def test_graph_mode_matches_eager():
+    model = npu_models.load_model("blip", BLIP_FIXTURE / "checkpoint.pth", device="cpu")
+    inputs = load_file(str(BLIP_FIXTURE / "inputs.safetensors"))
+    with torch.no_grad():
+        features = model.image_features(inputs["images"])
+        compiled_features = torch.compile(model.image_features, fullgraph=True, dynamic=False)(inputs["images"])
+        torch.testing.assert_close(compiled_features, features, atol=1e-5, rtol=1e-5)
+        pairs = (features[[0, 1, 2, 0]], inputs["text_input_ids"], inputs["text_attention_mask"])
+        compiled = npu_models.runtime.compile_model(model, torch.device("cpu"))
+        torch.testing.assert_close(compiled(*pairs), model(*pairs), atol=1e-5, rtol=1e-5)
+
+
+def run_retrieval(tmp_path, *extra):
+    out = tmp_path / "out.json"
+    retrieval.main(["--model", "blip", "--checkpoint", str(RETRIEVAL_BLIP / "checkpoint.pth"), "--vocab",
+                    str(RETRIEVAL_BLIP / "vocab.txt"), "--data", str(RETRIEVAL_BLIP), "--k-test", "4", "--device", "cpu",
+                    "--num-workers", "0", "--output", str(out), *extra])
+    return json.loads(out.read_text())
+
+
+def test_eval_retrieval_reproduces_expected_json(tmp_path):
+    predictions = tmp_path / "itm.jsonl"
+    results = run_retrieval(tmp_path, "--predictions", str(predictions), "--batch-size", "8")
+    expected = json.loads((RETRIEVAL_BLIP / "expected.json").read_text())
+    for key in ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "txt_r_mean", "img_r_mean", "r_mean",
+                "num_images", "num_texts", "k_test"):
+        assert results[key] == expected[key], key
+    records = {r["key"]: r for r in map(json.loads, predictions.read_text().splitlines())}
+    i2t_top1 = [records[f"i2t:{i}"]["indices"][int(np.argmax(records[f"i2t:{i}"]["scores"]))] for i in range(10)]
+    t2i_top1 = [records[f"t2i:{t}"]["indices"][int(np.argmax(records[f"t2i:{t}"]["scores"]))] for t in range(50)]
+    assert i2t_top1 == expected["i2t_top1"] and t2i_top1 == expected["t2i_top1"]
+
+
+def test_interrupted_reranking_resumes(tmp_path, monkeypatch):
+    predictions = tmp_path / "itm.jsonl"
+    first = run_retrieval(tmp_path, "--predictions", str(predictions), "--batch-size", "8")
+    lines = predictions.read_text().splitlines(keepends=True)
+    predictions.write_text("".join(lines[:25]) + lines[25][:10])
+    pairs = []
+    real_forward = Blip.forward
+    monkeypatch.setattr(Blip, "forward", lambda self, f, i, m: pairs.append(len(f)) or real_forward(self, f, i, m))
+    second = run_retrieval(tmp_path, "--predictions", str(predictions), "--batch-size", "8")
+    assert sum(pairs) == (60 - 25) * 4  # 10 image rows + 50 text rows, 25 of them already done, k = 4
+    assert {k: second[k] for k in ("txt_r1", "img_r1", "r_mean")} == {k: first[k] for k in ("txt_r1", "img_r1", "r_mean")}
