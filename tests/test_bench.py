@@ -59,3 +59,12 @@ def test_vlmo_bench_times_ours_alone(tmp_path, capsys, model, checkpoint, seq_le
     rows = json.loads(out.read_text())
     assert [(r["impl"], r["mode"], r["seq_len"]) for r in rows] == [("ours", "eager", seq_len), ("ours", "graph", seq_len)]
     assert "no peer implementation" in capsys.readouterr().err
+
+
+def test_blip_bench_times_each_inference_part(tmp_path):
+    out = tmp_path / "blip.json"
+    bench.main(["--model", "blip", "--checkpoint", str(FIXTURES / "reference" / "blip" / "checkpoint.pth"), "--device",
+                "cpu", "--batch-sizes", "2", "--modes", "eager", "--warmup", "0", "--iters", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["seq_len"]) for r in rows] == [
+        ("blip-retrieval-coco/image", 17), ("blip-retrieval-coco/text", 35), ("blip-retrieval-coco/itm", 35)]

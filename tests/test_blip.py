@@ -132,3 +132,49 @@ def test_interrupted_reranking_resumes(tmp_path, monkeypatch):
     second = run_retrieval(tmp_path, "--predictions", str(predictions), "--batch-size", "8")
     assert sum(pairs) == (60 - 25) * 4  # 10 image rows + 50 text rows, 25 of them already done, k = 4
     assert {k: second[k] for k in ("txt_r1", "img_r1", "r_mean")} == {k: first[k] for k in ("txt_r1", "img_r1", "r_mean")}
+
+
+def hf_key(key: str) -> str:
+    """Official BLIP key -> transformers' BlipForImageTextRetrieval key (text and head keys are the same)."""
+    if not key.startswith("visual_encoder."):
+        return key
+    key = key.removeprefix("visual_encoder.")
+    for ours, theirs in (("cls_token", "embeddings.class_embedding"), ("pos_embed", "embeddings.position_embedding"),
+                         ("patch_embed.proj", "embeddings.patch_embedding"), ("blocks.", "encoder.layers."),
+                         ("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("attn.qkv", "self_attn.qkv"),
+                         ("attn.proj", "self_attn.projection")):
+        key = key.replace(ours, theirs)
+    return "vision_model." + ("post_layernorm" + key[4:] if key.startswith("norm.") else key)
+
+
+def test_same_weights_match_transformers_blip():
+    transformers = pytest.importorskip("transformers")
+    small = CONFIG["small_model"]
+    vit, med = small["vit"], small["med_config"]
+    config = transformers.BlipConfig(
+        vision_config=transformers.BlipVisionConfig(
+            hidden_size=vit["embed_dim"], intermediate_size=vit["mlp_hidden"], num_hidden_layers=vit["depth"],
+            num_attention_heads=vit["num_heads"], image_size=vit["image_size"], patch_size=vit["patch_size"],
+            layer_norm_eps=1e-6).to_dict(),  # transformers' default is 1e-5; BLIP's ViT uses 1e-6
+        text_config=transformers.BlipTextConfig(
+            vocab_size=med["vocab_size"], hidden_size=med["hidden_size"], encoder_hidden_size=med["encoder_width"],
+            intermediate_size=med["intermediate_size"], num_hidden_layers=med["num_hidden_layers"],
+            num_attention_heads=med["num_attention_heads"], max_position_embeddings=med["max_position_embeddings"],
+            bos_token_id=None).to_dict(),
+        image_text_hidden_size=small["embed_dim"])
+    reference = transformers.BlipForImageTextRetrieval(config).eval()
+    official = torch.load(BLIP_FIXTURE / "checkpoint.pth", weights_only=True)["model"]
+    state = {hf_key(k): v for k, v in official.items()
+             if not blip_weights.is_training_only(k) and not k.endswith("position_ids")}
+    missing, unexpected = reference.load_state_dict(state, strict=False)
+    assert not unexpected and all("position_ids" in k for k in missing)
+
+    ours = npu_models.load_model("blip", BLIP_FIXTURE / "checkpoint.pth", device="cpu")
+    inputs = load_file(str(BLIP_FIXTURE / "inputs.safetensors"))
+    images, ids, mask = inputs["images"], inputs["text_input_ids"][:3], inputs["text_attention_mask"][:3]
+    with torch.no_grad():
+        feats = ours.image_features(images)
+        hf_itm = reference(input_ids=ours.with_enc_token(ids), pixel_values=images, attention_mask=mask).itm_score
+        torch.testing.assert_close(ours.itm_logits(feats, ids, mask), hf_itm, atol=1e-4, rtol=1e-4)
+        hf_itc = reference(input_ids=ids, pixel_values=images, attention_mask=mask, use_itm_head=False).itm_score
+        torch.testing.assert_close(ours.image_embed(feats) @ ours.text_embed(ids, mask).T, hf_itc, atol=1e-5, rtol=1e-5)
