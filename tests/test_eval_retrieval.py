@@ -97,3 +97,12 @@ def test_a_vqa_checkpoint_is_refused_for_retrieval(tmp_path, capsys):
         retrieval.main(["--model", "vlmo", "--checkpoint", str(tmp_path / "vqa.pt"), "--data", str(tmp_path),
                         "--device", "cpu", "--num-workers", "0"])
     assert "is a vqa checkpoint; retrieval needs the COCO retrieval fine-tune" in capsys.readouterr().err
+
+
+def test_an_empty_split_is_explained(tmp_path):
+    (tmp_path / "coco_karpathy_test.json").write_text("[]")
+    with pytest.raises(UserError, match="the test split in .* has no images"):
+        read_retrieval(tmp_path)
+    (tmp_path / "coco_karpathy_test.json").write_text(json.dumps([{"image": "val2014/a.jpg", "caption": []}]))
+    with pytest.raises(UserError, match="image a.jpg has no captions"):
+        read_retrieval(tmp_path)
