@@ -76,6 +76,18 @@ class PredictionStore:
                             f"({self.done[key].get(field)!r} vs {value!r}): it was written for another dataset. "
                             "Delete it or pass another --predictions file.")
 
+    def pending(self, examples: list, field: str | None = None) -> list:
+        """The examples without a prediction yet (keyed by the attribute named like the store's key); with
+        `field`, refuse a file whose records disagree with the examples on that attribute."""
+        if field is not None:
+            for example in examples:
+                self.check_matches(getattr(example, self.key), field, getattr(example, field))
+        todo = [e for e in examples if getattr(e, self.key) not in self.done]
+        if len(todo) < len(examples):
+            print(f"resuming: {len(examples) - len(todo)} of {len(examples)} predictions already in {self.path}",
+                  file=sys.stderr)
+        return todo
+
     def add(self, records: list[dict]) -> None:
         for record in records:
             self.done[record[self.key]] = record
@@ -147,6 +159,16 @@ def run_metadata(args, device: torch.device, dtype: torch.dtype) -> dict:
         "dtype": runtime.dtype_name(dtype), "graph": args.graph, "batch_size": args.batch_size,
         "date": datetime.date.today().isoformat(),
     }
+
+
+def run_eval(parse_args, evaluate, shown: list[str], argv) -> int:
+    """What every eval command's main does: evaluate, write --output, print the headline numbers."""
+    args = parse_args(argv)
+    results = evaluate(args)
+    if args.output:
+        write_json_atomic(args.output, results)
+    print_results(results, shown)
+    return 0
 
 
 def print_results(results: dict, keys: list[str]) -> None:

@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, print_results,
-                         run_metadata, write_json_atomic)
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
+                         run_metadata)
 from eval.data.imagenet import read_imagenet
 from eval.data.images import ImageDataset, collate
 from npu_models.errors import UserError, cli_main
@@ -48,10 +48,7 @@ def evaluate(args) -> dict:
     top_k = min(5, config.num_classes)
 
     store = PredictionStore(args.predictions, key="file")
-    todo = [e for e in examples if e.file not in store.done]
-    if store.done:
-        print(f"resuming: {len(examples) - len(todo)} of {len(examples)} predictions already in {args.predictions}",
-              file=sys.stderr)
+    todo = store.pending(examples)
     loader = torch.utils.data.DataLoader(ImageDataset([e.path for e in todo], config.transform), batch_size=args.batch_size,
                                          num_workers=args.num_workers, collate_fn=collate,
                                          pin_memory=device.type != "cpu")
@@ -89,13 +86,9 @@ def evaluate(args) -> dict:
 
 @cli_main
 def main(argv=None):
-    args = parse_args(argv)
-    results = evaluate(args)
-    if args.output:
-        write_json_atomic(args.output, results)
-    print_results(results, ["top1", "top5", "num_examples", "num_unreadable", "samples_per_second",
-                            "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size", "img_size"])
-    return 0
+    shown = ["top1", "top5", "num_examples", "num_unreadable", "samples_per_second",
+             "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size", "img_size"]
+    return run_eval(parse_args, evaluate, shown, argv)
 
 
 if __name__ == "__main__":

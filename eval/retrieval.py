@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, print_results,
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
                          run_metadata, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.retrieval import read_retrieval
@@ -154,13 +154,9 @@ def evaluate(args) -> dict:
 
 @cli_main
 def main(argv=None):
-    args = parse_args(argv)
-    results = evaluate(args)
-    if args.output:
-        write_json_atomic(args.output, results)
-    print_results(results, ["txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean", "num_images",
-                            "num_texts", "samples_per_second", "device", "dtype"])
-    return 0
+    shown = ["txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean", "num_images",
+             "num_texts", "samples_per_second", "device", "dtype"]
+    return run_eval(parse_args, evaluate, shown, argv)
 
 
 if __name__ == "__main__":

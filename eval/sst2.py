@@ -14,8 +14,8 @@ from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner,
-                         plan_batches, print_results, run_metadata, write_json_atomic)
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
+                         plan_batches, run_metadata)
 from eval.data.sst2 import read_sst2
 from npu_models import runtime
 from npu_models.errors import UserError, cli_main
@@ -64,12 +64,7 @@ def evaluate(args) -> dict:
         print(f"note: --seq-len {args.seq_len} capped at the model's {config.max_positions} positions", file=sys.stderr)
 
     store = PredictionStore(args.predictions)
-    for example in examples:
-        store.check_matches(example.index, "sentence", example.sentence)
-    todo = [e for e in examples if e.index not in store.done]
-    if store.done:
-        print(f"resuming: {len(examples) - len(todo)} of {len(examples)} predictions already in {args.predictions}",
-              file=sys.stderr)
+    todo = store.pending(examples, field="sentence")
 
     tokenizer = bert_tokenizer(resolve_vocab(args), config.do_lower_case, seq_len)
     encoded = [e.ids for e in tokenizer.encode_batch([e.sentence for e in todo])]
@@ -123,13 +118,9 @@ def make_batch(sequences: list[list[int]], length: int, rows: int | None, device
 
 @cli_main
 def main(argv=None):
-    args = parse_args(argv)
-    results = evaluate(args)
-    if args.output:
-        write_json_atomic(args.output, results)
-    print_results(results, ["accuracy", "num_examples", "num_computed", "samples_per_second",
-                            "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size", "seq_len"])
-    return 0
+    shown = ["accuracy", "num_examples", "num_computed", "samples_per_second",
+             "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size", "seq_len"]
+    return run_eval(parse_args, evaluate, shown, argv)
 
 
 if __name__ == "__main__":

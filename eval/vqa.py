@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, print_results,
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
                          run_metadata, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.vqa import build_answer_vocabulary, read_answer2label, read_vqa
@@ -85,12 +85,7 @@ def evaluate(args) -> dict:
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
 
     store = PredictionStore(args.predictions, key="question_id")
-    for example in examples:
-        store.check_matches(example.question_id, "question", example.question)
-    todo = [e for e in examples if e.question_id not in store.done]
-    if store.done:
-        print(f"resuming: {len(examples) - len(todo)} of {len(examples)} predictions already in {args.predictions}",
-              file=sys.stderr)
+    todo = store.pending(examples, field="question")
     tokenizer = bert_tokenizer(vocab, config.do_lower_case, config.max_text_len)
     text_ids, text_masks = encode_padded(tokenizer, [e.question for e in todo], config.max_text_len)
     loader = torch.utils.data.DataLoader(ImageDataset([e.path for e in todo], config.transform), batch_size=args.batch_size,
@@ -146,13 +141,9 @@ def evaluate(args) -> dict:
 
 @cli_main
 def main(argv=None):
-    args = parse_args(argv)
-    results = evaluate(args)
-    if args.output:
-        write_json_atomic(args.output, results)
-    print_results(results, ["vqa_accuracy", "vqa_score", "num_examples", "num_unreadable", "samples_per_second",
-                            "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size"])
-    return 0
+    shown = ["vqa_accuracy", "vqa_score", "num_examples", "num_unreadable", "samples_per_second",
+             "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size"]
+    return run_eval(parse_args, evaluate, shown, argv)
 
 
 if __name__ == "__main__":
