@@ -8,27 +8,30 @@ from kernels import attention
 
 class Attention(nn.Module):
     """Self-attention: qkv = Linear(dim, 3 * dim), q, k, v stacked along the output (fused at conversion).
-    Cross-attention (kv_dim given): q = Linear(dim, dim) on x, kv = Linear(kv_dim, 2 * dim) on the context.
+    Cross-attention (kv_dim given): q = Linear(dim, inner) on x, kv = Linear(kv_dim, 2 * inner) on the context,
+    proj = Linear(inner, dim); inner_dim defaults to dim (ViLBERT's co-attention works in its own width).
 
     qkv_bias: "qkv" (one bias for all three), "qv" (BEiT/VLMo: q and v biases, keys unbiased) or None.
     `num_heads` counts the heads this module computes: tensor parallelism lowers it per rank.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: str | None = "qkv", kv_dim: int | None = None):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: str | None = "qkv", kv_dim: int | None = None,
+                 inner_dim: int | None = None):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
+        inner_dim = inner_dim or dim
+        if inner_dim % num_heads:
+            raise ValueError(f"attention width {inner_dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = inner_dim // num_heads
         if kv_dim is None:
-            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias == "qkv")
+            self.qkv = nn.Linear(dim, 3 * inner_dim, bias=qkv_bias == "qkv")
         else:
-            self.q = nn.Linear(dim, dim)
-            self.kv = nn.Linear(kv_dim, 2 * dim)
+            self.q = nn.Linear(dim, inner_dim)
+            self.kv = nn.Linear(kv_dim, 2 * inner_dim)
         if qkv_bias == "qv":
-            self.q_bias = nn.Parameter(torch.zeros(dim))
-            self.v_bias = nn.Parameter(torch.zeros(dim))
-        self.proj = nn.Linear(dim, dim)
+            self.q_bias = nn.Parameter(torch.zeros(inner_dim))
+            self.v_bias = nn.Parameter(torch.zeros(inner_dim))
+        self.proj = nn.Linear(inner_dim, dim)
 
     def split_heads(self, x: torch.Tensor, parts: int) -> list[torch.Tensor]:
         """[B, S, parts * H * D] -> `parts` tensors [B, H, S, D]."""
