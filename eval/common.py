@@ -23,6 +23,8 @@ def add_common_args(parser: argparse.ArgumentParser, default_model: str, default
     parser.add_argument("--checkpoint", type=Path, help="official checkpoint or our converted directory; "
                         "omitted: random full-size weights (a demo, said loudly)")
     parser.add_argument("--data", type=Path, help="dataset in its real layout; omitted: the bundled sample")
+    parser.add_argument("--config", type=Path, help="hyper-parameters the checkpoint cannot reveal, in the format of "
+                        "the config.json a converter reads beside it (default: that file, if present)")
     parser.add_argument("--device", default="auto", help="auto | npu[:N] | cuda[:N] | cpu (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto (fp32 cpu, bf16 cuda/910, fp16 310P) | fp32 | fp16 | bf16")
     parser.add_argument("--graph", action="store_true", help="graph mode: torchair on NPU, torch.compile elsewhere")

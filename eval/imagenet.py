@@ -40,7 +40,8 @@ def evaluate(args) -> dict:
                     + ("the bundled ImageNet sample." if args.data is None else f"{args.data}."))
     data = args.data or SAMPLE
     examples = read_imagenet(data)[: args.limit]
-    model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, args.graph, args.tp)
+    model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, args.graph, args.tp,
+                                  config_file=args.config)
     config = model.config
     if not getattr(config, "num_classes", 0):
         raise UserError(f"{args.checkpoint} has no classification head; ImageNet needs one.")

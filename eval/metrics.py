@@ -73,3 +73,33 @@ def retrieval_recall(scores_i2t, scores_t2i, image_to_texts: list[list[int]], te
     out["img_r_mean"] = (out["img_r1"] + out["img_r5"] + out["img_r10"]) / 3
     out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
     return out
+
+
+def vilbert_label_weights(human_answers: list[str], answer_index: dict[str, int]) -> dict[int, float]:
+    """AllenNLP's VQA targets: each normalised human answer in the vocabulary weighs min(1, count / 3)."""
+    from collections import Counter
+
+    from eval.data.vqa import normalize_word
+
+    counts = Counter(normalize_word(a) for a in human_answers)
+    return {answer_index[a]: min(1.0, c / 3) for a, c in counts.items() if a in answer_index}
+
+
+def float32_mean(values: list[float]) -> float:
+    """The reference's VqaMeasure mean: its total is held in a float32 tensor, the division is done in Python."""
+    import math
+
+    import numpy as np
+
+    return float(np.float32(math.fsum(values))) / len(values)
+
+
+def micro_precision_recall_f1(true_positives: int, predicted: int, gold: int) -> tuple[float, float, float]:
+    """Micro-averaged precision, recall and F1 over all labels, in float32 as AllenNLP's FBetaMultiLabelMeasure."""
+    import torch
+
+    tp = torch.tensor(float(true_positives))
+    precision = tp / predicted if predicted else torch.tensor(0.0)
+    recall = tp / gold if gold else torch.tensor(0.0)
+    f1 = 2 * precision * recall / (precision + recall) if (precision + recall) > 0 else torch.tensor(0.0)
+    return precision.item(), recall.item(), f1.item()

@@ -105,7 +105,8 @@ def evaluate(args) -> dict:
         split = type(split)(split.image_paths[: args.limit],
                             [t for t, i in zip(split.texts, split.text_to_image) if i < args.limit],
                             [i for i in split.text_to_image if i < args.limit])
-    model = npu_models.load_model(entry.name, args.checkpoint, args.device, args.dtype, False, args.tp, task="retrieval")
+    model = npu_models.load_model(entry.name, args.checkpoint, args.device, args.dtype, False, args.tp, task="retrieval",
+                                  config_file=args.config)
     config = model.config
     if getattr(config, "head", "retrieval") != "retrieval":
         raise UserError(f"{args.checkpoint} is a {config.head} checkpoint; retrieval needs the COCO retrieval fine-tune.")

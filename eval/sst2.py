@@ -52,7 +52,8 @@ def evaluate(args) -> dict:
                     + ("the bundled SST-2 sample." if args.data is None else f"{args.data}."))
     data = args.data or SAMPLE / "dev.tsv"
     examples = read_sst2(data)[: args.limit]
-    model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, args.graph, args.tp)
+    model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, args.graph, args.tp,
+                                  config_file=args.config)
     config = model.config
     if not config.num_labels:
         raise UserError(f"{args.checkpoint} is a BERT encoder without a classification head; "

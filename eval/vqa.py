@@ -21,10 +21,12 @@ from eval import metrics
 from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
                          run_metadata, write_json_atomic)
 from eval.data.images import ImageDataset, collate
+from eval.data.region_features import RegionFeatureDataset, collate_regions, feature_path
 from eval.data.vqa import build_answer_vocabulary, read_answer2label, read_vqa
-from npu_models import registry
+from npu_models import registry, runtime
 from npu_models.errors import UserError, cli_main
 from npu_models.tokenizer import bert_tokenizer, encode_padded
+from weights_tools.vilbert import read_answers as read_vilbert_answers
 
 SAMPLE = SAMPLES_DIR / "vqa"
 
@@ -37,6 +39,8 @@ def parse_args(argv):
     parser.add_argument("--answers", type=Path, help="answer2label.txt (JSON lines); default: the one in --data or "
                         "beside the checkpoint, else rebuilt from the train2014+val2014 annotations in --data")
     parser.add_argument("--vocab", type=Path, help="bert-base-uncased vocab.txt (default: beside the checkpoint)")
+    parser.add_argument("--features", type=Path, help="ViLBERT: cached region features, one <image stem>.safetensors "
+                        "per image (default: features/ in --data)")
     parser.add_argument("--submission", type=Path, help="EvalAI answer file to write (default on test splits: "
                         "vqa_submission_<split>.json)")
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
@@ -51,18 +55,19 @@ def beside(args, data: Path, name: str) -> Path | None:
     return None
 
 
-def load_answers(args, data: Path) -> list[str]:
+def load_answers(args, data: Path, entry) -> list[str]:
     path = args.answers or beside(args, data, "answer2label.txt")
+    if path is None and entry.name == "vilbert-vqa" and args.checkpoint is not None:
+        return read_vilbert_answers(args.checkpoint)  # the archive carries its answer vocabulary
     return read_answer2label(path) if path else build_answer_vocabulary(data)
 
 
-def load_vqa_model(args, num_answers: int):
-    entry = registry.get_entry(args.model, task="vqa")
+def load_vqa_model(args, entry, num_answers: int):
     # Random weights get as many answer classes as the answer list has.
     config = dataclasses.replace(entry.default_config(), num_answers=num_answers) if args.checkpoint is None else None
     model = npu_models.load_model(entry.name, args.checkpoint, args.device, args.dtype, args.graph, args.tp,
-                                  task="vqa", config=config)
-    if model.config.head != "vqa":
+                                  task="vqa", config=config, config_file=args.config)
+    if getattr(model.config, "head", "vqa") != "vqa":
         raise UserError(f"{args.checkpoint} is a {model.config.head} checkpoint; VQA needs the VQA fine-tune.")
     if model.config.num_answers != num_answers:
         raise UserError(f"{args.checkpoint} predicts {model.config.num_answers} answers but the answer list has "
@@ -70,53 +75,96 @@ def load_vqa_model(args, num_answers: int):
     return model
 
 
+def pad_rows(tensors: tuple, rows: int) -> tuple:
+    """Repeat the first row until every tensor has `rows` rows (graph mode's static batch)."""
+    return tuple(torch.cat([t, t[:1].expand(rows - len(t), *t.shape[1:])]) if len(t) < rows else t for t in tensors)
+
+
+def vlmo_batches(args, model, todo, text_ids, text_masks, device, dtype):
+    """(positions, model inputs, failures): images decoded in workers, questions padded to max_text_len."""
+    loader = torch.utils.data.DataLoader(ImageDataset([e.path for e in todo], model.config.transform),
+                                         batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate)
+    for positions, pixels, failed in loader:
+        inputs = None if pixels is None else (pixels.to(device, dtype), text_ids[positions].to(device),
+                                              text_masks[positions].to(device))
+        yield positions, inputs, failed
+
+
+def vilbert_batches(args, model, todo, text_ids, text_masks, device, dtype, features_dir):
+    """(positions, model inputs, failures): cached region features, boxes padded to 100, questions to a bucket."""
+    paths = [feature_path(features_dir, e.path) for e in todo]
+    loader = torch.utils.data.DataLoader(RegionFeatureDataset(paths), batch_size=args.batch_size,
+                                         num_workers=args.num_workers, collate_fn=collate_regions)
+    buckets = runtime.length_buckets(text_ids.shape[1], smallest=min(16, text_ids.shape[1]))
+    for positions, boxes, failed in loader:
+        inputs = None
+        if boxes is not None:
+            length = runtime.bucket_for(int(text_masks[positions].sum(dim=1).max()), buckets)
+            ids, masks = text_ids[positions, :length], text_masks[positions, :length]
+            features, coordinates, box_mask = boxes
+            inputs = (features.to(device, dtype), coordinates.to(device, dtype), box_mask.to(device), ids.to(device),
+                      masks.bool().to(device), torch.zeros_like(ids).to(device))
+        yield positions, inputs, failed
+
+
 def evaluate(args) -> dict:
+    entry = registry.get_entry(args.model, task="vqa")
     if args.checkpoint is None:
-        demo_banner("vlmo-base-vqa with random weights on " + ("the bundled VQAv2 sample." if args.data is None
+        demo_banner(f"{entry.name} with random weights on " + ("the bundled VQAv2 sample." if args.data is None
                                                                  else f"{args.data}."))
+    vilbert = entry.name == "vilbert-vqa"
     data = args.data or SAMPLE
     examples = read_vqa(data, args.split)[: args.limit]
-    answers = load_answers(args, data)
+    answers = load_answers(args, data, entry)
+    answer_index = {answer: label for label, answer in enumerate(answers)}
     vocab = args.vocab or beside(args, data, "vocab.txt")
     if vocab is None:
         raise UserError("no vocab.txt in --data or beside the checkpoint; pass --vocab with bert-base-uncased's vocab.txt.")
-    model = load_vqa_model(args, len(answers))
+    model = load_vqa_model(args, entry, len(answers))
     config = model.config
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
 
     store = PredictionStore(args.predictions, key="question_id")
     todo = store.pending(examples, field="question")
-    tokenizer = bert_tokenizer(vocab, config.do_lower_case, config.max_text_len)
-    text_ids, text_masks = encode_padded(tokenizer, [e.question for e in todo], config.max_text_len)
-    loader = torch.utils.data.DataLoader(ImageDataset([e.path for e in todo], config.transform), batch_size=args.batch_size,
-                                         num_workers=args.num_workers, collate_fn=collate)
+    if vilbert:  # questions are not truncated: pad to the longest, within the model's positions
+        tokenizer = bert_tokenizer(vocab, config.text.do_lower_case, config.text.max_positions)
+        longest = max((len(e.ids) for e in tokenizer.encode_batch([e.question for e in todo])), default=1)
+        text_ids, text_masks = encode_padded(tokenizer, [e.question for e in todo], longest)
+        features_dir = args.features or data / "features"
+        batches = vilbert_batches(args, model, todo, text_ids, text_masks, device, dtype, features_dir)
+    else:
+        tokenizer = bert_tokenizer(vocab, config.do_lower_case, config.max_text_len)
+        text_ids, text_masks = encode_padded(tokenizer, [e.question for e in todo], config.max_text_len)
+        batches = vlmo_batches(args, model, todo, text_ids, text_masks, device, dtype)
     meter, unreadable = LatencyMeter(device), []
     try:
-        for positions, pixels, failed in tqdm(loader, desc="vqa", unit="batch", disable=None):
+        for positions, inputs, failed in tqdm(batches, desc="vqa", unit="batch", disable=None,
+                                              total=-(-len(todo) // args.batch_size)):
             for position, error in failed:
-                unreadable.append({"question_id": todo[position].question_id, "image": str(todo[position].path),
-                                   "error": error})
-                print(f"skipped question {todo[position].question_id}: unreadable image {todo[position].path}: {error}",
-                      file=sys.stderr)
-            if pixels is None:
+                unreadable.append({"question_id": todo[position].question_id, "error": error})
+                print(f"skipped question {todo[position].question_id}: {error}", file=sys.stderr)
+            if inputs is None:
                 continue
-            ids, masks = text_ids[positions], text_masks[positions]
-            if args.graph and len(positions) < args.batch_size:  # one static shape for the compiled graph
-                fill = args.batch_size - len(positions)
-                pixels = torch.cat([pixels, pixels[:1].expand(fill, -1, -1, -1)])
-                ids, masks = torch.cat([ids, ids[:1].expand(fill, -1)]), torch.cat([masks, masks[:1].expand(fill, -1)])
+            if args.graph:  # one static batch shape for the compiled graph
+                inputs = pad_rows(inputs, args.batch_size)
             with meter, torch.no_grad():
-                logits = model(pixels.to(device, dtype), ids.to(device), masks.to(device)).float()[: len(positions)]
-                labels = logits.argmax(dim=-1).cpu().tolist()
+                logits = model(*inputs).float()[: len(positions)].cpu()
             meter.samples += len(positions)
             records = []
-            for position, label in zip(positions, labels):
-                example = todo[position]
+            for position, row in zip(positions, logits):
+                example, label = todo[position], int(row.argmax())
                 record = {"question_id": example.question_id, "question": example.question, "answer": answers[label],
                           "label": label}
+                if vilbert:  # multi-label: every answer whose logit passes 0.5, PAD and UNK left out
+                    record["positive_labels"] = [i for i in (row > 0.5).nonzero().flatten().tolist() if i > 1]
                 if example.answers is not None:
                     record["accuracy"] = metrics.vqa_accuracy(answers[label], example.answers)
-                    record["score"] = metrics.vqa_soft_score(answers[label], example.answers)
+                    if vilbert:
+                        weights = metrics.vilbert_label_weights(example.answers, answer_index)
+                        record["score"] = weights.get(label, 0.0)
+                        record["gold_labels"] = sorted(w for w in weights if w > 1)
+                    else:
+                        record["score"] = metrics.vqa_soft_score(answers[label], example.answers)
                 records.append(record)
             store.add(records)
     finally:
@@ -126,11 +174,17 @@ def evaluate(args) -> dict:
     scored = [r for r in done if "accuracy" in r]
     results = {
         "vqa_accuracy": sum(r["accuracy"] for r in scored) / len(scored) if scored else None,
-        "vqa_score": sum(r["score"] for r in scored) / len(scored) if scored else None,
+        "vqa_score": (metrics.float32_mean([r["score"] for r in scored]) if vilbert
+                      else sum(r["score"] for r in scored) / len(scored)) if scored else None,
         "num_examples": len(scored), "num_questions": len(examples), "num_computed": meter.samples,
         "num_unreadable": len(unreadable), "unreadable": unreadable, "split": args.split, "data": str(data),
         "num_answers": len(answers), **meter.summary(), **run_metadata(args, device, dtype),
     }
+    if vilbert and scored:  # the reference's micro precision/recall/F1 over answers, PAD and UNK excluded
+        predicted = [set(r["positive_labels"]) for r in scored]
+        gold = [set(r["gold_labels"]) for r in scored]
+        results["precision"], results["recall"], results["fscore"] = metrics.micro_precision_recall_f1(
+            sum(len(p & g) for p, g in zip(predicted, gold)), sum(map(len, predicted)), sum(map(len, gold)))
     submission = args.submission or (Path(f"vqa_submission_{args.split}.json") if not scored and done else None)
     if submission is not None:
         write_json_atomic(submission, [{"question_id": r["question_id"], "answer": r["answer"]} for r in done])
@@ -141,7 +195,7 @@ def evaluate(args) -> dict:
 
 @cli_main
 def main(argv=None):
-    shown = ["vqa_accuracy", "vqa_score", "num_examples", "num_unreadable", "samples_per_second",
+    shown = ["vqa_accuracy", "vqa_score", "precision", "recall", "fscore", "num_examples", "num_unreadable", "samples_per_second",
              "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size"]
     return run_eval(parse_args, evaluate, shown, argv)
 

@@ -6,7 +6,8 @@ from npu_models.errors import UserError
 __version__ = "0.1.0"
 
 
-def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=False, tp=1, task=None, config=None):
+def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=False, tp=1, task=None, config=None,
+               config_file=None):
     """The one public entry: a ready-to-run model in eval mode.
 
     name_or_path: a registry name ('bert-base-cased-sst2'), a short name ('bert'), or a directory
@@ -17,6 +18,7 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     graph: compile with torchair on NPU, torch.compile elsewhere (static shapes).
     task: picks among models sharing a short name ('vlmo' -> 'vqa' or 'retrieval').
     config: the model config for random weights (no checkpoint); default: the registry's full-size one.
+    config_file: replaces the config.json a converter reads beside an official checkpoint (--config).
     """
     from npu_models import registry, runtime
     from weights_tools.common import is_converted_dir, read_json
@@ -28,7 +30,7 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     entry = registry.get_entry(str(name_or_path), task)
     device = runtime.resolve_device(device)
     dtype = runtime.parse_dtype(dtype, device)
-    model = registry.build_model(entry, checkpoint, config).to(device=device, dtype=dtype).eval()
+    model = registry.build_model(entry, checkpoint, config, config_file).to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
     return runtime.compile_model(model, device) if graph else model
 

@@ -6,10 +6,11 @@ from typing import Any, Callable
 
 import torch
 
-from npu_models import bert, blip, vit, vlmo
+from npu_models import bert, blip, vilbert, vit, vlmo
 from npu_models.errors import UserError
 from weights_tools import blip as blip_weights
 from weights_tools import hf_bert
+from weights_tools import vilbert as vilbert_weights
 from weights_tools import vit as vit_weights
 from weights_tools import vlmo as vlmo_weights
 from weights_tools.common import check_state_dict, expected_shapes, is_converted_dir, read_converted
@@ -22,8 +23,9 @@ class ModelEntry:
     config_class: type
     default_config: Callable[[], Any]
     build: Callable[[Any], torch.nn.Module]
-    # official artifact path -> (config, our state dict, our key -> official name, unexpected official keys)
-    convert: Callable[[Path], tuple]
+    # (official artifact path, config file or None) -> (config, our state dict, our key -> official name,
+    # unexpected official keys); the config file replaces the config.json the converter looks for beside it
+    convert: Callable[..., tuple]
     task: str                     # the eval command that runs it: sst2, imagenet, vqa, retrieval
     # files that travel with a converted checkpoint (e.g. the tokenizer vocabulary)
     assets: tuple[str, ...] = ()
@@ -38,6 +40,8 @@ REGISTRY = {
                    vit_weights.read_vit, "imagenet"),
         ModelEntry("blip-retrieval-coco", "blip", blip.BlipConfig, blip.blip_retrieval_coco, blip.Blip,
                    blip_weights.read_blip, "retrieval", assets=("vocab.txt",)),
+        ModelEntry("vilbert-vqa", "vilbert", vilbert.ViLBERTConfig, vilbert.vilbert_vqa, vilbert.ViLBERT,
+                   vilbert_weights.read_vilbert, "vqa"),
         ModelEntry("vlmo-base-vqa", "vlmo", vlmo.VLMoConfig, vlmo.vlmo_base_vqa, vlmo.VLMo,
                    vlmo_weights.read_vlmo, "vqa", assets=("vocab.txt",)),
         ModelEntry("vlmo-base-coco-retrieval", "vlmo", vlmo.VLMoConfig, vlmo.vlmo_base_coco_retrieval, vlmo.VLMo,
@@ -75,7 +79,7 @@ def config_from_dict(entry: ModelEntry, values: dict, source):
     return entry.config_class(**values)
 
 
-def load_weights(entry: ModelEntry, checkpoint) -> tuple[Any, dict]:
+def load_weights(entry: ModelEntry, checkpoint, config_file=None) -> tuple[Any, dict]:
     """(config, checked state dict in our layout) from an official artifact or our converted directory."""
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
@@ -87,18 +91,20 @@ def load_weights(entry: ModelEntry, checkpoint) -> tuple[Any, dict]:
                             f"pass --model {name} or another checkpoint.")
         config, describe, unexpected = config_from_dict(entry, values, checkpoint / "config.json"), str, []
     else:
-        config, state, describe, unexpected = entry.convert(checkpoint)
+        if config_file is not None and not Path(config_file).is_file():
+            raise UserError(f"config file {config_file} does not exist; check the --config path.")
+        config, state, describe, unexpected = entry.convert(checkpoint, config_file)
     with torch.device("meta"):
         shapes = expected_shapes(entry.build(config))
     check_state_dict(state, shapes, describe, unexpected, checkpoint)
     return config, state
 
 
-def build_model(entry: ModelEntry, checkpoint=None, config=None) -> torch.nn.Module:
+def build_model(entry: ModelEntry, checkpoint=None, config=None, config_file=None) -> torch.nn.Module:
     """The model on CPU in fp32: converted weights, or reproducible random ones when no checkpoint."""
     if checkpoint is None:
         return entry.build(config or entry.default_config()).init_weights()
-    config, state = load_weights(entry, checkpoint)
+    config, state = load_weights(entry, checkpoint, config_file)
     with torch.device("meta"):
         model = entry.build(config)
     model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)

@@ -21,10 +21,10 @@ def is_training_only(key: str) -> bool:
     return key in TRAINING_ONLY or key.split(".")[0].endswith("_m")
 
 
-def sidecar_config(path: Path) -> dict:
+def sidecar_config(path: Path, config_file=None) -> dict:
     """Sizes the weights cannot tell, from a config.json beside the checkpoint: flat ({"image_size",
     "k_test", "med_config"}) or as in the reference fixtures ({"small_model": {"vit": ..., "med_config": ...}})."""
-    sidecar = path.parent / "config.json"
+    sidecar = Path(config_file) if config_file else path.parent / "config.json"
     if not sidecar.is_file():
         return {}
     document = read_json(sidecar)
@@ -44,7 +44,7 @@ def text_config(med: dict, state: dict, path: Path) -> BertConfig:
     return hf_bert.config_from_hf(med, state, {"do_lower_case": True}, path.parent / "config.json")
 
 
-def read_blip(path) -> tuple:
+def read_blip(path, config_file=None) -> tuple:
     """(config, our state dict, our key -> official name, unexpected keys) from a BLIP retrieval checkpoint."""
     path = Path(path)
     if path.is_dir():
@@ -59,7 +59,7 @@ def read_blip(path) -> tuple:
     text = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
     unexpected = [k for k in state if not k.startswith(("visual_encoder.", "text_encoder.", *HEADS))]
 
-    sidecar = sidecar_config(path)
+    sidecar = sidecar_config(path, config_file)
     vit_sidecar = sidecar.get("vit", {"image_size": sidecar["image_size"]} if "image_size" in sidecar else {})
     ours, origin = {}, {}
     vit_state, vit_origin, vit_unexpected = vit_weights.timm_to_ours(visual)

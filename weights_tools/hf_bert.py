@@ -131,21 +131,23 @@ def official_key(our_key: str, prefix: str) -> str:
     return f"{'' if hf_module == 'classifier' else prefix}{hf_module}.{param}"
 
 
-def read_hf_bert(directory) -> tuple[BertConfig, dict, Callable[[str], str], list[str]]:
-    """(config, our state dict, our key -> official name, unexpected keys) from a HF BERT model directory."""
+def read_hf_bert(directory, config_file=None) -> tuple[BertConfig, dict, Callable[[str], str], list[str]]:
+    """(config, our state dict, our key -> official name, unexpected keys) from a HF BERT model directory;
+    config_file replaces the directory's config.json."""
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"{directory} is not a directory; a BERT checkpoint is a Hugging Face model "
                         "directory holding config.json and pytorch_model.bin or model.safetensors.")
-    hf_config = read_json(directory / "config.json")
+    config_path = Path(config_file) if config_file else directory / "config.json"
+    hf_config = read_json(config_path)
     if hf_config.get("model_type", "bert") != "bert":
-        raise UserError(f"{directory / 'config.json'} describes model_type '{hf_config['model_type']}', "
+        raise UserError(f"{config_path} describes model_type '{hf_config['model_type']}', "
                         "not 'bert'.")
     tokenizer_path = directory / "tokenizer_config.json"
     tokenizer_config = read_json(tokenizer_path) if tokenizer_path.is_file() else {}
     hf_state = read_state_dict(find_weights(directory))
     config = config_from_hf(hf_config, {k.removeprefix("bert."): v for k, v in hf_state.items()},
-                            tokenizer_config, directory / "config.json")
+                            tokenizer_config, config_path)
     state, origin, unexpected = convert_state_dict(hf_state)
     prefix = "bert." if any(k.startswith("bert.") for k in hf_state) else ""
     return config, state, lambda key: origin.get(key) or official_key(key, prefix), unexpected

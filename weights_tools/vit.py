@@ -107,13 +107,13 @@ def unwrap(state: dict, path: Path) -> dict:
     return state
 
 
-def sidecar_model_config(path: Path) -> dict:
-    """Constructor arguments from a config.json beside the checkpoint (the fixtures' `model` section)."""
-    sidecar = path.parent / "config.json"
+def sidecar_model_config(path: Path, config_file=None) -> dict:
+    """Constructor arguments from --config or a config.json beside the checkpoint (the fixtures' `model` section)."""
+    sidecar = Path(config_file) if config_file else path.parent / "config.json"
     return read_json(sidecar).get("model", {}) if sidecar.is_file() else {}
 
 
-def read_vit(path) -> tuple:
+def read_vit(path, config_file=None) -> tuple:
     """(config, our state dict, our key -> official name, unexpected keys) from either ViT layout."""
     path = Path(path)
     if path.is_dir():
@@ -126,7 +126,7 @@ def read_vit(path) -> tuple:
     else:
         timm_state, num_heads, unused = unwrap(read_state_dict(path), path), None, []
     state, origin, unexpected = timm_to_ours(timm_state)
-    config = infer_config(state, num_heads, sidecar_model_config(path), path)
+    config = infer_config(state, num_heads, sidecar_model_config(path, config_file), path)
     if state["pos_embed"].shape[1] != config.grid_size ** 2 + 1:
         state["pos_embed"] = resample_position_embedding(state["pos_embed"], config.grid_size)
     return config, state, lambda key: origin.get(key, key), unexpected + unused

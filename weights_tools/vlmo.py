@@ -72,10 +72,10 @@ def rename(state: dict[str, torch.Tensor]) -> tuple[dict, dict, list[str]]:
     return ours, origin, unexpected
 
 
-def sidecar_config(path: Path) -> dict:
-    """Hyper-parameters from a config.json beside the checkpoint, named as the reference repo names them
-    (flat, or under "model" as in the reference fixtures)."""
-    sidecar = path.parent / "config.json"
+def sidecar_config(path: Path, config_file=None) -> dict:
+    """Hyper-parameters from --config or a config.json beside the checkpoint, named as the reference repo
+    names them (flat, or under "model" as in the reference fixtures)."""
+    sidecar = Path(config_file) if config_file else path.parent / "config.json"
     if not sidecar.is_file():
         return {}
     document = read_json(sidecar)
@@ -112,12 +112,12 @@ def infer_config(state: dict, raw: dict, sidecar: dict, path: Path) -> VLMoConfi
     return config
 
 
-def read_vlmo(path) -> tuple:
+def read_vlmo(path, config_file=None) -> tuple:
     """(config, our state dict, our key -> official name, unexpected keys) from a released VLMo .pt file."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a directory; pass the VLMo .pt file itself as --checkpoint.")
     raw = unwrap(read_state_dict(path), path)
     state, origin, unexpected = rename(raw)
-    config = infer_config(state, raw, sidecar_config(path), path)
+    config = infer_config(state, raw, sidecar_config(path, config_file), path)
     return config, state, lambda key: origin.get(key, key), unexpected

@@ -1,0 +1,144 @@
+"""ViLBERT for VQA (AllenNLP's vqa_vilbert): a BERT text stream and a region-feature image stream joined by
+co-attention layers, ReLU poolers, `mul` fusion and a multi-label answer classifier."""
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from npu_models.bert import BertConfig
+from npu_models.layers import Block, TextEmbeddings
+from npu_models.layers.init import init_weights_
+
+
+def bert_base_uncased() -> BertConfig:
+    """The text stream when the archive names bert-base-uncased (its HF config, built in)."""
+    return BertConfig(vocab_size=30522, labels=[], with_pooler=False, do_lower_case=True)
+
+
+@dataclass
+class ViLBERTConfig:
+    text: BertConfig = field(default_factory=bert_base_uncased)
+    image_feature_dim: int = 1024
+    image_hidden_size: int = 1024
+    image_num_heads: int = 8
+    image_num_layers: int = 6
+    image_intermediate_size: int = 1024
+    combined_hidden_size: int = 1024
+    combined_num_heads: int = 8
+    pooled_dim: int = 1024
+    image_biattention_ids: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
+    text_biattention_ids: list[int] = field(default_factory=lambda: [6, 7, 8, 9, 10, 11])
+    fusion: str = "mul"          # "mul" (the released model) or "sum"
+    num_answers: int = 10026     # the archive's answer vocabulary decides (PAD and UNK included)
+
+    def __post_init__(self):
+        if isinstance(self.text, dict):
+            self.text = BertConfig(**self.text)
+
+
+class RegionEmbeddings(nn.Module):
+    """LayerNorm(Linear(features) + Linear(box coordinates, no bias)); coordinates are raw pixels, as given."""
+
+    def __init__(self, feature_dim: int, dim: int, norm_eps: float = 1e-12):
+        super().__init__()
+        self.features = nn.Linear(feature_dim, dim)
+        self.locations = nn.Linear(4, dim, bias=False)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+
+    def forward(self, box_features, box_coordinates):
+        return self.norm(self.features(box_features) + self.locations(box_coordinates))
+
+
+class CoAttentionLayer(nn.Module):
+    """Two cross-attention blocks: text queries over image regions, region queries over the text, both from
+    the streams' incoming states, each followed by its own feed-forward block."""
+
+    def __init__(self, text: BertConfig, config: ViLBERTConfig):
+        super().__init__()
+        common = dict(self_attention=False, cross_heads=config.combined_num_heads,
+                      cross_inner_dim=config.combined_hidden_size)
+        self.text = Block(text.hidden_size, text.num_heads, text.intermediate_size, text.layer_norm_eps,
+                          cross_attention_dim=config.image_hidden_size, **common)
+        self.image = Block(config.image_hidden_size, config.image_num_heads, config.image_intermediate_size, 1e-12,
+                           cross_attention_dim=text.hidden_size, **common)
+
+    def forward(self, text, image, text_mask, image_mask):
+        return (self.text(text, context=image, context_mask=image_mask),
+                self.image(image, context=text, context_mask=text_mask))
+
+
+class ViLBERT(nn.Module):
+    def __init__(self, config: ViLBERTConfig):
+        super().__init__()
+        if len(config.image_biattention_ids) != len(config.text_biattention_ids):
+            raise ValueError("image_biattention_ids and text_biattention_ids must pair up")
+        self.config = config
+        text = config.text
+        self.text_embeddings = TextEmbeddings(text.vocab_size, text.hidden_size, text.max_positions,
+                                              text.type_vocab_size, text.layer_norm_eps, text.pad_token_id)
+        self.image_embeddings = RegionEmbeddings(config.image_feature_dim, config.image_hidden_size)
+        self.text_layers = nn.ModuleList(
+            Block(text.hidden_size, text.num_heads, text.intermediate_size, text.layer_norm_eps)
+            for _ in range(text.num_layers))
+        self.image_layers = nn.ModuleList(
+            Block(config.image_hidden_size, config.image_num_heads, config.image_intermediate_size, 1e-12)
+            for _ in range(config.image_num_layers))
+        self.co_layers = nn.ModuleList(CoAttentionLayer(text, config) for _ in config.text_biattention_ids)
+        self.text_pooler = nn.Linear(text.hidden_size, config.pooled_dim)
+        self.image_pooler = nn.Linear(config.image_hidden_size, config.pooled_dim)
+        self.classifier = nn.Linear(config.pooled_dim, config.num_answers)
+
+    def init_weights(self, seed: int = 0) -> "ViLBERT":
+        return init_weights_(self, seed)
+
+    def encode(self, box_features, box_coordinates, box_mask, token_ids, mask, type_ids, trace=None):
+        """Both streams through the schedule: before co-attention layer k, the text layers up to
+        text_biattention_ids[k] and the image layers up to image_biattention_ids[k]. The output is the state
+        after the last co-attention layer: the layers after it, which the reference runs and discards, are
+        not run at all."""
+        text = self.text_embeddings(token_ids, type_ids)
+        image = self.image_embeddings(box_features, box_coordinates)
+        text_keys, image_keys = mask.bool()[:, None, None, :], box_mask.bool()[:, None, None, :]
+        if trace is not None:
+            trace.update(text_embeddings=text, image_embeddings=image)
+        start_text = start_image = 0
+        for k, (end_image, end_text) in enumerate(zip(self.config.image_biattention_ids,
+                                                      self.config.text_biattention_ids)):
+            for i in range(start_text, end_text):
+                text = self.text_layers[i](text, text_keys)
+                if trace is not None:
+                    trace[f"text_layer_{i}_out"] = text
+            for i in range(start_image, end_image):
+                image = self.image_layers[i](image, image_keys)
+                if trace is not None:
+                    trace[f"image_layer_{i}_out"] = image
+            text, image = self.co_layers[k](text, image, text_keys, image_keys)
+            if trace is not None:
+                trace.update({f"coattn_{k}_text_out": text, f"coattn_{k}_image_out": image})
+            start_text, start_image = end_text, end_image
+        return text, image
+
+    def fuse(self, text, image):
+        pooled_text = torch.relu(self.text_pooler(text[:, 0]))
+        pooled_image = torch.relu(self.image_pooler(image[:, 0]))  # box 0: the highest-scoring detection
+        fused = pooled_text * pooled_image if self.config.fusion == "mul" else pooled_text + pooled_image
+        return pooled_text, pooled_image, fused
+
+    def forward(self, box_features, box_coordinates, box_mask, token_ids, mask, type_ids):
+        """Answer logits [B, num_answers]; probabilities are their sigmoid (multi-label)."""
+        return self.classifier(self.fuse(*self.encode(box_features, box_coordinates, box_mask, token_ids, mask,
+                                                      type_ids))[2])
+
+    def named_outputs(self, box_features, box_coordinates, box_mask, token_ids, mask, type_ids):
+        out = {}
+        text, image = self.encode(box_features, box_coordinates, box_mask, token_ids, mask, type_ids, trace=out)
+        out["encoded_text_final"], out["encoded_image_final"] = text, image
+        out["pooled_text"], out["pooled_image"], out["pooled_fused"] = self.fuse(text, image)
+        out["logits"] = self.classifier(out["pooled_fused"])
+        out["probs"] = torch.sigmoid(out["logits"])
+        return out
+
+
+def vilbert_vqa() -> ViLBERTConfig:
+    """Sizes of vilbert_vqa_pretrained.jsonnet; the answer count (10026, unconfirmed) comes from the archive."""
+    return ViLBERTConfig()
