@@ -174,6 +174,7 @@ def run_eval(parse_args, evaluate, shown: list[str], argv) -> int:
 
 
 def print_results(results: dict, keys: list[str]) -> None:
+    keys = [k for k in keys if k in results]
     width = max(len(k) for k in keys)
     for key in keys:
         value = results.get(key)
