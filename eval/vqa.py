@@ -21,7 +21,8 @@ from eval import metrics
 from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
                          run_metadata, write_json_atomic)
 from eval.data.images import ImageDataset, collate
-from eval.data.region_features import RegionFeatureDataset, collate_regions, feature_path
+from eval.data.region_features import (RegionFeatureDataset, collate_regions, extract_missing_features,
+                                       feature_path)
 from eval.data.vqa import build_answer_vocabulary, read_answer2label, read_vqa
 from npu_models import registry, runtime
 from npu_models.errors import UserError, cli_main
@@ -41,6 +42,8 @@ def parse_args(argv):
     parser.add_argument("--vocab", type=Path, help="bert-base-uncased vocab.txt (default: beside the checkpoint)")
     parser.add_argument("--features", type=Path, help="ViLBERT: cached region features, one <image stem>.safetensors "
                         "per image (default: features/ in --data)")
+    parser.add_argument("--detector-weights", type=Path, help="ViLBERT: torchvision fasterrcnn_resnet50_fpn COCO "
+                        "weights (fasterrcnn_resnet50_fpn_coco-258fb6c6.pth) to compute missing region features")
     parser.add_argument("--submission", type=Path, help="EvalAI answer file to write (default on test splits: "
                         "vqa_submission_<split>.json)")
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
@@ -131,6 +134,12 @@ def evaluate(args) -> dict:
         longest = max((len(e.ids) for e in tokenizer.encode_batch([e.question for e in todo])), default=1)
         text_ids, text_masks = encode_padded(tokenizer, [e.question for e in todo], longest)
         features_dir = args.features or data / "features"
+        if args.detector_weights is not None:
+            unreadable_images = extract_missing_features([e.path for e in todo], features_dir, args.detector_weights,
+                                                         device)
+            if unreadable_images:
+                print(f"{len(unreadable_images)} image(s) could not be read; their questions are skipped",
+                      file=sys.stderr)
         batches = vilbert_batches(args, model, todo, text_ids, text_masks, device, dtype, features_dir)
     else:
         tokenizer = bert_tokenizer(vocab, config.do_lower_case, config.max_text_len)
