@@ -37,6 +37,7 @@ class Benchmark:
     make_inputs: Callable          # (config, batch_size, seq_len, device) -> (inputs tuple, sequence length)
     make_peer: Callable | None = None  # checkpoint -> (peer module, peer fn, our config, our state dict)
     timed_part: Callable = lambda model: model  # which entry point of our model is timed
+    graph: bool = True             # False where data-dependent shapes (detections) rule out a static graph
 
 
 def bert_peer(checkpoint):
@@ -157,6 +158,50 @@ def blip_image_part(model):
     return image_encoder
 
 
+def vilbert_inputs(config, batch_size, seq_len, device):
+    """100 precomputed regions per image (as the ModelZoo guide times it) and 32-token questions."""
+    generator = torch.Generator().manual_seed(batch_size)
+    features = torch.relu(torch.randn(batch_size, 100, config.image_feature_dim, generator=generator))
+    corners = torch.rand(batch_size, 100, 2, generator=generator) * 600
+    coordinates = torch.cat([corners, corners + 200], dim=-1)
+    ids = torch.randint(1, config.text.vocab_size, (batch_size, 32), generator=generator)
+    inputs = (features, coordinates, torch.ones(batch_size, 100, dtype=torch.bool), ids, torch.ones_like(ids).bool(),
+              torch.zeros_like(ids))
+    return tuple(t.to(device) for t in inputs), 32 + 100
+
+
+def vilbert_detection_inputs(config, batch_size, seq_len, device):
+    """Preprocessed 800 x 1333 images (what the reference loader produces) and 32-token questions."""
+    generator = torch.Generator().manual_seed(batch_size)
+    images = torch.randn(batch_size, 3, 800, 1333, generator=generator)
+    ids = torch.randint(1, config.text.vocab_size, (batch_size, 32), generator=generator)
+    return (images.to(device), ids.to(device), torch.ones_like(ids).bool().to(device), torch.zeros_like(ids).to(device)), 32 + 100
+
+
+def vilbert_with_detection(model):
+    """Region features from torchvision's Faster R-CNN (random weights: speed does not depend on them), then ViLBERT."""
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    from eval.data.region_features import MAX_BOXES, RegionFeatureExtractor
+
+    parameter = next(model.parameters())
+    detector = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    extractor = RegionFeatureExtractor(None, parameter.device, detector=detector.to(parameter.dtype))
+
+    def run(images, ids, mask, type_ids):
+        detections = extractor(list(images))
+        features = torch.zeros(len(images), MAX_BOXES, model.config.image_feature_dim, device=images.device)
+        coordinates = torch.zeros(len(images), MAX_BOXES, 4, device=images.device)
+        box_mask = torch.zeros(len(images), MAX_BOXES, dtype=torch.bool, device=images.device)
+        for row, found in enumerate(detections):
+            boxes = len(found["box_features"])
+            features[row, :boxes], coordinates[row, :boxes] = found["box_features"], found["box_coordinates"]
+            box_mask[row, :boxes] = True
+        return model(features.to(parameter.dtype), coordinates.to(parameter.dtype), box_mask, ids, mask, type_ids)
+
+    return run
+
+
 # VLMo has no peer outside its training repository (pytorch_lightning, fairscale): ours is timed alone.
 # For retrieval the image encoder is timed; the caption side is a short text-only pass.
 BENCHMARKS = {
@@ -168,6 +213,9 @@ BENCHMARKS = {
     "blip-retrieval-coco/image": Benchmark(blip_image_inputs, timed_part=blip_image_part),
     "blip-retrieval-coco/text": Benchmark(blip_text_inputs, timed_part=lambda model: model.text_embed),
     "blip-retrieval-coco/itm": Benchmark(blip_itm_inputs),
+    # ViLBERT: from cached region features (the ModelZoo guide's figure), and from images through the detector.
+    "vilbert-vqa": Benchmark(vilbert_inputs),
+    "vilbert-vqa/with-detection": Benchmark(vilbert_detection_inputs, timed_part=vilbert_with_detection, graph=False),
 }
 
 
@@ -290,7 +338,9 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
     for contender in contenders:
         contender.module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     rows = []
-    for mode in modes:
+    if "graph" in modes and not bench.graph:
+        print(f"note: {name} has data-dependent shapes (detections); timing it in eager mode only", file=sys.stderr)
+    for mode in [m for m in modes if bench.graph or m == "eager"]:
         fns = {c.impl: runtime.compile_model(c.fn, device) if mode == "graph" else c.fn for c in contenders}
         for batch_size in batch_sizes:
             inputs, seq_len = bench.make_inputs(config, batch_size, args.seq_len, device)

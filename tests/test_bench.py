@@ -68,3 +68,12 @@ def test_blip_bench_times_each_inference_part(tmp_path):
     rows = json.loads(out.read_text())
     assert [(r["model"], r["seq_len"]) for r in rows] == [
         ("blip-retrieval-coco/image", 17), ("blip-retrieval-coco/text", 35), ("blip-retrieval-coco/itm", 35)]
+
+
+def test_vilbert_bench_with_features_and_with_detection(tmp_path):
+    out = tmp_path / "vilbert.json"
+    bench.main(["--model", "vilbert", "--checkpoint", str(FIXTURES / "reference" / "vilbert" / "model.tar.gz"),
+                "--device", "cpu", "--batch-sizes", "1", "--modes", "eager", "--warmup", "0", "--iters", "1",
+                "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [r["model"] for r in rows] == ["vilbert-vqa", "vilbert-vqa/with-detection"]
