@@ -175,7 +175,7 @@ def run_eval(parse_args, evaluate, shown: list[str], argv) -> int:
 
 def print_results(results: dict, keys: list[str]) -> None:
     keys = [k for k in keys if k in results]
-    width = max(len(k) for k in keys)
+    width = max((len(k) for k in keys), default=0)
     for key in keys:
         value = results.get(key)
         shown = f"{value:.4f}" if isinstance(value, float) else value
