@@ -78,6 +78,15 @@ def check_state_dict(converted: dict, expected: dict, describe, unexpected: list
     raise UserError("\n".join(lines))
 
 
+def fuse_into(ours: dict, origin: dict, our_key: str, names, found: dict, missing_label=lambda name: name) -> None:
+    """Concatenate the official tensors found[name] (in `names` order, along the output) into ours[our_key],
+    e.g. q, k, v into one qkv projection. A missing part leaves the key out, for the shape check to report
+    under the names recorded in origin."""
+    origin[our_key] = " + ".join(found[n][0] if n in found else missing_label(n) for n in names)
+    if all(n in found for n in names):
+        ours[our_key] = torch.cat([found[n][1] for n in names], dim=0)
+
+
 def is_converted_dir(path) -> bool:
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():

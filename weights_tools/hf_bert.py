@@ -7,7 +7,7 @@ import torch
 
 from npu_models.bert import BertConfig
 from npu_models.errors import UserError
-from weights_tools.common import read_json, read_state_dict
+from weights_tools.common import fuse_into, read_json, read_state_dict
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Buffers some releases carry; they are derived, not learned.
@@ -107,11 +107,8 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor]) -> tuple[dict, dict, l
         ours[our_key], origin[our_key] = tensor, hf_key
     for (layer, kind, param), parts in qkv_parts.items():
         for target, names in FUSED[kind].items():
-            our_key = f"blocks.{layer}.{target}.{param}"
-            origin[our_key] = " + ".join(
-                parts[name][0] if name in parts else f"...{kind}.self.{name}.{param}" for name in names)
-            if all(name in parts for name in names):  # an incomplete set is reported as missing by the shape check
-                ours[our_key] = torch.cat([parts[name][1] for name in names], dim=0)
+            fuse_into(ours, origin, f"blocks.{layer}.{target}.{param}", names, parts,
+                      lambda name: f"...{kind}.self.{name}.{param}")
     return ours, origin, unexpected
 
 

@@ -11,7 +11,7 @@ from npu_models.bert import BertConfig
 from npu_models.errors import UserError
 from npu_models.vilbert import ViLBERTConfig, bert_base_uncased
 from weights_tools import hf_bert
-from weights_tools.common import read_json
+from weights_tools.common import fuse_into, read_json
 
 TEXT_CONFIG_FILE = "text_model_config.json"
 TOP_LEVEL = {
@@ -117,10 +117,7 @@ def rename(weights: dict) -> tuple[dict, dict, list[str]]:
         ours[our_key], origin[our_key] = tensor, key
     for (target, param), found in parts.items():
         names = ("query", "key", "value") if target.endswith("attn.qkv") else FUSED[target.split(".", 2)[2]]
-        our_key = f"{target}.{param}"
-        origin[our_key] = " + ".join(found[n][0] if n in found else n for n in names)
-        if all(n in found for n in names):
-            ours[our_key] = torch.cat([found[n][1] for n in names])
+        fuse_into(ours, origin, f"{target}.{param}", names, found)
     return ours, origin, unexpected
 
 
