@@ -59,9 +59,11 @@ def beside(args, data: Path, name: str) -> Path | None:
 
 
 def load_answers(args, data: Path, entry) -> list[str]:
+    """--answers; else the ViLBERT archive's own vocabulary; else answer2label.txt in --data or beside the
+    checkpoint; else the vocabulary rebuilt from the annotations."""
+    if args.answers is None and entry.name == "vilbert-vqa" and args.checkpoint is not None:
+        return read_vilbert_answers(args.checkpoint)
     path = args.answers or beside(args, data, "answer2label.txt")
-    if path is None and entry.name == "vilbert-vqa" and args.checkpoint is not None:
-        return read_vilbert_answers(args.checkpoint)  # the archive carries its answer vocabulary
     return read_answer2label(path) if path else build_answer_vocabulary(data)
 
 
