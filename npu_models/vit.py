@@ -24,6 +24,9 @@ class ViTConfig:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
+    def __post_init__(self):  # JSON (our converted config.json) gives lists
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+
     @property
     def grid_size(self) -> int:
         return self.img_size // self.patch_size

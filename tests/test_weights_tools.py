@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import BERT_FIXTURE
+from tests.conftest import BERT_FIXTURE, FIXTURES
 from tests.test_bert import padded_inputs, random_hf_model
 from weights_tools import verify
 
@@ -86,3 +86,15 @@ def test_pickled_objects_are_refused_not_executed(tmp_path):
     torch.save({"weight": torch.zeros(2), "hparams": argparse.Namespace(lr=0.1)}, tmp_path / "evil.bin")
     with pytest.raises(UserError, match="Python objects beyond tensors"):
         read_state_dict(tmp_path / "evil.bin")
+
+
+@pytest.mark.parametrize("model, checkpoint", [("vit", "vit/checkpoint.npz"), ("blip", "blip/checkpoint.pth"),
+                                               ("vilbert", "vilbert/model.tar.gz")])
+def test_converted_directories_reproduce_the_official_checkpoint(tmp_path, model, checkpoint):
+    import npu_models
+    from weights_tools.convert import convert
+    source = FIXTURES / "reference" / checkpoint
+    out = convert(model, source, tmp_path / model)
+    direct, converted = npu_models.load_model(model, source, device="cpu"), npu_models.load_model(out, device="cpu")
+    assert converted.config == direct.config
+    assert all(torch.equal(a, b) for a, b in zip(direct.state_dict().values(), converted.state_dict().values()))
