@@ -95,7 +95,7 @@ def vlmo_batches(args, model, todo, text_ids, text_masks, device, dtype):
         yield positions, inputs, failed
 
 
-def vilbert_batches(args, model, todo, text_ids, text_masks, device, dtype, features_dir):
+def vilbert_batches(args, todo, text_ids, text_masks, device, dtype, features_dir):
     """(positions, model inputs, failures): cached region features, boxes padded to 100, questions to a bucket."""
     paths = [feature_path(features_dir, e.path) for e in todo]
     loader = torch.utils.data.DataLoader(RegionFeatureDataset(paths), batch_size=args.batch_size,
@@ -133,8 +133,7 @@ def evaluate(args) -> dict:
     todo = store.pending(examples, field="question")
     if vilbert:  # questions are not truncated: pad to the longest, within the model's positions
         tokenizer = bert_tokenizer(vocab, config.text.do_lower_case, config.text.max_positions)
-        longest = max((len(e.ids) for e in tokenizer.encode_batch([e.question for e in todo])), default=1)
-        text_ids, text_masks = encode_padded(tokenizer, [e.question for e in todo], longest)
+        text_ids, text_masks = encode_padded(tokenizer, [e.question for e in todo])
         features_dir = args.features or data / "features"
         if args.detector_weights is not None:
             unreadable_images = extract_missing_features([e.path for e in todo], features_dir, args.detector_weights,
@@ -142,7 +141,7 @@ def evaluate(args) -> dict:
             if unreadable_images:
                 print(f"{len(unreadable_images)} image(s) could not be read; their questions are skipped",
                       file=sys.stderr)
-        batches = vilbert_batches(args, model, todo, text_ids, text_masks, device, dtype, features_dir)
+        batches = vilbert_batches(args, todo, text_ids, text_masks, device, dtype, features_dir)
     else:
         tokenizer = bert_tokenizer(vocab, config.do_lower_case, config.max_text_len)
         text_ids, text_masks = encode_padded(tokenizer, [e.question for e in todo], config.max_text_len)

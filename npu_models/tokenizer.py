@@ -34,13 +34,17 @@ def bert_tokenizer(vocab_file, lowercase: bool, max_length: int) -> Tokenizer:
     return tokenizer
 
 
-def encode_padded(tokenizer: Tokenizer, texts: list[str], length: int):
-    """Token ids and attention mask [N, length] int64, padded with [PAD] = 0 to exactly `length`."""
+def encode_padded(tokenizer: Tokenizer, texts: list[str], length: int | None = None):
+    """Token ids and attention mask [N, length] int64, padded with [PAD] = 0 to exactly `length`
+    (None: to the longest text)."""
     import torch
 
+    encodings = tokenizer.encode_batch(texts)
+    if length is None:
+        length = max((len(e.ids) for e in encodings), default=1)
     ids = torch.zeros(len(texts), length, dtype=torch.long)
     mask = torch.zeros(len(texts), length, dtype=torch.long)
-    for row, encoding in enumerate(tokenizer.encode_batch(texts)):
+    for row, encoding in enumerate(encodings):
         ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids[:length])
         mask[row, : len(encoding.ids)] = 1
     return ids, mask
