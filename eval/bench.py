@@ -9,6 +9,7 @@ synchronised, and reports samples/s and the median and p90 latency. Rows are wri
 import argparse
 import csv
 import datetime
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -314,18 +315,19 @@ def main(argv=None):
     device = runtime.resolve_device(args.device)
     dtype = runtime.parse_dtype(args.dtype, device)
     rows = []
+    build_ours = functools.cache(lambda: registry.build_model(entry, args.checkpoint))  # once for all parts
     for name in names:
-        rows += run_benchmark(name, entry, BENCHMARKS[name], args, batch_sizes, modes, device, dtype, rows)
+        rows += run_benchmark(name, entry, BENCHMARKS[name], args, batch_sizes, modes, device, dtype, rows, build_ours)
     if args.plot:
         plot(rows, args.plot)
     return 0
 
 
-def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, earlier_rows) -> list[dict]:
+def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, earlier_rows, build_ours) -> list[dict]:
     if bench.make_peer is None and not args.no_peer:
         print(f"note: {name} has no peer implementation to run beside ours; timing ours alone", file=sys.stderr)
     if args.no_peer or bench.make_peer is None:
-        ours = registry.build_model(entry, args.checkpoint)
+        ours = build_ours()
         config, contenders = ours.config, [Contender("ours", ours, bench.timed_part(ours))]
     else:
         peer, peer_fn, config, state = bench.make_peer(args.checkpoint)

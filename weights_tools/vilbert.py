@@ -91,7 +91,8 @@ def rename(weights: dict) -> tuple[dict, dict, list[str]]:
             stream, layer, sub, param = match.groups()
             prefix = f"{'text' if stream == '1' else 'image'}_layers.{layer}"
             if qkv := SELF_QKV.match(sub):
-                parts.setdefault((f"{prefix}.attn.qkv", param), {})[qkv.group(1)] = (key, tensor)
+                target = (f"{prefix}.attn.qkv", ("query", "key", "value"), param)
+                parts.setdefault(target, {})[qkv.group(1)] = (key, tensor)
                 continue
             if sub not in SINGLE_STREAM:
                 unexpected.append(key)
@@ -105,7 +106,7 @@ def rename(weights: dict) -> tuple[dict, dict, list[str]]:
                 if target is None:
                     unexpected.append(key)
                     continue
-                parts.setdefault((f"co_layers.{layer}.{target}", param), {})[name] = (key, tensor)
+                parts.setdefault((f"co_layers.{layer}.{target}", FUSED[target], param), {})[name] = (key, tensor)
                 continue
             if sub not in CO_LAYER:
                 unexpected.append(key)
@@ -115,8 +116,7 @@ def rename(weights: dict) -> tuple[dict, dict, list[str]]:
             unexpected.append(key)
             continue
         ours[our_key], origin[our_key] = tensor, key
-    for (target, param), found in parts.items():
-        names = ("query", "key", "value") if target.endswith("attn.qkv") else FUSED[target.split(".", 2)[2]]
+    for (target, names, param), found in parts.items():
         fuse_into(ours, origin, f"{target}.{param}", names, found)
     return ours, origin, unexpected
 
