@@ -36,6 +36,23 @@ def add_common_args(parser: argparse.ArgumentParser, default_model: str, default
     parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
 
 
+def find_beside(args, data: Path, name: str) -> Path | None:
+    """A file in the data directory or beside the checkpoint, in that order."""
+    for directory in (data, args.checkpoint.parent if args.checkpoint else None):
+        if directory is not None and (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def bert_uncased_vocab(args, data: Path) -> Path:
+    """--vocab, else vocab.txt in the data directory or beside the checkpoint (models whose checkpoint does
+    not carry bert-base-uncased's vocabulary)."""
+    vocab = args.vocab or find_beside(args, data, "vocab.txt")
+    if vocab is None:
+        raise UserError("no vocab.txt in --data or beside the checkpoint; pass --vocab with bert-base-uncased's vocab.txt.")
+    return vocab
+
+
 def demo_banner(what: str) -> None:
     bar = "=" * 78
     print(f"{bar}\nDEMO RUN: {what}\nThe weights are RANDOM, so the metrics below are meaningless. Pass --checkpoint "

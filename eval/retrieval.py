@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
+from eval.common import (SAMPLES_DIR, bert_uncased_vocab, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
                          run_metadata, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.retrieval import read_retrieval
@@ -111,10 +111,7 @@ def evaluate(args) -> dict:
     if getattr(config, "head", "retrieval") != "retrieval":
         raise UserError(f"{args.checkpoint} is a {config.head} checkpoint; retrieval needs the COCO retrieval fine-tune.")
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    vocab = args.vocab or next((d / "vocab.txt" for d in (data, args.checkpoint.parent if args.checkpoint else None)
-                                if d is not None and (d / "vocab.txt").is_file()), None)
-    if vocab is None:
-        raise UserError("no vocab.txt in --data or beside the checkpoint; pass --vocab with bert-base-uncased's vocab.txt.")
+    vocab = bert_uncased_vocab(args, data)
     blip = isinstance(config, BlipConfig)
     texts = [pre_caption(t, config.max_words) for t in split.texts] if blip else split.texts
     max_length = config.max_length if blip else config.max_text_len

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
+from eval.common import (SAMPLES_DIR, bert_uncased_vocab, find_beside, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
                          run_metadata, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.region_features import (RegionFeatureDataset, collate_regions, extract_missing_features,
@@ -50,20 +50,12 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def beside(args, data: Path, name: str) -> Path | None:
-    """A file in the data directory or beside the checkpoint, in that order."""
-    for directory in (data, args.checkpoint.parent if args.checkpoint else None):
-        if directory is not None and (directory / name).is_file():
-            return directory / name
-    return None
-
-
 def load_answers(args, data: Path, entry) -> list[str]:
     """--answers; else the ViLBERT archive's own vocabulary; else answer2label.txt in --data or beside the
     checkpoint; else the vocabulary rebuilt from the annotations."""
     if args.answers is None and entry.name == "vilbert-vqa" and args.checkpoint is not None:
         return read_vilbert_answers(args.checkpoint)
-    path = args.answers or beside(args, data, "answer2label.txt")
+    path = args.answers or find_beside(args, data, "answer2label.txt")
     return read_answer2label(path) if path else build_answer_vocabulary(data)
 
 
@@ -122,9 +114,7 @@ def evaluate(args) -> dict:
     examples = read_vqa(data, args.split)[: args.limit]
     answers = load_answers(args, data, entry)
     answer_index = {answer: label for label, answer in enumerate(answers)}
-    vocab = args.vocab or beside(args, data, "vocab.txt")
-    if vocab is None:
-        raise UserError("no vocab.txt in --data or beside the checkpoint; pass --vocab with bert-base-uncased's vocab.txt.")
+    vocab = bert_uncased_vocab(args, data)
     model = load_vqa_model(args, entry, len(answers))
     config = model.config
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
