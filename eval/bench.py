@@ -338,7 +338,7 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
         print("note: random full-size weights (no --checkpoint); speed does not depend on their values",
               file=sys.stderr)
     for contender in contenders:
-        contender.module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        runtime.prepare_model(contender.module, device, dtype)
     rows = []
     if "graph" in modes and not bench.graph:
         print(f"note: {name} has data-dependent shapes (detections); timing it in eager mode only", file=sys.stderr)
@@ -346,6 +346,7 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
         fns = {c.impl: runtime.compile_model(c.fn, device) if mode == "graph" else c.fn for c in contenders}
         for batch_size in batch_sizes:
             inputs, seq_len = bench.make_inputs(config, batch_size, args.seq_len, device)
+            inputs = tuple(runtime.to_model_input(t, device, dtype) for t in inputs)
             outputs = {}
             for contender in contenders:
                 fn = fns[contender.impl]

@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from npu_models.runtime import import_torch_npu
+from kernels.plan import PORTABLE, KernelPlan
 
 
 def eager_gelu(x):
@@ -13,19 +13,10 @@ def eager_gelu(x):
     return (0.5 * xf * (1.0 + torch.erf(xf / math.sqrt(2.0)))).to(x.dtype)
 
 
-def torch_gelu(x):
+def gelu(x, plan: KernelPlan = PORTABLE):
+    if plan.gelu == "ascend" and x.dtype in plan.ascend_dtypes:
+        # approximate='none' is the erf form; npu_fast_gelu is a different approximation, never used here.
+        return torch.ops.npu.npu_gelu(x, approximate="none")
+    if plan.gelu == "eager":
+        return eager_gelu(x)
     return F.gelu(x)
-
-
-def npu_gelu(x):
-    # approximate='none' is the erf form; npu_fast_gelu is a different approximation, never used here.
-    return import_torch_npu().npu_gelu(x, approximate="none")
-
-
-BACKENDS = {"eager": eager_gelu, "torch": torch_gelu, "npu": npu_gelu}
-
-
-def gelu(x, backend=None):
-    if backend is None:
-        backend = "npu" if x.device.type == "npu" else "torch"
-    return BACKENDS[backend](x)

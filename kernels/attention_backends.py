@@ -1,24 +1,19 @@
 """Scaled dot-product attention with one backend per device and an eager reference.
 
-Convention for every caller: q, k, v are [B, H, S, D]; `mask` is boolean and broadcastable to
-[B, H, Sq, Sk] with True meaning "attend" (the F.scaled_dot_product_attention convention); `bias` is an
-optional float tensor broadcastable to [B, H, Sq, Sk] added to the scaled scores (a relative-position
-bias). A query row with no attended key at all has an undefined output. Softmax runs in fp32 on every
-backend.
+Convention for every caller: q, k, v are [B, H, S, D] (any strides); `mask` is boolean and broadcastable
+to [B, 1, Sq, Sk] or [B, H, Sq, Sk] with True meaning "attend" (the F.scaled_dot_product_attention
+convention); `bias` is an optional float tensor broadcastable to [B, H, Sq, Sk] added to the scaled
+scores (a relative-position bias). A query row with no attended key at all has an undefined output.
+Softmax runs in fp32 on every backend. The backend comes from the caller's `KernelPlan`, fixed at load time.
 """
-import functools
-
 import torch
 import torch.nn.functional as F
 
-from npu_models.runtime import import_torch_npu, is_310p, npu_chip_name
-
-# Ascend kernels limit attention to a band [i - pre_tokens, i + next_tokens]; this value disables it.
-ASCEND_NO_TOKEN_LIMIT = 2147483647
+from kernels.plan import ASCEND_NO_TOKEN_LIMIT, PORTABLE, AscendAttentionOp, KernelPlan
 
 
 def eager_attention(q, k, v, mask=None, scale=None, bias=None):
-    """The plain math, used as the reference for every other backend."""
+    """The plain math, used as the reference for every other backend and as the Ascend fallback."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
     if bias is not None:
@@ -37,69 +32,66 @@ def sdpa_attention(q, k, v, mask=None, scale=None, bias=None):
 
 
 def to_ascend_mask(mask: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:
-    """Convert our keep-mask (True = attend) into the Ascend convention (True = masked out).
+    """Our keep-mask (True = attend), shared by all heads, as the Ascend mask (True = masked out).
 
-    Ascend kernels take bool masks shaped B1SS, BNSS, 11SS or SS, not broadcastable ones, so a key
-    padding mask [B, 1, 1, Sk] is expanded to [B, 1, Sq, Sk].
+    PFA and FIA both accept (B, 1, Sq, Sk) and (1, 1, Sq, Sk) (not broadcast shapes, not per-head BNSS),
+    contiguous: a key-padding mask [B, 1, 1, Sk] is expanded over the queries.
     """
     if mask.dtype != torch.bool:
         raise TypeError(f"attention mask must be torch.bool (True = attend), got {mask.dtype}")
     while mask.dim() < 4:
         mask = mask.unsqueeze(0)
-    batch, heads = mask.shape[0], mask.shape[1]
-    return (~mask).expand(batch, heads, q_len, k_len).contiguous()
+    if mask.shape[1] != 1:
+        raise ValueError(f"Ascend attention masks are shared by all heads; got a per-head mask {list(mask.shape)}")
+    return (~mask).expand(mask.shape[0], 1, q_len, k_len).contiguous()
 
 
 def to_ascend_bias(bias: torch.Tensor, heads: int, q_len: int, k_len: int, dtype) -> torch.Tensor:
-    """A broadcastable additive bias as the [B or 1, N, Sq, Sk] `pse_shift` the Ascend kernels take."""
+    """A broadcastable additive bias as the contiguous (B|1, N, Sq, Sk) `pse_shift`, in the query dtype."""
     while bias.dim() < 4:
         bias = bias.unsqueeze(0)
     return bias.expand(bias.shape[0], heads, q_len, k_len).to(dtype).contiguous()
 
 
-@functools.lru_cache(maxsize=None)
-def _keyword_for_scale(op_name: str) -> str:
-    """npu_fused_infer_attention_score renamed `scale_value` to `scale` in torch_npu 7.0."""
-    torch_npu = import_torch_npu()
-    try:
-        names = {arg.name for arg in getattr(torch.ops.npu, op_name).default._schema.arguments}
-    except (AttributeError, RuntimeError):
-        import inspect
-        names = set(inspect.signature(getattr(torch_npu, op_name)).parameters)
-    return "scale" if "scale" in names else "scale_value"
+def ascend_attention(q, k, v, mask, scale, bias, op: AscendAttentionOp):
+    """The chip's fused inference attention, called as documented, or the eager math where it cannot take the case.
 
-
-def npu_attention(q, k, v, mask=None, scale=None, bias=None):
-    """Ascend fused inference attention: prompt flash attention on 310P, fused infer attention on 910-class.
-
-    Both are called with the bidirectional token limits (their default next_tokens=0 would be causal);
-    a bias goes in as `pse_shift`, which both take as [B or 1, N, Sq, Sk] in the query dtype.
+    q/k/v go in contiguous (neither op takes strided inputs) in BNSD; with Sq > 1 the output comes back as
+    BSND (input_layout BNSD_BSND), so merging the heads afterwards is a free view. Both ops get the
+    bidirectional token limits (PFA's default next_tokens=0 would be causal). Batches above the op's limit
+    (128 on 310P) are cut into chunks the op takes.
     """
-    torch_npu = import_torch_npu()
-    chip = npu_chip_name(q.device)
-    supported = (torch.float16,) if is_310p(chip) else (torch.float16, torch.bfloat16)
-    if q.dtype not in supported:
-        # The fused kernels do not take this dtype on this chip (fp32, say): fall back to the math.
+    batch, heads, q_len, head_dim = q.shape
+    k_len = k.shape[2]
+    per_head_mask = mask is not None and mask.dim() == 4 and mask.shape[1] != 1
+    if (not op.accepts(q.dtype, heads, q_len, k_len, head_dim) or (bias is not None and not op.takes_bias)
+            or per_head_mask):
         return eager_attention(q, k, v, mask, scale, bias)
-    heads, q_len, k_len = q.shape[1], q.shape[2], k.shape[2]
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scale = head_dim ** -0.5 if scale is None else scale
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     ascend_mask = None if mask is None else to_ascend_mask(mask, q_len, k_len)
-    common = dict(atten_mask=ascend_mask, num_heads=heads, input_layout="BNSD",
-                  pre_tokens=ASCEND_NO_TOKEN_LIMIT, next_tokens=ASCEND_NO_TOKEN_LIMIT)
-    if bias is not None:
-        common["pse_shift"] = to_ascend_bias(bias, heads, q_len, k_len, q.dtype)
-    if is_310p(chip):
-        return torch_npu.npu_prompt_flash_attention(q, k, v, scale_value=scale, **common)
-    op = "npu_fused_infer_attention_score"
-    out, _ = getattr(torch_npu, op)(q, k, v, **{_keyword_for_scale(op): scale}, **common)
-    return out
+    pse_shift = None if bias is None else to_ascend_bias(bias, heads, q_len, k_len, q.dtype)
+    layout = "BNSD_BSND" if q_len > 1 else "BNSD"
+    fused = getattr(torch.ops.npu, op.name)
+    outputs = []
+    for start in range(0, batch, op.max_batch):
+        rows = slice(start, start + op.max_batch)
+        optional = {}
+        if ascend_mask is not None:
+            optional["atten_mask"] = ascend_mask[rows] if ascend_mask.shape[0] > 1 else ascend_mask
+        if pse_shift is not None:
+            optional["pse_shift"] = pse_shift[rows] if pse_shift.shape[0] > 1 else pse_shift
+        out = fused(q[rows], k[rows], v[rows], num_heads=heads, input_layout=layout, pre_tokens=ASCEND_NO_TOKEN_LIMIT,
+                    next_tokens=ASCEND_NO_TOKEN_LIMIT, **{op.scale_keyword: scale}, **optional)
+        outputs.append(out[0] if op.returns_tuple else out)
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return out.transpose(1, 2) if layout == "BNSD_BSND" else out
 
 
-BACKENDS = {"eager": eager_attention, "sdpa": sdpa_attention, "npu": npu_attention}
-
-
-def attention(q, k, v, mask=None, scale=None, bias=None, backend=None):
-    """Attention on the best backend for q's device (npu -> Ascend fused kernel, else SDPA)."""
-    if backend is None:
-        backend = "npu" if q.device.type == "npu" else "sdpa"
-    return BACKENDS[backend](q, k, v, mask, scale, bias)
+def attention(q, k, v, mask=None, scale=None, bias=None, plan: KernelPlan = PORTABLE):
+    """Attention on the backend the plan names (sdpa by default)."""
+    if plan.attention == "ascend":
+        return ascend_attention(q, k, v, mask, scale, bias, plan.ascend_attention)
+    if plan.attention == "eager":
+        return eager_attention(q, k, v, mask, scale, bias)
+    return sdpa_attention(q, k, v, mask, scale, bias)

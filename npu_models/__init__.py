@@ -30,8 +30,7 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     entry = registry.get_entry(str(name_or_path), task)
     device = runtime.resolve_device(device)
     dtype = runtime.parse_dtype(dtype, device)
-    model = registry.build_model(entry, checkpoint, config, config_file).to(device=device, dtype=dtype).eval()
-    model.requires_grad_(False)
+    model = runtime.prepare_model(registry.build_model(entry, checkpoint, config, config_file), device, dtype)
     return runtime.compile_model(model, device) if graph else model
 
 

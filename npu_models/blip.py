@@ -120,12 +120,13 @@ class Blip(nn.Module):
         block, texts = bert.blocks[0], len(text_input_ids)
         x = bert.embeddings(self.with_enc_token(text_input_ids))
         keys = mask.bool()[:, None, None, :]
-        x = add_layer_norm(block.attn(x, keys), x, block.attn_norm.weight, block.attn_norm.bias, block.attn_norm.eps)
+        x = add_layer_norm(block.attn(x, keys), x, block.attn_norm.weight, block.attn_norm.bias, block.attn_norm.eps,
+                           block.kernel_plan)
         out["itm.layer0_selfattn_out_img0"] = x
         memory = image_feat[:1].expand(texts, -1, -1)
         norm = block.cross_attn_norm
         out["itm.layer0_crossattn_out_img0"] = add_layer_norm(block.cross_attn(x, context=memory), x, norm.weight,
-                                                              norm.bias, norm.eps)
+                                                              norm.bias, norm.eps, block.kernel_plan)
         # Every (image, text) pair.
         images_n = len(images)
         pair_feat = image_feat.repeat_interleave(texts, dim=0)

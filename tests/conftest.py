@@ -14,21 +14,11 @@ def _deterministic():
 
 
 @pytest.fixture
-def fake_torch_npu(monkeypatch):
-    """A stand-in `torch_npu` module; tests put the few ops they need on it.
-
-    It implements documented semantics in plain torch, so what it checks is our side of the call:
-    argument names, layouts, and the mask convention.
-    """
-    import types
-
+def ascend_chip(monkeypatch):
+    """Install the torch_npu/torchair stand-in (tests/npu_standin.py) as a given chip: ascend_chip("Ascend310P3")."""
     from npu_models.runtime import device as device_module
-    import kernels.attention_backends as attention_module
+    from tests import npu_standin
 
-    module = types.ModuleType("torch_npu")
-    monkeypatch.setitem(sys.modules, "torch_npu", module)
+    yield lambda chip: npu_standin.install(monkeypatch, chip)
     device_module.import_torch_npu.cache_clear()
-    attention_module._keyword_for_scale.cache_clear()
-    yield module
-    device_module.import_torch_npu.cache_clear()
-    attention_module._keyword_for_scale.cache_clear()
+    torch._dynamo.reset()

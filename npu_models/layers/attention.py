@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import attention
+from kernels import PORTABLE, attention
 
 
 class Attention(nn.Module):
@@ -13,6 +13,7 @@ class Attention(nn.Module):
 
     qkv_bias: "qkv" (one bias for all three), "qv" (BEiT/VLMo: q and v biases, keys unbiased) or None.
     `num_heads` counts the heads this module computes: tensor parallelism lowers it per rank.
+    `kernel_plan` picks the attention backend; the runtime sets it when the model is put on its device.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: str | None = "qkv", kv_dim: int | None = None,
@@ -22,6 +23,7 @@ class Attention(nn.Module):
         if inner_dim % num_heads:
             raise ValueError(f"attention width {inner_dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
+        self.kernel_plan = PORTABLE
         self.head_dim = inner_dim // num_heads
         if kv_dim is None:
             self.qkv = nn.Linear(dim, 3 * inner_dim, bias=qkv_bias == "qkv")
@@ -49,5 +51,5 @@ class Attention(nn.Module):
             q, k, v = self.split_heads(F.linear(x, self.qkv.weight, qkv_bias), 3)
         else:
             q, k, v = self.split_heads(self.qkv(x), 3)
-        out = attention(q, k, v, mask, bias=bias)
+        out = attention(q, k, v, mask, bias=bias, plan=self.kernel_plan)
         return self.proj(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim))

@@ -1,7 +1,7 @@
 """The transformer encoder block, post-norm (BERT) or pre-norm (ViT)."""
 from torch import nn
 
-from kernels import add_layer_norm
+from kernels import PORTABLE, add_layer_norm
 from npu_models.layers.attention import Attention
 from npu_models.layers.mlp import Mlp
 
@@ -21,6 +21,7 @@ class Block(nn.Module):
                  cross_heads: int | None = None, cross_inner_dim: int | None = None):
         super().__init__()
         self.pre_norm = pre_norm
+        self.kernel_plan = PORTABLE  # set by the runtime for the device
         if self_attention:
             self.attn = Attention(dim, num_heads)
             self.attn_norm = nn.LayerNorm(dim, eps=norm_eps)
@@ -36,13 +37,14 @@ class Block(nn.Module):
         self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
 
     def forward(self, x, mask=None, context=None, context_mask=None):
+        plan = self.kernel_plan
         if self.pre_norm:
             x = x + self.attn(self.attn_norm(x), mask)
             return x + self.mlp(self.mlp_norm(x))
         if hasattr(self, "attn"):
             norm = self.attn_norm
-            x = add_layer_norm(self.attn(x, mask), x, norm.weight, norm.bias, norm.eps)
+            x = add_layer_norm(self.attn(x, mask), x, norm.weight, norm.bias, norm.eps, plan)
         if context is not None:
             norm = self.cross_attn_norm
-            x = add_layer_norm(self.cross_attn(x, context_mask, context=context), x, norm.weight, norm.bias, norm.eps)
-        return add_layer_norm(self.mlp(x), x, self.mlp_norm.weight, self.mlp_norm.bias, self.mlp_norm.eps)
+            x = add_layer_norm(self.cross_attn(x, context_mask, context=context), x, norm.weight, norm.bias, norm.eps, plan)
+        return add_layer_norm(self.mlp(x), x, self.mlp_norm.weight, self.mlp_norm.bias, self.mlp_norm.eps, plan)

@@ -1,4 +1,4 @@
-"""The only code that knows NPU vs CUDA vs CPU: devices, dtypes, graph mode, synchronisation."""
+"""The only code that knows NPU vs CUDA vs CPU: devices, dtypes, kernel choice, graph mode, synchronisation."""
 from npu_models.runtime.device import (
     default_dtype,
     device_description,
@@ -9,10 +9,13 @@ from npu_models.runtime.device import (
     parse_dtype,
     resolve_device,
     synchronize,
+    to_model_input,
 )
 from npu_models.runtime.graph import bucket_for, compile_model, length_buckets
+from npu_models.runtime.kernels import configure_kernels, kernel_plan, prepare_model
 
 __all__ = [
-    "bucket_for", "compile_model", "default_dtype", "device_description", "dtype_name", "import_torch_npu",
-    "is_310p", "length_buckets", "npu_chip_name", "parse_dtype", "resolve_device", "synchronize",
+    "bucket_for", "compile_model", "configure_kernels", "default_dtype", "device_description", "dtype_name",
+    "import_torch_npu", "is_310p", "kernel_plan", "length_buckets", "npu_chip_name", "parse_dtype", "prepare_model",
+    "resolve_device", "synchronize", "to_model_input",
 ]

@@ -112,6 +112,12 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
 
 
+def to_model_input(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """An input on the model's device; floating-point inputs (pixels, region features) in the model's dtype,
+    integer and boolean ones (token ids, masks) unchanged."""
+    return tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so wall-clock timings measure the computation."""
     if device.type == "cuda":

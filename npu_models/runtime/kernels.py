@@ -1,0 +1,29 @@
+"""Kernel selection, done once when a model is put on its device (never inside a forward)."""
+import torch
+
+from kernels import PORTABLE, KernelPlan, plan_for_ascend_chip
+from npu_models.runtime.device import npu_chip_name
+
+
+def kernel_plan(device: torch.device) -> KernelPlan:
+    """The fused-operator backends for `device`: Ascend ops chosen by chip on NPU, torch's elsewhere.
+
+    The chip name is a device query that graph mode cannot trace, so it is asked here, at load time.
+    """
+    if device.type == "npu":
+        return plan_for_ascend_chip(npu_chip_name(device))
+    return PORTABLE
+
+
+def configure_kernels(model: torch.nn.Module, plan: KernelPlan) -> torch.nn.Module:
+    """Give every layer that calls a fused operator the plan (layers hold it as `kernel_plan`)."""
+    for module in model.modules():
+        if hasattr(module, "kernel_plan"):
+            module.kernel_plan = plan
+    return model
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The model on `device` in `dtype`, in eval mode without gradients, with that device's kernels."""
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return configure_kernels(model, kernel_plan(device))
