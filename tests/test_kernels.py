@@ -2,17 +2,32 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import activation, attention_backends as attention_module, norm
-from kernels.attention_backends import ASCEND_NO_TOKEN_LIMIT, eager_attention, npu_attention, sdpa_attention, to_ascend_mask
+from kernels import EAGER, PORTABLE, activation, attention, norm, plan_for_ascend_chip
+from kernels import attention_backends as attention_module
+from kernels.attention_backends import eager_attention, sdpa_attention, to_ascend_mask
+from kernels.plan import FUSED_INFER_A2, PROMPT_FLASH_310P
+from tests.npu_standin import CHIPS, AscendContractError
 
 
 def random_qkv(batch=3, heads=4, q_len=9, k_len=9, dim=16, dtype=torch.float32):
     return [torch.randn(batch, heads, n, dim, dtype=dtype) for n in (q_len, k_len, k_len)]
 
 
+def strided_qkv(batch=3, heads=4, q_len=9, k_len=9, dim=16, dtype=torch.float32):
+    """q, k, v as the attention layer makes them: [B, H, S, D] views of one [B, S, 3, H, D] projection."""
+    fused = torch.randn(batch, max(q_len, k_len), 3, heads, dim, dtype=dtype).permute(2, 0, 3, 1, 4)
+    q, k, v = fused[0, :, :, :q_len], fused[1, :, :, :k_len], fused[2, :, :, :k_len]
+    assert not q.is_contiguous()
+    return q, k, v
+
+
 def padding_mask(lengths, k_len):
     """Key padding mask [B, 1, 1, Sk], True = attend."""
     return (torch.arange(k_len)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
+
+
+def fp32_reference(q, k, v, mask=None, scale=None, bias=None):
+    return eager_attention(q.float(), k.float(), v.float(), mask, scale, None if bias is None else bias.float())
 
 
 def test_eager_reference_is_softmax_attention():
@@ -60,11 +75,13 @@ def test_sdpa_matches_reference_in_bf16():
                                atol=2e-2, rtol=2e-2)
 
 
-def test_default_backend_on_cpu_is_sdpa(monkeypatch):
+def test_default_plan_is_sdpa_and_eager_plan_the_math(monkeypatch):
     calls = []
-    monkeypatch.setitem(attention_module.BACKENDS, "sdpa", lambda *a: calls.append("sdpa") or eager_attention(*a))
-    attention_module.attention(*random_qkv())
-    assert calls == ["sdpa"]
+    monkeypatch.setattr(attention_module, "sdpa_attention", lambda *a: calls.append("sdpa") or eager_attention(*a))
+    monkeypatch.setattr(attention_module, "eager_attention", lambda *a: calls.append("eager"))
+    attention(*random_qkv())
+    attention(*random_qkv(), plan=EAGER)
+    assert calls == ["sdpa", "eager"]
 
 
 def test_ascend_mask_inverts_and_expands_key_padding():
@@ -75,99 +92,197 @@ def test_ascend_mask_inverts_and_expands_key_padding():
     assert torch.equal(converted, expected_row[:, None, None, :].expand(2, 1, 5, 4))
 
 
-def test_ascend_mask_keeps_per_head_and_2d_masks():
-    per_head = torch.rand(2, 3, 4, 4) > 0.5
-    assert torch.equal(to_ascend_mask(per_head, 4, 4), ~per_head)
+def test_ascend_mask_takes_only_shapes_shared_by_the_heads():
     square = torch.rand(4, 6) > 0.5
     assert torch.equal(to_ascend_mask(square, 4, 6), (~square)[None, None])
+    with pytest.raises(ValueError, match="per-head"):  # BNSS masks are not accepted by PFA/FIA
+        to_ascend_mask(torch.rand(2, 3, 4, 4) > 0.5, 4, 4)
     with pytest.raises(TypeError, match="torch.bool"):
         to_ascend_mask(torch.zeros(2, 1, 1, 4), 4, 4)
 
 
-def ascend_reference(q, k, v, atten_mask, num_heads, scale, pre_tokens, next_tokens, input_layout, pse_shift=None):
-    """The documented Ascend semantics: True in atten_mask masks out; only keys j with
-    i - pre_tokens <= j <= i + next_tokens are visible; pse_shift [B|1, N, Sq, Sk] is added to the scores."""
-    assert input_layout == "BNSD" and q.shape[1] == num_heads
-    if pse_shift is not None:
-        assert pse_shift.dim() == 4 and pse_shift.shape[1:] == (num_heads, q.shape[2], k.shape[2])
-        assert pse_shift.dtype == q.dtype
-    i = torch.arange(q.shape[2])[:, None]
-    j = torch.arange(k.shape[2])[None, :]
-    visible = (j >= i - pre_tokens) & (j <= i + next_tokens)
-    if atten_mask is not None:
-        assert atten_mask.dtype == torch.bool and atten_mask.dim() == 4
-        visible = visible & ~atten_mask
-    return eager_attention(q, k, v, visible, scale, pse_shift)
+@pytest.mark.parametrize("chip, expected", [
+    ("Ascend310P3", PROMPT_FLASH_310P), ("Ascend910B2", FUSED_INFER_A2), ("Ascend910_9392", FUSED_INFER_A2)])
+def test_plan_per_ascend_chip(chip, expected):
+    plan = plan_for_ascend_chip(chip)
+    assert plan.attention == "ascend" and plan.ascend_attention == expected
+    assert (torch.bfloat16 in plan.ascend_dtypes) == (chip != "Ascend310P3")
 
 
-def test_npu_backend_on_310p_calls_prompt_flash_attention(fake_torch_npu, monkeypatch):
-    calls = []
+def test_unknown_ascend_chip_runs_the_math_not_an_undocumented_fused_op():
+    plan = plan_for_ascend_chip("Ascend910A")
+    assert plan.attention == "eager" and plan.ascend_attention is None and plan.gelu == "torch"
 
-    def npu_prompt_flash_attention(q, k, v, *, atten_mask=None, num_heads=1, scale_value=1.0,
-                                   pre_tokens=ASCEND_NO_TOKEN_LIMIT, next_tokens=0, input_layout="BSH"):
-        calls.append(next_tokens)
-        return ascend_reference(q, k, v, atten_mask, num_heads, scale_value, pre_tokens, next_tokens, input_layout)
 
-    fake_torch_npu.npu_prompt_flash_attention = npu_prompt_flash_attention
-    monkeypatch.setattr(attention_module, "npu_chip_name", lambda device: "Ascend310P3")
+# ---- the Ascend path, through the torch_npu stand-in (tests/npu_standin.py) ------------------------------
+
+
+@pytest.mark.parametrize("profile", ["310P", "910B"])
+@pytest.mark.parametrize("q_len, k_len", [(9, 9), (6, 8)])
+def test_ascend_attention_calls_the_chip_op_as_documented(ascend_chip, profile, q_len, k_len):
+    chip, dtype = CHIPS[profile]
+    standin = ascend_chip(chip)
+    plan = plan_for_ascend_chip(chip)
+    q, k, v = strided_qkv(q_len=q_len, k_len=k_len, dtype=dtype)
+    mask = padding_mask([k_len, 3, 1], k_len)
+    out = attention(q, k, v, mask, scale=0.2, plan=plan)
+    assert standin.calls == {plan.ascend_attention.name: 1}
+    assert out.shape == q.shape and out.dtype == dtype
+    # bidirectional: PFA's default next_tokens=0 would hide the later keys from every query
+    torch.testing.assert_close(out.float(), fp32_reference(q, k, v, mask, 0.2), atol=2e-2, rtol=2e-2)
+
+
+def test_fused_infer_attention_takes_the_relative_position_bias(ascend_chip):
+    standin = ascend_chip("Ascend910B2")
+    q, k, v = random_qkv(dtype=torch.bfloat16)
+    mask, bias = padding_mask([9, 3, 6], 9), torch.randn(4, 9, 9) * 2
+    out = attention(q, k, v, mask, bias=bias, plan=plan_for_ascend_chip("Ascend910B2"))
+    assert standin.calls == {"npu_fused_infer_attention_score": 1}
+    torch.testing.assert_close(out.float(), fp32_reference(q, k, v, mask, None, bias), atol=3e-2, rtol=3e-2)
+
+
+def test_310p_splits_batches_over_128(ascend_chip):
+    standin = ascend_chip("Ascend310P3")
+    q, k, v = random_qkv(batch=130, heads=2, q_len=5, k_len=5, dtype=torch.float16)
+    mask = padding_mask([5, 2] * 65, 5)
+    out = attention(q, k, v, mask, plan=plan_for_ascend_chip("Ascend310P3"))
+    assert standin.calls == {"npu_prompt_flash_attention": 2}
+    torch.testing.assert_close(out.float(), fp32_reference(q, k, v, mask), atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("chip, case", [
+    ("Ascend310P3", "bias"),      # pse_shift: not supported on Atlas inference cards
+    ("Ascend310P3", "fp32"),      # PFA on 310P takes fp16 only
+    ("Ascend910B2", "fp32"),
+    ("Ascend910B2", "head_dim"),  # FIA: fp16/bf16 need D aligned to 16
+    ("Ascend910B2", "per_head"),  # BNSS masks are not accepted
+])
+def test_cases_the_fused_op_cannot_take_run_the_fp32_math(ascend_chip, chip, case):
+    standin = ascend_chip(chip)
+    dtype = torch.float32 if case == "fp32" else CHIPS["310P" if "310P" in chip else "910B"][1]
+    q, k, v = random_qkv(dim=12 if case == "head_dim" else 16, dtype=dtype)
+    mask = torch.rand(3, 4, 9, 9) > 0.3 if case == "per_head" else padding_mask([9, 3, 6], 9)
+    mask[..., 0] = True
+    bias = torch.randn(4, 9, 9) if case == "bias" else None
+    out = attention(q, k, v, mask, bias=bias, plan=plan_for_ascend_chip(chip))
+    assert sum(standin.calls.values()) == 0
+    torch.testing.assert_close(out, eager_attention(q, k, v, mask, None, bias))
+
+
+# The stand-in has teeth: each documented restriction our code works around is refused when violated.
+
+def test_standin_refuses_non_contiguous_inputs(ascend_chip):
+    ascend_chip("Ascend910B2")
+    q, k, v = random_qkv(dtype=torch.bfloat16)
+    with pytest.raises(AscendContractError, match="not contiguous"):
+        torch.ops.npu.npu_fused_infer_attention_score(q.transpose(1, 2).contiguous().transpose(1, 2), k, v,
+                                                      num_heads=4, input_layout="BNSD")
+
+
+def test_standin_refuses_pse_shift_and_big_batches_on_310p(ascend_chip):
+    ascend_chip("Ascend310P3")
     q, k, v = random_qkv(dtype=torch.float16)
-    mask = padding_mask([9, 2, 5], 9)
-    out = npu_attention(q, k, v, mask)
-    assert calls == [ASCEND_NO_TOKEN_LIMIT]  # bidirectional, not the causal default
-    torch.testing.assert_close(out.float(), eager_attention(q.float(), k.float(), v.float(), mask), atol=2e-3, rtol=2e-3)
+    with pytest.raises(AscendContractError, match="pse_shift"):
+        torch.ops.npu.npu_prompt_flash_attention(q, k, v, pse_shift=torch.zeros(1, 4, 9, 9, dtype=torch.float16),
+                                                 num_heads=4, input_layout="BNSD", next_tokens=2147483647)
+    q, k, v = random_qkv(batch=129, dtype=torch.float16)
+    with pytest.raises(AscendContractError, match="B=129"):
+        torch.ops.npu.npu_prompt_flash_attention(q, k, v, num_heads=4, input_layout="BNSD")
+    with pytest.raises(AscendContractError, match="dtype"):
+        torch.ops.npu.npu_prompt_flash_attention(*random_qkv(dtype=torch.bfloat16), num_heads=4, input_layout="BNSD")
 
 
-@pytest.mark.parametrize("scale_keyword", ["scale", "scale_value"])
-def test_npu_backend_on_910_calls_fused_infer_attention(fake_torch_npu, monkeypatch, scale_keyword):
-    def fused(q, k, v, *, atten_mask=None, num_heads=1, pre_tokens=ASCEND_NO_TOKEN_LIMIT,
-              next_tokens=ASCEND_NO_TOKEN_LIMIT, input_layout="BSH", pse_shift=None, **scale):
-        assert list(scale) == [scale_keyword]
-        out = ascend_reference(q, k, v, atten_mask, num_heads, scale[scale_keyword], pre_tokens, next_tokens,
-                               input_layout, pse_shift)
-        return out, None
-
-    # Both spellings of the scale argument exist across torch_npu releases.
-    exec(f"def npu_fused_infer_attention_score(q, k, v, *, atten_mask=None, pse_shift=None, num_heads=1,"
-         f" {scale_keyword}=1.0, pre_tokens=0, next_tokens=0, input_layout='BSH'):\n"
-         f"    return fused(q, k, v, atten_mask=atten_mask, num_heads=num_heads, {scale_keyword}={scale_keyword},"
-         " pre_tokens=pre_tokens, next_tokens=next_tokens, input_layout=input_layout, pse_shift=pse_shift)",
-         {"fused": fused}, fake_torch_npu.__dict__)
-    monkeypatch.setattr(attention_module, "npu_chip_name", lambda device: "Ascend910B2")
-    q, k, v = random_qkv(q_len=6, k_len=8, dtype=torch.bfloat16)
-    mask = padding_mask([8, 3, 1], 8)
-    out = npu_attention(q, k, v, mask, scale=0.2)
-    torch.testing.assert_close(out.float(), eager_attention(q.float(), k.float(), v.float(), mask, 0.2),
-                               atol=2e-2, rtol=2e-2)
-    bias = torch.randn(4, 6, 8)
-    out = npu_attention(q, k, v, mask, scale=0.2, bias=bias)
-    torch.testing.assert_close(out.float(), eager_attention(q.float(), k.float(), v.float(), mask, 0.2, bias),
-                               atol=3e-2, rtol=3e-2)
+def test_standin_refuses_fused_infer_attention_on_310p_and_unaligned_head_dims(ascend_chip):
+    ascend_chip("Ascend310P3")
+    with pytest.raises(AscendContractError, match="A2/A3 only"):
+        torch.ops.npu.npu_fused_infer_attention_score(*random_qkv(dtype=torch.float16), num_heads=4, input_layout="BNSD")
+    ascend_chip("Ascend910B2")
+    with pytest.raises(AscendContractError, match="aligned to 16"):
+        torch.ops.npu.npu_fused_infer_attention_score(*random_qkv(dim=12, dtype=torch.bfloat16), num_heads=4,
+                                                      input_layout="BNSD")
 
 
-def test_npu_backend_falls_back_to_math_for_unsupported_dtype(fake_torch_npu, monkeypatch):
-    monkeypatch.setattr(attention_module, "npu_chip_name", lambda device: "Ascend310P3")
-    q, k, v = random_qkv()  # fp32: the 310P kernel takes fp16 only
-    mask = padding_mask([9, 2, 5], 9)
-    torch.testing.assert_close(npu_attention(q, k, v, mask), eager_attention(q, k, v, mask))
+def test_standin_masks_follow_the_ascend_polarity(ascend_chip):
+    """True in atten_mask hides a key: passing our keep-mask unconverted gives a different answer."""
+    ascend_chip("Ascend910B2")
+    q, k, v = random_qkv(dtype=torch.bfloat16)
+    keep = padding_mask([7, 3, 6], 9).expand(3, 1, 9, 9).contiguous()  # no row hides every key
+    hidden = torch.ops.npu.npu_fused_infer_attention_score(q, k, v, atten_mask=~keep, num_heads=4, scale=0.25,
+                                                           input_layout="BNSD")[0]
+    torch.testing.assert_close(hidden.float(), fp32_reference(q, k, v, keep), atol=2e-2, rtol=2e-2)
+    wrong = torch.ops.npu.npu_fused_infer_attention_score(q, k, v, atten_mask=keep, num_heads=4, scale=0.25,
+                                                          input_layout="BNSD")[0]
+    assert (wrong.float() - hidden.float()).abs().max() > 0.1
+
+
+def test_chip_query_cannot_be_traced_so_it_must_stay_out_of_the_forward(ascend_chip):
+    ascend_chip("Ascend910B2")
+
+    def forward_that_asks_the_device(x):
+        return x * 2 if "910" in torch.npu.get_device_name(0) else x
+
+    with pytest.raises(Exception, match="builtin|get_device_name|Unsupported"):
+        torch.compile(forward_that_asks_the_device, fullgraph=True, backend="eager")(torch.ones(2))
+
+
+@pytest.mark.parametrize("profile", ["310P", "910B"])
+def test_ascend_attention_compiles_into_one_graph_with_the_fused_op(ascend_chip, profile):
+    from npu_models import runtime
+    from tests.npu_standin import NPU0
+    chip, dtype = CHIPS[profile]
+    standin = ascend_chip(chip)
+    plan = runtime.kernel_plan(NPU0)
+    q, k, v = random_qkv(dtype=dtype)
+    mask = padding_mask([9, 3, 6], 9)
+    compiled = runtime.compile_model(lambda *args: attention(*args, plan=plan), NPU0)
+    torch.testing.assert_close(compiled(q, k, v, mask), attention(q, k, v, mask, plan=plan))
+    assert len(standin.graphs) == 1
+    assert standin.ops_in_graphs()[f"npu.{plan.ascend_attention.name}"] == 1
+    assert standin.compiler_configs[0].experimental_config.frozen_parameter
+
+
+# ---- GELU and add + LayerNorm -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
 def test_gelu_backends_match_the_erf_formula(dtype, tol):
     x = torch.randn(4, 33, dtype=dtype) * 3
-    torch.testing.assert_close(activation.torch_gelu(x).float(), activation.eager_gelu(x).float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(activation.gelu(x, PORTABLE).float(), activation.eager_gelu(x).float(), atol=tol, rtol=tol)
     # the tanh approximation is a real bug that moves BERT logits by ~5e-5: the reference must tell them apart
     assert (F.gelu(x.float(), approximate="tanh") - activation.eager_gelu(x.float())).abs().max() > 1e-4
 
 
-def test_npu_gelu_asks_for_the_exact_form(fake_torch_npu):
-    fake_torch_npu.npu_gelu = lambda x, approximate: F.gelu(x, approximate=approximate)
-    x = torch.randn(8, 5)
-    torch.testing.assert_close(activation.gelu(x, backend="npu"), activation.eager_gelu(x))
+@pytest.mark.parametrize("profile", ["310P", "910B"])
+def test_npu_gelu_asks_for_the_exact_form(ascend_chip, profile):
+    chip, dtype = CHIPS[profile]
+    standin = ascend_chip(chip)
+    x = torch.randn(8, 5, dtype=dtype) * 3
+    torch.testing.assert_close(activation.gelu(x, plan_for_ascend_chip(chip)), activation.eager_gelu(x))
+    assert standin.calls == {"npu_gelu": 1}
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 def test_add_layer_norm_matches_reference(dtype, tol):
     x, residual = torch.randn(2, 5, 32, dtype=dtype), torch.randn(2, 5, 32, dtype=dtype)
     weight, bias = torch.randn(32, dtype=dtype), torch.randn(32, dtype=dtype)
-    torch.testing.assert_close(norm.torch_add_layer_norm(x, residual, weight, bias, 1e-12).float(),
+    torch.testing.assert_close(norm.add_layer_norm(x, residual, weight, bias, 1e-12).float(),
                                norm.eager_add_layer_norm(x, residual, weight, bias, 1e-12).float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("profile", ["310P", "910B"])
+def test_npu_add_layer_norm_returns_the_normalised_sum(ascend_chip, profile):
+    chip, dtype = CHIPS[profile]
+    standin = ascend_chip(chip)
+    x, residual = torch.randn(2, 5, 32, dtype=dtype), torch.randn(2, 5, 32, dtype=dtype)
+    weight, bias = torch.randn(32, dtype=dtype), torch.randn(32, dtype=dtype)
+    out = norm.add_layer_norm(x, residual, weight, bias, 1e-12, plan_for_ascend_chip(chip))
+    assert standin.calls == {"npu_add_layer_norm": 1}
+    torch.testing.assert_close(out.float(), norm.eager_add_layer_norm(x, residual, weight, bias, 1e-12).float(),
+                               atol=2e-2, rtol=2e-2)
+
+
+def test_bf16_elementwise_ops_stay_off_the_310p(ascend_chip):
+    """310P has no bf16: a bf16 tensor there (never produced by our dtype policy) runs torch's op."""
+    standin = ascend_chip("Ascend310P3")
+    activation.gelu(torch.randn(4, dtype=torch.bfloat16), plan_for_ascend_chip("Ascend310P3"))
+    assert sum(standin.calls.values()) == 0
