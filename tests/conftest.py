@@ -22,3 +22,17 @@ def ascend_chip(monkeypatch):
     yield lambda chip: npu_standin.install(monkeypatch, chip)
     device_module.import_torch_npu.cache_clear()
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def compiled_graphs():
+    """What torch.compile really compiled during the test: () -> (graphs, graph breaks).
+
+    Comparing graph mode with eager passes when nothing was compiled; a graph-mode test also asserts
+    this count (one graph per distinct input shape, no break), so a no-op compile fails it.
+    """
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    yield lambda: (counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()))
+    torch._dynamo.reset()

@@ -52,13 +52,14 @@ def test_no_peer_times_ours_alone(tmp_path):
 
 @pytest.mark.parametrize("model, checkpoint, seq_len", [("vlmo-base-vqa", "vqa_checkpoint.pt", 12 + 17),
                                                         ("vlmo-base-coco-retrieval", "retrieval_checkpoint.pt", 17)])
-def test_vlmo_bench_times_ours_alone(tmp_path, capsys, model, checkpoint, seq_len):
+def test_vlmo_bench_times_ours_alone(tmp_path, capsys, compiled_graphs, model, checkpoint, seq_len):
     out = tmp_path / "vlmo.json"
     bench.main(["--model", model, "--checkpoint", str(FIXTURES / "reference" / "vlmo" / checkpoint), "--device", "cpu",
                 "--batch-sizes", "2", "--modes", "eager,graph", "--warmup", "0", "--iters", "1", "--json", str(out)])
     rows = json.loads(out.read_text())
     assert [(r["impl"], r["mode"], r["seq_len"]) for r in rows] == [("ours", "eager", seq_len), ("ours", "graph", seq_len)]
     assert "no peer implementation" in capsys.readouterr().err
+    assert compiled_graphs() == (1, 0)
 
 
 def test_blip_bench_times_each_inference_part(tmp_path):

@@ -121,12 +121,13 @@ def test_real_minilm_weights_match_transformers():
     torch.testing.assert_close(produced["pooler_output"], expected.pooler_output, atol=1e-4, rtol=1e-4)
 
 
-def test_graph_mode_matches_eager():
+def test_graph_mode_matches_eager(compiled_graphs):
     model = Bert(tiny_config()).init_weights(seed=3).eval()
     compiled = npu_models.runtime.compile_model(model, torch.device("cpu"))
     inputs = padded_inputs(model.config, length=16)
     with torch.no_grad():
         torch.testing.assert_close(compiled(*inputs), model(*inputs), atol=1e-5, rtol=1e-5)
+    assert compiled_graphs() == (1, 0)
 
 
 def test_converted_directory_round_trip(tmp_path):

@@ -103,7 +103,7 @@ def test_resume_computes_only_the_missing_images(tmp_path, imagenet_val):
     assert second["num_computed"] == 5 and (second["top1"], second["top5"]) == (first["top1"], first["top5"])
 
 
-def test_graph_mode_gives_the_eager_results(tmp_path, imagenet_val):
+def test_graph_mode_gives_the_eager_results(tmp_path, imagenet_val, compiled_graphs):
     images, _, _ = imagenet_val
     outputs = {}
     for mode in ("eager", "graph"):
@@ -114,6 +114,7 @@ def test_graph_mode_gives_the_eager_results(tmp_path, imagenet_val):
     for name, eager in outputs["eager"].items():
         assert outputs["graph"][name]["top5"] == eager["top5"]
         assert outputs["graph"][name]["top5_probs"] == pytest.approx(eager["top5_probs"], abs=1e-5)
+    assert compiled_graphs() == (1, 0)
 
 
 @pytest.mark.parametrize("setup, expected", [

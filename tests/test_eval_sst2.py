@@ -95,7 +95,7 @@ def test_predictions_from_another_dataset_are_refused(tmp_path, dev_tsv, capsys)
     assert "written for another dataset" in capsys.readouterr().err
 
 
-def test_graph_mode_gives_the_eager_predictions(tmp_path, dev_tsv):
+def test_graph_mode_gives_the_eager_predictions(tmp_path, dev_tsv, compiled_graphs):
     results = {}
     for mode in ("eager", "graph"):
         out = tmp_path / f"{mode}.jsonl"
@@ -105,6 +105,7 @@ def test_graph_mode_gives_the_eager_predictions(tmp_path, dev_tsv):
     for index, eager in results["eager"].items():
         assert results["graph"][index]["prediction"] == eager["prediction"]
         assert results["graph"][index]["probs"] == pytest.approx(eager["probs"], abs=1e-5)
+    assert compiled_graphs() == (2, 0)  # one graph per length bucket the sentences use (16 and 32 tokens)
 
 
 def test_demo_run_says_loudly_that_weights_are_random(capsys, monkeypatch):

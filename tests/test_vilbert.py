@@ -76,7 +76,7 @@ def test_dead_layers_do_not_change_the_logits():
         assert torch.equal(model(*args), before)
 
 
-def test_graph_mode_matches_eager():
+def test_graph_mode_matches_eager(compiled_graphs):
     model = npu_models.load_model("vilbert", VILBERT_FIXTURE / "model.tar.gz", device="cpu")
     from safetensors.torch import load_file
     inputs = load_file(str(VILBERT_FIXTURE / "inputs.safetensors"))
@@ -84,6 +84,7 @@ def test_graph_mode_matches_eager():
     compiled = npu_models.runtime.compile_model(model, torch.device("cpu"))
     with torch.no_grad():
         torch.testing.assert_close(compiled(*args), model(*args), atol=1e-5, rtol=1e-5)
+    assert compiled_graphs() == (1, 0)
 
 
 def test_eval_vqa_reproduces_expected_json(tmp_path):

@@ -86,12 +86,13 @@ def test_other_input_size_from_the_sidecar_config_resamples_and_matches_timm(tmp
         torch.testing.assert_close(ours(pixels), resized(pixels), atol=1e-5, rtol=1e-5)
 
 
-def test_graph_mode_matches_eager():
+def test_graph_mode_matches_eager(compiled_graphs):
     model = ViT(ViTConfig(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=5)).init_weights()
     compiled = npu_models.runtime.compile_model(model.eval(), torch.device("cpu"))
     pixels = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(compiled(pixels), model(pixels), atol=1e-5, rtol=1e-5)
+    assert compiled_graphs() == (1, 0)
 
 
 def test_unknown_layout_lists_what_was_found(tmp_path):
