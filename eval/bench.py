@@ -187,7 +187,8 @@ def vilbert_with_detection(model):
 
     parameter = next(model.parameters())
     detector = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
-    extractor = RegionFeatureExtractor(None, parameter.device, detector=detector.to(parameter.dtype))
+    # fp32, as eval.vqa's feature extraction runs it: the model's dtype applies from the region features on.
+    extractor = RegionFeatureExtractor(None, parameter.device, detector=detector)
 
     def run(images, ids, mask, type_ids):
         detections = extractor(list(images))

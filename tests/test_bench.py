@@ -78,3 +78,22 @@ def test_vilbert_bench_with_features_and_with_detection(tmp_path):
                 "--json", str(out)])
     rows = json.loads(out.read_text())
     assert [r["model"] for r in rows] == ["vilbert-vqa", "vilbert-vqa/with-detection"]
+
+
+@pytest.mark.parametrize("model, checkpoint", [
+    ("bert", BERT_FIXTURE / "checkpoint"), ("vit", FIXTURES / "reference" / "vit" / "checkpoint.npz"),
+    ("vlmo-base-vqa", FIXTURES / "reference" / "vlmo" / "vqa_checkpoint.pt"),
+    ("vlmo-base-coco-retrieval", FIXTURES / "reference" / "vlmo" / "retrieval_checkpoint.pt"),
+    ("blip", FIXTURES / "reference" / "blip" / "checkpoint.pth"),
+    ("vilbert", FIXTURES / "reference" / "vilbert" / "model.tar.gz")])
+def test_every_model_benches_in_bf16(tmp_path, model, checkpoint):
+    """Image and region inputs are cast to the model's dtype (fp32 pixels into a bf16 model used to crash)."""
+    out = tmp_path / "bf16.json"
+    bench.main(["--model", model, "--checkpoint", str(checkpoint), "--device", "cpu", "--dtype", "bf16",
+                "--batch-sizes", "2", "--seq-len", "16", "--modes", "eager", "--warmup", "0", "--iters", "1",
+                "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert rows and all(r["dtype"] == "bf16" and r["samples_per_second"] > 0 for r in rows)
+    for row in rows:
+        if row["impl"] == "peer":  # the peer gets the same bf16 inputs and weights
+            assert row["max_abs_diff_vs_peer"] < 0.5

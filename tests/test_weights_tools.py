@@ -98,3 +98,19 @@ def test_converted_directories_reproduce_the_official_checkpoint(tmp_path, model
     direct, converted = npu_models.load_model(model, source, device="cpu"), npu_models.load_model(out, device="cpu")
     assert converted.config == direct.config
     assert all(torch.equal(a, b) for a, b in zip(direct.state_dict().values(), converted.state_dict().values()))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("model", ["bert", "vit", "vlmo", "blip", "vilbert"])
+def test_every_fixture_verifies_in_low_precision_with_the_documented_tolerance(model, dtype):
+    rows = verify.verify(model, FIXTURES / "reference" / model, dtype=verify.runtime.dtype_name(dtype))
+    atol, rtol = verify.DEFAULT_TOLERANCE[dtype]
+    assert all(r["ok"] and r["tolerance"] == f"{atol:g} + {rtol:g}*|ref|" for r in rows), [r for r in rows if not r["ok"]]
+    # it really ran in low precision: the outputs are off the fp32 reference by more than fp32 rounding
+    assert max(r["max_abs_diff"] for r in rows) > 1e-4
+
+
+def test_verify_cli_takes_the_dtype_and_its_tolerance(capsys):
+    assert verify.main(["--model", "bert", str(BERT_FIXTURE), "--dtype", "bf16"]) == 0
+    assert "0.05 + 0.05*|ref|" in capsys.readouterr().out
+    assert verify.main(["--model", "bert", str(BERT_FIXTURE), "--dtype", "bf16", "--atol", "1e-6", "--rtol", "0"]) == 1

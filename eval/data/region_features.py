@@ -87,7 +87,8 @@ class RegionFeatureExtractor:
         sizes = [tuple(image.shape[-2:]) for image in images]
         height = -(-max(h for h, _ in sizes) // SIZE_DIVISOR) * SIZE_DIVISOR
         width = -(-max(w for _, w in sizes) // SIZE_DIVISOR) * SIZE_DIVISOR
-        batch = torch.zeros(len(images), 3, height, width, device=self.device)
+        weight = next(self.detector.parameters())
+        batch = torch.zeros(len(images), 3, height, width, device=self.device, dtype=weight.dtype)
         for i, image in enumerate(images):
             batch[i, :, : image.shape[1], : image.shape[2]] = image.to(self.device)
         detector = self.detector
