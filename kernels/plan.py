@@ -62,9 +62,14 @@ PORTABLE = KernelPlan()  # CPU and CUDA: torch's own fused kernels
 EAGER = KernelPlan(attention="eager", gelu="eager", add_layer_norm="eager")  # the plain math, for tests
 
 
+def is_310p(chip_name: str) -> bool:
+    """Atlas 300I / 310P inference cards ('Ascend310P3'): no bf16, prompt flash attention without pse_shift."""
+    return "310p" in chip_name.lower()  # torchair tells a 310P by the same substring
+
+
 def plan_for_ascend_chip(chip_name: str) -> KernelPlan:
     """The kernels for an Ascend SoC name as torch.npu.get_device_name reports it ('Ascend310P3', 'Ascend910B2')."""
-    if "Ascend310P" in chip_name:  # torchair's own test for a 310P
+    if is_310p(chip_name):
         return KernelPlan("ascend", "ascend", "ascend", PROMPT_FLASH_310P, (torch.float16, torch.float32))
     if chip_name.startswith(("Ascend910B", "Ascend910_93")):
         return KernelPlan("ascend", "ascend", "ascend", FUSED_INFER_A2, (torch.float16, torch.bfloat16, torch.float32))

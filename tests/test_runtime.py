@@ -68,3 +68,23 @@ def test_length_buckets_are_bounded_and_cover_the_maximum():
     assert [runtime.bucket_for(n, buckets) for n in (1, 16, 17, 64, 65, 128)] == [16, 16, 32, 64, 128, 128]
     with pytest.raises(ValueError):
         runtime.bucket_for(129, buckets)
+
+
+def test_prepare_model_gives_every_layer_the_device_kernels_once(ascend_chip):
+    from kernels import PORTABLE
+    from npu_models.vit import ViT, ViTConfig
+    model = ViT(ViTConfig(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=3))
+    prepared = runtime.prepare_model(model, torch.device("cpu"), torch.bfloat16)
+    assert not prepared.training and all(not p.requires_grad and p.dtype == torch.bfloat16 for p in prepared.parameters())
+    plans = [m.kernel_plan for m in prepared.modules() if hasattr(m, "kernel_plan")]
+    assert len(plans) == 2 * 3 and all(plan is PORTABLE for plan in plans)  # Block, Attention, Mlp per layer
+    ascend_chip("Ascend310P3")
+    runtime.configure_kernels(prepared, runtime.kernel_plan(NPU0))
+    assert {m.kernel_plan.ascend_attention.name for m in prepared.modules() if hasattr(m, "kernel_plan")} == {
+        "npu_prompt_flash_attention"}
+
+
+def test_model_inputs_take_the_model_dtype_only_when_floating():
+    pixels, ids = torch.rand(1, 3, 4, 4), torch.tensor([[1, 2]])
+    assert runtime.to_model_input(pixels, torch.device("cpu"), torch.float16).dtype == torch.float16
+    assert runtime.to_model_input(ids, torch.device("cpu"), torch.float16).dtype == torch.int64

@@ -4,6 +4,7 @@ import re
 
 import torch
 
+from kernels.plan import is_310p
 from npu_models.errors import UserError
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|npu)(?::(\d+))?$")
@@ -77,11 +78,6 @@ def npu_chip_name(device: torch.device) -> str:
     """The SoC name of an Ascend device, e.g. 'Ascend310P3' or 'Ascend910B2'."""
     import_torch_npu()
     return torch.npu.get_device_name(device.index or 0)
-
-
-def is_310p(chip_name: str) -> bool:
-    """Ascend 310P (Atlas 300I) has no bf16 and only the prompt flash attention kernel."""
-    return "310p" in chip_name.lower()
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
