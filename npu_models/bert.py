@@ -52,7 +52,12 @@ class Bert(nn.Module):
     def forward_features(self, input_ids, attention_mask=None, token_type_ids=None, context=None):
         """Token ids [B, S] -> last hidden state [B, S, H]; padded keys (mask 0) are not attended to.
         With a context [B, N, C] (cross-attention models) every block also attends to all of its tokens."""
-        return self._encode(input_ids, attention_mask, token_type_ids, context)[-1]
+        # Key padding mask [B, 1, 1, S], True = attend; padded query rows are still computed.
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        x = self.embeddings(input_ids, token_type_ids)
+        for block in self.blocks:
+            x = block(x, mask, context)
+        return x
 
     def forward_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Pooler tanh(dense(h[:, 0])) then the classifier; the pooled vector when there are no labels."""
@@ -62,27 +67,6 @@ class Bert(nn.Module):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         """Logits [B, num_labels] (the pooled vector [B, H] for an encoder without labels)."""
         return self.forward_head(self.forward_features(input_ids, attention_mask, token_type_ids))
-
-    def named_outputs(self, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, torch.Tensor]:
-        """Every intermediate the reference fixtures record, under the fixture's names."""
-        embedded, hidden = self._encode(input_ids, attention_mask, token_type_ids)
-        outputs = {"embeddings_output": embedded, "last_hidden_state": hidden}
-        if self.pooler is not None:
-            outputs["pooler_output"] = torch.tanh(self.pooler(hidden[:, 0]))
-        if self.classifier is not None:
-            outputs["logits"] = self.forward_head(hidden)
-            outputs["probs"] = outputs["logits"].float().softmax(dim=-1)
-        return outputs
-
-    def _encode(self, input_ids, attention_mask, token_type_ids, context=None, return_hidden=False):
-        # Key padding mask [B, 1, 1, S], True = attend; padded query rows are still computed.
-        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
-        embedded = x = self.embeddings(input_ids, token_type_ids)
-        hidden = []
-        for block in self.blocks:
-            x = block(x, mask, context)
-            hidden.append(x)
-        return (embedded, hidden) if return_hidden else (embedded, x)
 
 
 def bert_base_cased_sst2() -> BertConfig:

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import add_layer_norm
 from npu_models.bert import Bert, BertConfig
 from npu_models.transforms import ImageTransform
 from npu_models.vit import ViT, ViTConfig
@@ -98,51 +97,6 @@ class Blip(nn.Module):
     def forward(self, image_feat, text_ids, text_mask):
         """The retrieval re-ranking score: the raw ITM logit of "match"."""
         return self.itm_logits(image_feat, text_ids, text_mask)[:, 1]
-
-    def named_outputs(self, images, text_input_ids, text_attention_mask) -> dict[str, torch.Tensor]:
-        """Every tensor the reference fixture records at the model's resolution, under its names."""
-        vit, bert = self.visual_encoder, self.text_encoder
-        patches, x = vit.embed(images)
-        out = {"vit.patch_embed_out": patches, "vit.embed_out": x}
-        for i, block in enumerate(vit.blocks):
-            x = out[f"vit.block{i}_out"] = block(x)
-        image_feat = out["image_feat"] = vit.norm(x)
-        out["image_embed"] = self.image_embed(image_feat)
-        mask = text_attention_mask
-        embedded, hidden = bert._encode(text_input_ids, mask, None, return_hidden=True)
-        out["text.embeddings_out"] = embedded
-        out.update({f"text.layer{i}_out": h for i, h in enumerate(hidden)})
-        out["text_last_hidden_state"] = hidden[-1]
-        out["text_embed"] = F.normalize(self.text_proj(hidden[-1][:, 0]), dim=-1)
-        sims = out["itc_sims"] = out["image_embed"] @ out["text_embed"].T
-
-        # Layer 0 of the multimodal pass for image 0, step by step.
-        block, texts = bert.blocks[0], len(text_input_ids)
-        x = bert.embeddings(self.with_enc_token(text_input_ids))
-        keys = mask.bool()[:, None, None, :]
-        x = add_layer_norm(block.attn(x, keys), x, block.attn_norm.weight, block.attn_norm.bias, block.attn_norm.eps,
-                           block.kernel_plan)
-        out["itm.layer0_selfattn_out_img0"] = x
-        memory = image_feat[:1].expand(texts, -1, -1)
-        norm = block.cross_attn_norm
-        out["itm.layer0_crossattn_out_img0"] = add_layer_norm(block.cross_attn(x, context=memory), x, norm.weight,
-                                                              norm.bias, norm.eps, block.kernel_plan)
-        # Every (image, text) pair.
-        images_n = len(images)
-        pair_feat = image_feat.repeat_interleave(texts, dim=0)
-        pair_ids, pair_mask = text_input_ids.repeat(images_n, 1), mask.repeat(images_n, 1)
-        last = bert.forward_features(self.with_enc_token(pair_ids), pair_mask, context=pair_feat)
-        out["itm.last_hidden_state"] = last.view(images_n, texts, *last.shape[1:])
-        logits = out["itm_logits"] = self.itm_head(last[:, 0]).view(images_n, texts, 2)
-        out["itm_score"], out["itm_prob"] = logits[..., 1], logits.softmax(dim=-1)[..., 1]
-
-        k = min(self.config.k_test, texts, images_n)
-        i2t = rerank(self, sims, image_feat, text_input_ids, mask, "i2t", range(images_n), k)
-        t2i = rerank(self, sims, image_feat, text_input_ids, mask, "t2i", range(texts), k)
-        out["topk_i2t_idx"], out["topk_t2i_idx"] = i2t[0], t2i[0]
-        out["score_matrix_i2t"] = score_matrix(i2t, (images_n, texts))
-        out["score_matrix_t2i"] = score_matrix(t2i, (texts, images_n))
-        return out
 
 
 @torch.no_grad()

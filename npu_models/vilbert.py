@@ -91,7 +91,7 @@ class ViLBERT(nn.Module):
     def init_weights(self, seed: int = 0) -> "ViLBERT":
         return init_weights_(self, seed)
 
-    def encode(self, box_features, box_coordinates, box_mask, token_ids, mask, type_ids, trace=None):
+    def encode(self, box_features, box_coordinates, box_mask, token_ids, mask, type_ids):
         """Both streams through the schedule: before co-attention layer k, the text layers up to
         text_biattention_ids[k] and the image layers up to image_biattention_ids[k]. The output is the state
         after the last co-attention layer: the layers after it, which the reference runs and discards, are
@@ -99,22 +99,14 @@ class ViLBERT(nn.Module):
         text = self.text_embeddings(token_ids, type_ids)
         image = self.image_embeddings(box_features, box_coordinates)
         text_keys, image_keys = mask.bool()[:, None, None, :], box_mask.bool()[:, None, None, :]
-        if trace is not None:
-            trace.update(text_embeddings=text, image_embeddings=image)
         start_text = start_image = 0
         for k, (end_image, end_text) in enumerate(zip(self.config.image_biattention_ids,
                                                       self.config.text_biattention_ids)):
             for i in range(start_text, end_text):
                 text = self.text_layers[i](text, text_keys)
-                if trace is not None:
-                    trace[f"text_layer_{i}_out"] = text
             for i in range(start_image, end_image):
                 image = self.image_layers[i](image, image_keys)
-                if trace is not None:
-                    trace[f"image_layer_{i}_out"] = image
             text, image = self.co_layers[k](text, image, text_keys, image_keys)
-            if trace is not None:
-                trace.update({f"coattn_{k}_text_out": text, f"coattn_{k}_image_out": image})
             start_text, start_image = end_text, end_image
         return text, image
 
@@ -128,15 +120,6 @@ class ViLBERT(nn.Module):
         """Answer logits [B, num_answers]; probabilities are their sigmoid (multi-label)."""
         return self.classifier(self.fuse(*self.encode(box_features, box_coordinates, box_mask, token_ids, mask,
                                                       type_ids))[2])
-
-    def named_outputs(self, box_features, box_coordinates, box_mask, token_ids, mask, type_ids):
-        out = {}
-        text, image = self.encode(box_features, box_coordinates, box_mask, token_ids, mask, type_ids, trace=out)
-        out["encoded_text_final"], out["encoded_image_final"] = text, image
-        out["pooled_text"], out["pooled_image"], out["pooled_fused"] = self.fuse(text, image)
-        out["logits"] = self.classifier(out["pooled_fused"])
-        out["probs"] = torch.sigmoid(out["logits"])
-        return out
 
 
 def vilbert_vqa() -> ViLBERTConfig:

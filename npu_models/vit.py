@@ -77,16 +77,6 @@ class ViT(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(pixels))
 
-    def named_outputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every intermediate the reference fixture records, under the fixture's names."""
-        patches = self.embed(pixel_values)[0]
-        features = self.forward_features(pixel_values)
-        outputs = {"patch_embed": patches, "features": features, "pooled": features[:, 0]}
-        if self.head is not None:
-            outputs["logits"] = self.forward_head(features)
-            outputs["probs"] = outputs["logits"].float().softmax(dim=-1)
-        return outputs
-
 
 def vit_base_patch32_224() -> ViTConfig:
     return ViTConfig()

@@ -160,13 +160,12 @@ class VLMo(nn.Module):
         return columns[index].permute(2, 0, 1)
 
     # --- the three paths --------------------------------------------------------------------------------
-    def encode(self, x, kind: str, key_mask=None, return_hidden: bool = False):
+    def encode(self, x, kind: str, key_mask=None):
         """Run the blocks on 'text' / 'image' tokens with their own expert everywhere, or on 'joint' tokens
         (text expert on the first max_text_len tokens and image expert on the rest, the VL expert from
-        vlffn_start_layer_index on). Returns the final-normed tokens (and every block's output)."""
+        vlffn_start_layer_index on). Returns the final-normed tokens."""
         text_len, image_len = self.config.max_text_len, self.config.num_image_tokens
         mask = None if key_mask is None else key_mask.bool()[:, None, None, :]
-        hidden = []
         for i, block in enumerate(self.blocks):
             if kind != "joint":
                 route = ((kind, x.shape[1]),)
@@ -175,18 +174,20 @@ class VLMo(nn.Module):
             else:
                 route = (("vl", text_len + image_len),)
             x = block(x, route, mask, self.position_bias(kind, i))
-            hidden.append(x)
-        return (self.norm(x), hidden) if return_hidden else self.norm(x)
+        return self.norm(x)
 
-    def joint_features(self, image, text_ids, text_masks, return_hidden: bool = False):
+    def joint_features(self, image, text_ids, text_masks):
         text = self.embed_text(text_ids)[1]
         image_tokens = self.embed_image(image)[2]
         key_mask = torch.cat([text_masks, text_masks.new_ones(text_masks.shape[0], image_tokens.shape[1])], dim=1)
-        return self.encode(torch.cat([text, image_tokens], dim=1), "joint", key_mask, return_hidden)
+        return self.encode(torch.cat([text, image_tokens], dim=1), "joint", key_mask)
+
+    def joint_cls_feats(self, image, text_ids, text_masks):
+        """The pooled image-text representation: tanh(pooler(joint class token))."""
+        return torch.tanh(self.pooler(self.joint_features(image, text_ids, text_masks)[:, 0]))
 
     def vqa_logits(self, image, text_ids, text_masks):
-        cls_feats = torch.tanh(self.pooler(self.joint_features(image, text_ids, text_masks)[:, 0]))
-        return self.vqa_head(cls_feats)
+        return self.vqa_head(self.joint_cls_feats(image, text_ids, text_masks))
 
     def image_embeds(self, image):
         """L2-normalised ITC embedding of the image class token (image expert in every block)."""
@@ -200,35 +201,6 @@ class VLMo(nn.Module):
     def forward(self, image, text_ids, text_masks):
         """VQA answer logits [B, num_answers] (the VQA head); retrieval models use image_embeds/text_embeds."""
         return self.vqa_logits(image, text_ids, text_masks)
-
-    def named_outputs(self, image, text_ids, text_masks) -> dict[str, torch.Tensor]:
-        """Every tensor the reference fixture records, under its names (prefix vqa. or irtr.)."""
-        p = "vqa" if self.config.head == "vqa" else "irtr"
-        bert, text_input = self.embed_text(text_ids)
-        patches, visual, image_input = self.embed_image(image)
-        out = {f"{p}.text_embeddings_bert": bert, f"{p}.text_input_embeds": text_input, f"{p}.patch_embed": patches,
-               f"{p}.visual_embed": visual, f"{p}.image_input_embeds": image_input}
-        final, hidden = self.joint_features(image, text_ids, text_masks, return_hidden=True)
-        out.update({f"{p}.joint.hidden.layer{i}": h for i, h in enumerate(hidden)})
-        out.update({f"{p}.joint.final_norm": final, f"{p}.joint.raw_cls_feats": final[:, 0],
-                    f"{p}.joint.cls_feats": torch.tanh(self.pooler(final[:, 0]))})
-        out.update({f"{p}.joint.rel_pos_bias.layer{i}": self.position_bias("joint", i) for i in (0, self.config.depth - 1)})
-        out.update({"debug.relative_position_index": self.image_position_index,
-                    "debug.text_relative_position_index": self.text_position_index,
-                    "debug.text_imag_relative_position_index": self.joint_position_index})
-        if self.config.head == "vqa":
-            out["vqa.logits"] = self.vqa_head(out["vqa.joint.cls_feats"])
-            return out
-        for kind, tokens, mask in (("image", image_input, None), ("text", text_input, text_masks)):
-            final, hidden = self.encode(tokens, kind, mask, return_hidden=True)
-            out.update({f"irtr.{kind}.hidden.layer{i}": h for i, h in enumerate(hidden)})
-            out[f"irtr.{kind}.final_norm"] = final
-            out[f"irtr.{kind}.rel_pos_bias.layer0"] = self.position_bias(kind, 0)
-        out["irtr.image_embeds"] = F.normalize(self.image_proj(out["irtr.image.final_norm"][:, 0]), dim=-1)
-        out["irtr.text_embeds"] = F.normalize(self.text_proj(out["irtr.text.final_norm"][:, 0]), dim=-1)
-        out["irtr.similarity"] = out["irtr.image_embeds"] @ out["irtr.text_embeds"].T
-        out["irtr.logits_per_image"] = out["irtr.similarity"] * self.logit_scale.exp()
-        return out
 
 
 def vlmo_base_vqa() -> VLMoConfig:

@@ -95,10 +95,11 @@ def test_random_config_matches_transformers(tmp_path, weights_file):
     inputs = padded_inputs(hf_model.config)
     with torch.no_grad():
         expected = hf_model(*inputs, output_hidden_states=True)
-        produced = ours.named_outputs(*inputs)
-    torch.testing.assert_close(produced["logits"], expected.logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(produced["last_hidden_state"], expected.hidden_states[-1], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(produced["embeddings_output"], expected.hidden_states[0], atol=1e-5, rtol=1e-5)
+        logits, last_hidden = ours(*inputs), ours.forward_features(*inputs)
+        embedded = ours.embeddings(inputs[0], inputs[2])
+    torch.testing.assert_close(logits, expected.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(last_hidden, expected.hidden_states[-1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(embedded, expected.hidden_states[0], atol=1e-5, rtol=1e-5)
 
 
 def test_real_minilm_weights_match_transformers():
@@ -116,9 +117,9 @@ def test_real_minilm_weights_match_transformers():
     attention_mask = (input_ids != 0).long()
     with torch.no_grad():
         expected = reference(input_ids=input_ids, attention_mask=attention_mask)
-        produced = ours.named_outputs(input_ids, attention_mask)
-    torch.testing.assert_close(produced["last_hidden_state"], expected.last_hidden_state, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(produced["pooler_output"], expected.pooler_output, atol=1e-4, rtol=1e-4)
+        last_hidden, pooled = ours.forward_features(input_ids, attention_mask), ours(input_ids, attention_mask)
+    torch.testing.assert_close(last_hidden, expected.last_hidden_state, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(pooled, expected.pooler_output, atol=1e-4, rtol=1e-4)  # no labels: the pooled vector
 
 
 def test_graph_mode_matches_eager(compiled_graphs):

@@ -150,3 +150,15 @@ def test_convert_names_the_model_by_the_checkpoint_head(tmp_path):
         model = npu_models.load_model(out, device="cpu")
         reference = npu_models.load_model("vlmo", VLMO_FIXTURE / checkpoint, device="cpu")
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+
+
+def test_retrieval_text_embeds_ignore_padded_tokens():
+    """The text mask reaches every block of the retrieval text path: padded positions cannot move the
+    embedding (dropping the mask moves the fixture's retrieval embeddings by up to 0.011)."""
+    model = VLMo(tiny_config(head="retrieval")).init_weights().eval()
+    _, text_ids, text_masks = tiny_inputs(model.config)
+    other_padding = text_ids.masked_fill(text_masks == 0, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(model.text_embeds(other_padding, text_masks), model.text_embeds(text_ids, text_masks))
+        unmasked = model.text_embeds(other_padding, torch.ones_like(text_masks))
+    assert (unmasked - model.text_embeds(text_ids, text_masks)).abs().max() > 1e-3
