@@ -1,9 +1,14 @@
 """PyTorch-native inference for published vision-language and language models on Ascend NPU, CUDA and CPU."""
+import warnings
 from pathlib import Path
 
 from npu_models.errors import UserError
 
 __version__ = "0.1.0"
+
+
+class RandomWeightsWarning(UserWarning):
+    """A model was built without a checkpoint: its weights are random and its outputs mean nothing."""
 
 
 def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=False, tp=1, task=None, config=None,
@@ -21,17 +26,20 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     config_file: replaces the config.json a converter reads beside an official checkpoint (--config).
     """
     from npu_models import registry, runtime
-    from weights_tools.common import is_converted_dir, read_json
+    from npu_models.checkpoints.io import is_converted_dir, read_json
 
     if tp != 1:
         raise UserError(f"tp={tp}: tensor parallelism is not available yet in this release; use tp=1.")
     if checkpoint is None and Path(str(name_or_path)).is_dir() and is_converted_dir(name_or_path):
         checkpoint, name_or_path = name_or_path, read_json(Path(name_or_path) / "config.json")["model"]
     entry = registry.get_entry(str(name_or_path), task)
+    if checkpoint is None:
+        warnings.warn(f"{entry.name} has RANDOM weights (no checkpoint given): its outputs are meaningless. Pass "
+                      "checkpoint= an official checkpoint or a converted directory.", RandomWeightsWarning, stacklevel=2)
     device = runtime.resolve_device(device)
     dtype = runtime.parse_dtype(dtype, device)
     model = runtime.prepare_model(registry.build_model(entry, checkpoint, config, config_file), device, dtype)
     return runtime.compile_model(model, device) if graph else model
 
 
-__all__ = ["UserError", "load_model"]
+__all__ = ["RandomWeightsWarning", "UserError", "load_model"]
