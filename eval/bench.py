@@ -48,7 +48,7 @@ def bert_peer(checkpoint):
     except ImportError:
         raise UserError("the BERT peer needs transformers: `pip install -e .[test]`, or pass --no-peer "
                         "to time ours alone.") from None
-    from weights_tools import hf_bert
+    from npu_models.checkpoints import hf_bert
 
     entry = registry.get_entry("bert-base-cased-sst2")
     if checkpoint is not None:
@@ -85,8 +85,8 @@ def vit_peer(checkpoint):
     except ImportError:
         raise UserError("the ViT peer needs timm: `pip install -e .[test]`, or pass --no-peer "
                         "to time ours alone.") from None
-    from weights_tools import vit as vit_weights
-    from weights_tools.common import read_state_dict
+    from npu_models.checkpoints import vit as vit_weights
+    from npu_models.checkpoints.io import read_state_dict
 
     if checkpoint is None:
         torch.manual_seed(0)

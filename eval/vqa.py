@@ -25,9 +25,9 @@ from eval.data.region_features import (RegionFeatureDataset, collate_regions, ex
                                        feature_path)
 from eval.data.vqa import build_answer_vocabulary, read_answer2label, read_vqa
 from npu_models import registry, runtime
+from npu_models.checkpoints.vilbert import read_answers as read_vilbert_answers
 from npu_models.errors import UserError, cli_main
 from npu_models.tokenizer import bert_tokenizer, encode_padded
-from weights_tools.vilbert import read_answers as read_vilbert_answers
 
 SAMPLE = SAMPLES_DIR / "vqa"
 

@@ -7,13 +7,13 @@ from typing import Any, Callable
 import torch
 
 from npu_models import bert, blip, vilbert, vit, vlmo
+from npu_models.checkpoints import blip as blip_weights
+from npu_models.checkpoints import hf_bert
+from npu_models.checkpoints import vilbert as vilbert_weights
+from npu_models.checkpoints import vit as vit_weights
+from npu_models.checkpoints import vlmo as vlmo_weights
+from npu_models.checkpoints.io import Converted, check_state_dict, expected_shapes, is_converted_dir, read_converted
 from npu_models.errors import UserError
-from weights_tools import blip as blip_weights
-from weights_tools import hf_bert
-from weights_tools import vilbert as vilbert_weights
-from weights_tools import vit as vit_weights
-from weights_tools import vlmo as vlmo_weights
-from weights_tools.common import check_state_dict, expected_shapes, is_converted_dir, read_converted
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,9 @@ class ModelEntry:
     config_class: type
     default_config: Callable[[], Any]
     build: Callable[[Any], torch.nn.Module]
-    # (official artifact path, config file or None) -> (config, our state dict, our key -> official name,
-    # unexpected official keys); the config file replaces the config.json the converter looks for beside it
-    convert: Callable[..., tuple]
+    # (official artifact path, config file or None) -> Converted; the config file replaces the config.json
+    # the converter looks for beside the artifact
+    convert: Callable[[Path, Path | None], Converted]
     task: str                     # the eval command that runs it: sst2, imagenet, vqa, retrieval
     # files that travel with a converted checkpoint (e.g. the tokenizer vocabulary)
     assets: tuple[str, ...] = ()
@@ -79,8 +79,9 @@ def config_from_dict(entry: ModelEntry, values: dict, source):
     return entry.config_class(**values)
 
 
-def load_weights(entry: ModelEntry, checkpoint, config_file=None) -> tuple[Any, dict]:
-    """(config, checked state dict in our layout) from an official artifact or our converted directory."""
+def load_weights(entry: ModelEntry, checkpoint, config_file=None) -> Converted:
+    """An official artifact or our converted directory in our layout, its keys and shapes checked
+    against the model its config builds."""
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise UserError(f"checkpoint {checkpoint} does not exist; check the path.")
@@ -89,23 +90,23 @@ def load_weights(entry: ModelEntry, checkpoint, config_file=None) -> tuple[Any, 
         if name != entry.name:
             raise UserError(f"{checkpoint} holds a converted '{name}' model, not '{entry.name}'; "
                             f"pass --model {name} or another checkpoint.")
-        config, describe, unexpected = config_from_dict(entry, values, checkpoint / "config.json"), str, []
+        converted = Converted(config_from_dict(entry, values, checkpoint / "config.json"), state, str, [])
     else:
         if config_file is not None and not Path(config_file).is_file():
             raise UserError(f"config file {config_file} does not exist; check the --config path.")
-        config, state, describe, unexpected = entry.convert(checkpoint, config_file)
+        converted = entry.convert(checkpoint, config_file)
     with torch.device("meta"):
-        shapes = expected_shapes(entry.build(config))
-    check_state_dict(state, shapes, describe, unexpected, checkpoint)
-    return config, state
+        shapes = expected_shapes(entry.build(converted.config))
+    check_state_dict(converted.state, shapes, converted.official_name, converted.unexpected, checkpoint)
+    return converted
 
 
 def build_model(entry: ModelEntry, checkpoint=None, config=None, config_file=None) -> torch.nn.Module:
     """The model on CPU in fp32: converted weights, or reproducible random ones when no checkpoint."""
     if checkpoint is None:
         return entry.build(config or entry.default_config()).init_weights()
-    config, state = load_weights(entry, checkpoint, config_file)
+    converted = load_weights(entry, checkpoint, config_file)
     with torch.device("meta"):
-        model = entry.build(config)
-    model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
+        model = entry.build(converted.config)
+    model.load_state_dict({k: v.float() for k, v in converted.state.items()}, assign=True)
     return model

@@ -12,8 +12,8 @@ from npu_models.bert import Bert, BertConfig
 from npu_models.errors import UserError
 from npu_models.tokenizer import bert_tokenizer
 from tests.conftest import BERT_FIXTURE
-from weights_tools import hf_bert
-from weights_tools.common import check_state_dict, expected_shapes
+from npu_models.checkpoints import hf_bert
+from npu_models.checkpoints.io import check_state_dict, expected_shapes
 
 transformers = pytest.importorskip("transformers")
 

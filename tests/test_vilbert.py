@@ -10,8 +10,8 @@ from eval import metrics, vqa
 from npu_models.errors import UserError
 from npu_models.vilbert import ViLBERT, ViLBERTConfig
 from tests.conftest import FIXTURES
-from weights_tools import vilbert as vilbert_weights
-from weights_tools.common import check_state_dict, expected_shapes
+from npu_models.checkpoints import vilbert as vilbert_weights
+from npu_models.checkpoints.io import check_state_dict, expected_shapes
 from weights_tools.verify import verify
 
 VILBERT_FIXTURE = FIXTURES / "reference" / "vilbert"

@@ -10,9 +10,9 @@ from npu_models.errors import UserError
 from npu_models.transforms import ImageTransform, preprocess
 from npu_models.vit import ViT, ViTConfig
 from tests.conftest import FIXTURES
-from weights_tools import vit as vit_weights
-from weights_tools.adapt import resample_position_embedding
-from weights_tools.common import check_state_dict, expected_shapes
+from npu_models.checkpoints import vit as vit_weights
+from npu_models.checkpoints.adapt import resample_position_embedding
+from npu_models.checkpoints.io import check_state_dict, expected_shapes
 from weights_tools.verify import verify
 
 timm = pytest.importorskip("timm")

@@ -11,8 +11,8 @@ import npu_models
 from npu_models.errors import UserError
 from npu_models.vlmo import VLMo, VLMoConfig, relative_position_indices, vlmo_base_coco_retrieval, vlmo_base_vqa
 from tests.conftest import FIXTURES
-from weights_tools import vlmo as vlmo_weights
-from weights_tools.common import check_state_dict, expected_shapes
+from npu_models.checkpoints import vlmo as vlmo_weights
+from npu_models.checkpoints.io import check_state_dict, expected_shapes
 from weights_tools.verify import verify
 
 VLMO_FIXTURE = FIXTURES / "reference" / "vlmo"

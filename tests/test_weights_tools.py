@@ -81,7 +81,7 @@ def test_convert_refuses_to_overwrite_its_source(tmp_path, capsys):
 
 def test_pickled_objects_are_refused_not_executed(tmp_path):
     from npu_models.errors import UserError
-    from weights_tools.common import read_state_dict
+    from npu_models.checkpoints.io import read_state_dict
 
     torch.save({"weight": torch.zeros(2), "hparams": argparse.Namespace(lr=0.1)}, tmp_path / "evil.bin")
     with pytest.raises(UserError, match="Python objects beyond tensors"):

@@ -10,18 +10,18 @@ import sys
 from pathlib import Path
 
 from npu_models import registry
+from npu_models.checkpoints.io import save_converted
 from npu_models.errors import UserError, cli_main
-from weights_tools.common import save_converted
 
 
 def convert(model_name: str, checkpoint, out_dir) -> Path:
     entry = registry.get_entry(model_name)
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    config, state = registry.load_weights(entry, checkpoint)
-    entry = registry.entry_for_config(entry, config)
+    converted = registry.load_weights(entry, checkpoint)
+    entry = registry.entry_for_config(entry, converted.config)
     source_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
     assets = {name: source_dir / name for name in entry.assets if (source_dir / name).is_file()}
-    save_converted(out_dir, entry.name, config, state, assets)
+    save_converted(out_dir, entry.name, converted.config, converted.state, assets)
     return out_dir
 
 

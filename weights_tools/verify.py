@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from npu_models import registry, runtime
+from npu_models.checkpoints.io import is_converted_dir, read_state_dict
 from npu_models.errors import UserError, cli_main
-from weights_tools.common import is_converted_dir, read_state_dict
 
 # (atol, rtol) per dtype. fp32 is the parity bar: real bugs such as a tanh GELU move logits by ~5e-5.
 # bf16 (8-bit mantissa) and fp16 (11-bit) round every op; over the fixtures' 2-12 layers the largest

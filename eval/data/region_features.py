@@ -71,7 +71,7 @@ class RegionFeatureExtractor:
     def __init__(self, detector_weights: Path | None, device: torch.device, detector=None):
         from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-        from weights_tools.common import read_state_dict
+        from npu_models.checkpoints.io import read_state_dict
 
         if detector is None:
             detector = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)

@@ -2,8 +2,8 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from npu_models.checkpoints.io import read_json
 from npu_models.errors import UserError
-from weights_tools.common import read_json
 
 
 @dataclass

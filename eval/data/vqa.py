@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.vqa_normalize import normalize_answer
+from npu_models.checkpoints.io import read_json
 from npu_models.errors import UserError
-from weights_tools.common import read_json
 
 # test-dev questions refer to the test2015 images
 IMAGE_FOLDER = {"test-dev2015": "test2015"}

@@ -7,35 +7,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from npu_models.checkpoints.adapt import resample_position_embedding
+from npu_models.checkpoints.io import Converted, read_sidecar, read_state_dict, unwrap
+from npu_models.checkpoints.rename import Renamed, RenameTable, apply, official_names
 from npu_models.errors import UserError
 from npu_models.vit import ViTConfig
-from weights_tools.adapt import resample_position_embedding
-from weights_tools.common import read_json, read_state_dict
 
-TIMM_TOP_LEVEL = {"patch_embed.proj": "patch_embed.proj", "norm": "norm", "head": "head"}
-TIMM_PER_BLOCK = {"norm1": "attn_norm", "attn.qkv": "attn.qkv", "attn.proj": "attn.proj", "norm2": "mlp_norm",
-                  "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
-TIMM_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$")
+# timm's VisionTransformer already fuses q/k/v; only norms are named differently.
+TIMM: RenameTable = {
+    "cls_token": "cls_token",
+    "pos_embed": "pos_embed",
+    "patch_embed.proj": "patch_embed.proj",
+    "blocks.{i}.norm1": "blocks.{i}.attn_norm",
+    "blocks.{i}.attn.qkv": "blocks.{i}.attn.qkv",
+    "blocks.{i}.attn.proj": "blocks.{i}.attn.proj",
+    "blocks.{i}.norm2": "blocks.{i}.mlp_norm",
+    "blocks.{i}.mlp.fc1": "blocks.{i}.mlp.fc1",
+    "blocks.{i}.mlp.fc2": "blocks.{i}.mlp.fc2",
+    "norm": "norm",
+    "head": "head",
+}
 JAX_BLOCK = "Transformer/encoderblock_{}/"
 JAX_ATTENTION = "MultiHeadDotProductAttention_1/"
 
 
-def timm_to_ours(state: dict[str, torch.Tensor]) -> tuple[dict, dict, list[str]]:
-    """Rename a timm VisionTransformer state dict; returns (ours, our key -> timm key, unexpected)."""
-    ours, origin, unexpected = {}, {}, []
-    for key, tensor in state.items():
-        module, _, param = key.rpartition(".")
-        if key in ("cls_token", "pos_embed"):
-            our_key = key
-        elif module in TIMM_TOP_LEVEL:
-            our_key = f"{TIMM_TOP_LEVEL[module]}.{param}"
-        elif (match := TIMM_BLOCK_KEY.match(key)) and match.group(2) in TIMM_PER_BLOCK:
-            our_key = f"blocks.{match.group(1)}.{TIMM_PER_BLOCK[match.group(2)]}.{match.group(3)}"
-        else:
-            unexpected.append(key)
-            continue
-        ours[our_key], origin[our_key] = tensor, key
-    return ours, origin, unexpected
+def timm_to_ours(state: dict[str, torch.Tensor]) -> Renamed:
+    return apply(TIMM, state)
 
 
 def jax_to_timm(arrays: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], int, list[str]]:
@@ -94,11 +91,8 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
                         "download it again.") from None
 
 
-def unwrap(state: dict, path: Path) -> dict:
-    """timm/torch files sometimes nest the state dict under 'state_dict' or 'model'."""
-    for key in ("state_dict", "model"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
+def timm_state(checkpoint, path: Path) -> dict[str, torch.Tensor]:
+    state = unwrap(checkpoint, path)
     if "patch_embed.proj.weight" not in state:
         found = ", ".join(list(state)[:8]) + (", ..." if len(state) > 8 else "")
         raise UserError(f"{path} is not a ViT checkpoint layout this runtime knows. Found keys: {found}. "
@@ -108,13 +102,12 @@ def unwrap(state: dict, path: Path) -> dict:
 
 
 def sidecar_model_config(path: Path, config_file=None) -> dict:
-    """Constructor arguments from --config or a config.json beside the checkpoint (the fixtures' `model` section)."""
-    sidecar = Path(config_file) if config_file else path.parent / "config.json"
-    return read_json(sidecar).get("model", {}) if sidecar.is_file() else {}
+    """The sidecar's `model` section (the fixtures' constructor arguments: num_heads, img_size)."""
+    return read_sidecar(path, config_file, section="model")
 
 
-def read_vit(path, config_file=None) -> tuple:
-    """(config, our state dict, our key -> official name, unexpected keys) from either ViT layout."""
+def read_vit(path, config_file=None) -> Converted:
+    """Either ViT layout (Google .npz or a timm state dict) in ours; names in errors are timm's."""
     path = Path(path)
     if path.is_dir():
         candidates = [p for p in sorted(path.iterdir()) if p.suffix in (".npz", ".safetensors", ".bin", ".pth")]
@@ -122,14 +115,14 @@ def read_vit(path, config_file=None) -> tuple:
             raise UserError(f"{path} holds {len(candidates)} ViT weight files; pass the one to use as --checkpoint.")
         path = candidates[0]
     if path.suffix == ".npz":
-        timm_state, num_heads, unused = jax_to_timm(read_npz(path))
+        official, num_heads, unused = jax_to_timm(read_npz(path))
     else:
-        timm_state, num_heads, unused = unwrap(read_state_dict(path), path), None, []
-    state, origin, unexpected = timm_to_ours(timm_state)
+        official, num_heads, unused = timm_state(read_state_dict(path), path), None, []
+    state, origin, unexpected = timm_to_ours(official)
     config = infer_config(state, num_heads, sidecar_model_config(path, config_file), path)
     if state["pos_embed"].shape[1] != config.grid_size ** 2 + 1:
         state["pos_embed"] = resample_position_embedding(state["pos_embed"], config.grid_size)
-    return config, state, lambda key: origin.get(key, key), unexpected + unused
+    return Converted(config, state, official_names(TIMM, origin), unexpected + unused)
 
 
 def infer_config(state: dict, num_heads: int | None, sidecar: dict, path: Path) -> ViTConfig:

@@ -1,4 +1,5 @@
-"""Safe reading of checkpoint files, the strict key/shape check, and our own converted layout."""
+"""Checkpoint I/O shared by every layout: safe reading, unwrapping, the sidecar config, the strict
+key/shape check, the converter result, and our own converted layout."""
 import dataclasses
 import json
 import os
@@ -6,7 +7,9 @@ import pickle
 import shutil
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -51,6 +54,44 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
                         "the file is probably corrupt or truncated: download it again.") from None
 
 
+# Wrappers around a state dict, outermost first: Lightning ('state_dict'), DeepSpeed ('module', whose keys
+# carry a 'module.' prefix), then timm/BLIP/VLMo training scripts ('model'). The VLMo reference loads in
+# this order; a file may nest them (a Lightning file around a 'model'), so unwrapping repeats.
+WRAPPERS = ("state_dict", "module", "model")
+
+
+def unwrap(checkpoint, path) -> dict[str, torch.Tensor]:
+    """The tensors of a state dict that a training script saved inside a wrapper dict (see WRAPPERS);
+    non-tensor entries (epoch counters, hyper-parameters) are dropped."""
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a state dict.")
+    while wrapper := next((key for key in WRAPPERS if isinstance(checkpoint.get(key), dict)), None):
+        checkpoint = checkpoint[wrapper]
+        if wrapper == "module":
+            checkpoint = {k.removeprefix("module."): v for k, v in checkpoint.items()}
+    return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+
+
+def read_sidecar(checkpoint, config_file=None, section: str = "model") -> dict:
+    """What the weights cannot tell (heads, image size), from --config or a config.json beside the
+    checkpoint file: its `section` (how the reference fixtures nest it), or the whole file when flat.
+    No sidecar gives {}."""
+    sidecar = Path(config_file) if config_file else Path(checkpoint).parent / CONFIG_FILE
+    if not sidecar.is_file():
+        return {}
+    document = read_json(sidecar)
+    return document.get(section, document)
+
+
+@dataclass
+class Converted:
+    """What a converter makes of an official checkpoint."""
+    config: Any                                  # the model's config dataclass
+    state: dict[str, torch.Tensor]               # our layout, not yet checked against the model
+    official_name: Callable[[str], str]          # our key -> the official key(s) it is made from, for errors
+    unexpected: list[str]                        # official keys that map to nothing of ours
+
+
 def expected_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
     return {name: tensor.shape for name, tensor in module.state_dict().items()}
 
@@ -58,10 +99,11 @@ def expected_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
 def check_state_dict(converted: dict, expected: dict, describe, unexpected: list[str], source) -> None:
     """Fail with one message naming every missing, unexpected and mis-shaped key.
 
-    `describe` maps each of our keys to the official key(s) it is made from, so messages use official names.
+    `describe` maps each of our keys to the official key(s) it is made from (Converted.official_name), so
+    messages use official names, also for keys the checkpoint lacks.
     """
     missing = [key for key in expected if key not in converted]
-    extra = sorted(unexpected) + sorted(key for key in converted if key not in expected)
+    extra = sorted(unexpected) + sorted(describe(key) for key in converted if key not in expected)
     misshaped = [key for key in expected if key in converted and converted[key].shape != expected[key]]
     if not (missing or extra or misshaped):
         return
@@ -76,15 +118,6 @@ def check_state_dict(converted: dict, expected: dict, describe, unexpected: list
     lines.append("Check that the checkpoint is the one this model name expects, and that the config "
                  "beside it (config.json) describes it.")
     raise UserError("\n".join(lines))
-
-
-def fuse_into(ours: dict, origin: dict, our_key: str, names, found: dict, missing_label=lambda name: name) -> None:
-    """Concatenate the official tensors found[name] (in `names` order, along the output) into ours[our_key],
-    e.g. q, k, v into one qkv projection. A missing part leaves the key out, for the shape check to report
-    under the names recorded in origin."""
-    origin[our_key] = " + ".join(found[n][0] if n in found else missing_label(n) for n in names)
-    if all(n in found for n in names):
-        ours[our_key] = torch.cat([found[n][1] for n in names], dim=0)
 
 
 def is_converted_dir(path) -> bool:

@@ -1,21 +1,37 @@
 """VLMo checkpoints released by microsoft/unilm (`vlmo_base_patch16_480_vqa.pt`, `..._384_coco.pt`) -> ours."""
-import re
 from pathlib import Path
 
 import torch
 
+from npu_models.checkpoints.io import Converted, read_sidecar, read_state_dict, unwrap
+from npu_models.checkpoints.rename import Renamed, RenameTable, apply, official_names
 from npu_models.errors import UserError
 from npu_models.vlmo import VLMoConfig, vlmo_base_coco_retrieval, vlmo_base_vqa
-from weights_tools.common import read_json, read_state_dict
 
 # Index buffers some files carry, and the BERT position table VLMo never uses (rel_pos embeddings).
 IGNORED = {"relative_position_index", "text_relative_position_index", "text_imag_relative_position_index",
            "text_embeddings.position_ids", "text_embeddings.position_embeddings.weight"}
-RENAMES = {  # official module path -> ours
+TABLE: RenameTable = {  # qkv comes fused; q and v carry their own biases (k has none)
     "relative_position_bias_table": "relative_position_bias_table",
     "logit_scale": "logit_scale",
     "transformer.cls_token": "cls_token",
     "transformer.patch_embed.proj": "patch_embed.proj",
+    "transformer.blocks.{i}.gamma_1": "blocks.{i}.gamma_attn",
+    "transformer.blocks.{i}.gamma_2": "blocks.{i}.gamma_ffn",
+    "transformer.blocks.{i}.norm1": "blocks.{i}.attn_norm",
+    "transformer.blocks.{i}.attn.qkv": "blocks.{i}.attn.qkv",
+    "transformer.blocks.{i}.attn.q_bias": "blocks.{i}.attn.q_bias",
+    "transformer.blocks.{i}.attn.v_bias": "blocks.{i}.attn.v_bias",
+    "transformer.blocks.{i}.attn.proj": "blocks.{i}.attn.proj",
+    "transformer.blocks.{i}.norm2_text": "blocks.{i}.ffn.norms.text",
+    "transformer.blocks.{i}.norm2_imag": "blocks.{i}.ffn.norms.image",
+    "transformer.blocks.{i}.norm2_vl": "blocks.{i}.ffn.norms.vl",
+    "transformer.blocks.{i}.mlp_text.fc1": "blocks.{i}.ffn.mlps.text.fc1",
+    "transformer.blocks.{i}.mlp_text.fc2": "blocks.{i}.ffn.mlps.text.fc2",
+    "transformer.blocks.{i}.mlp_imag.fc1": "blocks.{i}.ffn.mlps.image.fc1",
+    "transformer.blocks.{i}.mlp_imag.fc2": "blocks.{i}.ffn.mlps.image.fc2",
+    "transformer.blocks.{i}.mlp_vl.fc1": "blocks.{i}.ffn.mlps.vl.fc1",
+    "transformer.blocks.{i}.mlp_vl.fc2": "blocks.{i}.ffn.mlps.vl.fc2",
     "transformer.norm": "norm",
     "text_embeddings.word_embeddings": "text_embeddings.word_embeddings",
     "text_embeddings.token_type_embeddings": "text_embeddings.token_type_embeddings",
@@ -28,58 +44,11 @@ RENAMES = {  # official module path -> ours
     "itc_text_proj.fc": "text_proj",
     "itc_image_proj.fc": "image_proj",
 }
-PER_BLOCK = {
-    "gamma_1": "gamma_attn", "gamma_2": "gamma_ffn", "norm1": "attn_norm", "attn.qkv": "attn.qkv",
-    "attn.q_bias": "attn.q_bias", "attn.v_bias": "attn.v_bias", "attn.proj": "attn.proj",
-    "norm2_text": "ffn.norms.text", "norm2_imag": "ffn.norms.image", "norm2_vl": "ffn.norms.vl",
-    "mlp_text.fc1": "ffn.mlps.text.fc1", "mlp_text.fc2": "ffn.mlps.text.fc2",
-    "mlp_imag.fc1": "ffn.mlps.image.fc1", "mlp_imag.fc2": "ffn.mlps.image.fc2",
-    "mlp_vl.fc1": "ffn.mlps.vl.fc1", "mlp_vl.fc2": "ffn.mlps.vl.fc2",
-}
-BLOCK_KEY = re.compile(r"^transformer\.blocks\.(\d+)\.(.+?)(?:\.(weight|bias))?$")
 
 
-def unwrap(checkpoint, path: Path) -> dict[str, torch.Tensor]:
-    """The reference's load order: 'state_dict' (Lightning), 'module' (DeepSpeed, prefix stripped), 'model'."""
-    if not isinstance(checkpoint, dict):
-        raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a state dict.")
-    if isinstance(checkpoint.get("state_dict"), dict):
-        checkpoint = checkpoint["state_dict"]
-    elif isinstance(checkpoint.get("module"), dict):
-        checkpoint = {k.removeprefix("module."): v for k, v in checkpoint["module"].items()}
-    elif isinstance(checkpoint.get("model"), dict):
-        checkpoint = checkpoint["model"]
-    return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
-
-
-def rename(state: dict[str, torch.Tensor]) -> tuple[dict, dict, list[str]]:
-    ours, origin, unexpected = {}, {}, []
-    for key, tensor in state.items():
-        if key in IGNORED:
-            continue
-        module, _, param = key.rpartition(".")
-        if key in RENAMES:
-            our_key = RENAMES[key]
-        elif module in RENAMES:
-            our_key = f"{RENAMES[module]}.{param}"
-        elif (match := BLOCK_KEY.match(key)) and match.group(2) in PER_BLOCK:
-            layer, sub, param = match.groups()
-            our_key = f"blocks.{layer}.{PER_BLOCK[sub]}" + (f".{param}" if param else "")
-        else:
-            unexpected.append(key)
-            continue
-        ours[our_key], origin[our_key] = tensor.float(), key
-    return ours, origin, unexpected
-
-
-def sidecar_config(path: Path, config_file=None) -> dict:
-    """Hyper-parameters from --config or a config.json beside the checkpoint, named as the reference repo
-    names them (flat, or under "model" as in the reference fixtures)."""
-    sidecar = Path(config_file) if config_file else path.parent / "config.json"
-    if not sidecar.is_file():
-        return {}
-    document = read_json(sidecar)
-    return document.get("model", document)
+def rename(state: dict[str, torch.Tensor]) -> Renamed:
+    renamed = apply(TABLE, {k: v for k, v in state.items() if k not in IGNORED})
+    return renamed._replace(state={k: v.float() for k, v in renamed.state.items()})
 
 
 def infer_config(state: dict, raw: dict, sidecar: dict, path: Path) -> VLMoConfig:
@@ -112,12 +81,13 @@ def infer_config(state: dict, raw: dict, sidecar: dict, path: Path) -> VLMoConfi
     return config
 
 
-def read_vlmo(path, config_file=None) -> tuple:
-    """(config, our state dict, our key -> official name, unexpected keys) from a released VLMo .pt file."""
+def read_vlmo(path, config_file=None) -> Converted:
+    """A released VLMo .pt file in our layout."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a directory; pass the VLMo .pt file itself as --checkpoint.")
     raw = unwrap(read_state_dict(path), path)
     state, origin, unexpected = rename(raw)
-    config = infer_config(state, raw, sidecar_config(path, config_file), path)
-    return config, state, lambda key: origin.get(key, key), unexpected
+    # the reference fixtures nest the hyper-parameters under "model"; a user's file may be flat
+    config = infer_config(state, raw, read_sidecar(path, config_file, section="model"), path)
+    return Converted(config, state, official_names(TABLE, origin), unexpected)
