@@ -25,8 +25,8 @@ TABLE = {
 
 
 def test_a_rename_table_renames_fuses_and_names_official_keys_back():
-    state = {"emb.norm.weight": torch.ones(2), "layer.3.out.dense.bias": torch.zeros(2), "stray": torch.zeros(1),
-             **{f"layer.3.self.{n}.weight": torch.full((1, 2), float(i)) for i, n in enumerate(("query", "key", "value"))}}
+    qkv = {f"layer.3.self.{n}.weight": torch.full((1, 2), float(i)) for i, n in enumerate(("query", "key", "value"))}
+    state = {"emb.norm.weight": torch.ones(2), "layer.3.out.dense.bias": torch.zeros(2), "stray": torch.zeros(1), **qkv}
     ours, origin, unexpected = apply(TABLE, state)
     assert sorted(ours) == ["blocks.3.attn.proj.bias", "blocks.3.attn.qkv.weight", "embeddings.norm.weight"]
     assert ours["blocks.3.attn.qkv.weight"].tolist() == [[0, 0], [1, 1], [2, 2]]  # q, k, v along the output
@@ -137,9 +137,11 @@ MISSING_KEY_CASES = [
     ("vit", vit_without, ["blocks.1.attn.proj.weight"], "missing: blocks.1.attn.proj.weight  (needed for"),
     ("vit", vit_without, ["blocks.0.norm1.bias"], "missing: blocks.0.norm1.bias  (needed for blocks.0.attn_norm.bias"),
     ("vit", vit_npz_without, ["Transformer/encoderblock_1/MultiHeadDotProductAttention_1/out/kernel"],
-     "lacks 'Transformer/encoderblock_1/MultiHeadDotProductAttention_1/out/kernel'"),
+     "missing: Transformer/encoderblock_1/MultiHeadDotProductAttention_1/out/kernel  (needed for blocks.1.attn.proj"),
     ("vit", vit_npz_without, ["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/key/bias"],
-     "lacks 'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/key/bias'"),
+     "(absent: Transformer/encoderblock_0/MultiHeadDotProductAttention_1/key/bias)  (needed for blocks.0.attn.qkv.bias"),
+    ("vit", vit_npz_without, ["Transformer/encoderblock_1/LayerNorm_2/scale"],
+     "missing: Transformer/encoderblock_1/LayerNorm_2/scale  (needed for blocks.1.mlp_norm.weight"),
     ("vlmo", vlmo_without, ["transformer.blocks.1.attn.proj.weight"],
      "missing: transformer.blocks.1.attn.proj.weight  (needed for blocks.1.attn.proj.weight"),
     ("vlmo", vlmo_without, ["transformer.blocks.0.attn.q_bias"],

@@ -30,7 +30,8 @@ def layer_violations(root: Path) -> list[str]:
     for package, allowed in ALLOWED.items():
         for path in sorted((root / package).rglob("*.py")):
             others = imported_packages(path.read_text(encoding="utf-8")) & set(ALLOWED)
-            violations += [f"{path.relative_to(root)} imports {other}" for other in sorted(others - allowed - {package})]
+            wrong = sorted(others - allowed - {package})
+            violations += [f"{path.relative_to(root)} imports {other}" for other in wrong]
     return violations
 
 

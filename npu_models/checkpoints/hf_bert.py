@@ -1,6 +1,7 @@
 """Hugging Face BERT directory (config.json + pytorch_model.bin or model.safetensors) -> our Bert layout."""
 import re
 from pathlib import Path
+
 import torch
 
 from npu_models.bert import BertConfig
@@ -86,8 +87,9 @@ def tf_names_to_torch(key: str) -> str:
 def convert_state_dict(hf_state: dict[str, torch.Tensor], table: RenameTable | None = None) -> Renamed:
     """HF BERT keys -> ours, q/k/v fused; `table` defaults to the one for these keys (with or without `bert.`)."""
     table = table or table_for(hf_state)
-    names = {tf_names_to_torch(key): key for key in hf_state if tf_names_to_torch(key).removeprefix("bert.") not in IGNORED_KEYS}
-    renamed = apply(table, {key: hf_state[original] for key, original in names.items()})
+    names = {tf_names_to_torch(key): key for key in hf_state}  # PyTorch-era name -> as in the file
+    kept = {key: hf_state[original] for key, original in names.items() if key.removeprefix("bert.") not in IGNORED_KEYS}
+    renamed = apply(table, kept)
     return Renamed(renamed.state, {k: names.get(v, v) for k, v in renamed.origin.items()},
                    [names[key] for key in renamed.unexpected])
 

@@ -55,21 +55,23 @@ def fill(template: str, i: str | None, param: str | None) -> str:
 def group_name(parts: tuple[str, ...], i: str | None, param: str | None) -> str:
     """`a.0.attention.self.query.weight + ...attention.self.key.weight + ...`: the parts after the
     first are written from the layer index on, which is where they differ."""
-    later = [("..." + fill(p.partition(LAYER + ".")[2], None, param)) if LAYER + "." in p else fill(p, i, param)
+    later = [("..." + fill(p.partition(LAYER)[2][1:], None, param)) if LAYER in p else fill(p, i, param)
              for p in parts[1:]]
     return " + ".join([fill(parts[0], i, param), *later])
 
 
 def compile_rules(templates_and_payloads) -> list:
-    return [(pattern(template, False), pattern(template, True), payload) for template, payload in templates_and_payloads]
+    """(exact pattern, module pattern, payload) per template."""
+    return [(pattern(template, False), pattern(template, True), payload)
+            for template, payload in templates_and_payloads]
 
 
 def match(rules: list, key: str):
     """(payload, layer index, parameter) of the first rule naming `key` itself, else of the first naming
     its module: exact names first, so `attn.q_bias` is never read as module `attn` + parameter `q_bias`."""
-    for with_param in (False, True):
-        for exact, with_parameter, payload in rules:
-            if found := (with_parameter if with_param else exact).match(key):
+    for as_module in (False, True):
+        for exact, module, payload in rules:
+            if found := (module if as_module else exact).match(key):
                 groups = found.groupdict()
                 return payload, groups.get("i"), groups.get("param")
     return None

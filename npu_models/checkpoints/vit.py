@@ -27,59 +27,65 @@ TIMM: RenameTable = {
     "norm": "norm",
     "head": "head",
 }
-JAX_BLOCK = "Transformer/encoderblock_{}/"
-JAX_ATTENTION = "MultiHeadDotProductAttention_1/"
+# Google's AugReg npz: Flax module paths, q/k/v apart (fused here into timm's qkv), kernels in JAX
+# layouts (torch_layout). Read into timm's names, so one table (TIMM) leads on to ours.
+NPZ_BLOCK = "Transformer/encoderblock_{i}/"
+NPZ_ATTENTION = NPZ_BLOCK + "MultiHeadDotProductAttention_1/"
+NPZ: RenameTable = {
+    "embedding/kernel": "patch_embed.proj.weight",
+    "embedding/bias": "patch_embed.proj.bias",
+    "cls": "cls_token",
+    "Transformer/posembed_input/pos_embedding": "pos_embed",
+    NPZ_BLOCK + "LayerNorm_0/scale": "blocks.{i}.norm1.weight",
+    NPZ_BLOCK + "LayerNorm_0/bias": "blocks.{i}.norm1.bias",
+    tuple(f"{NPZ_ATTENTION}{n}/kernel" for n in ("query", "key", "value")): "blocks.{i}.attn.qkv.weight",
+    tuple(f"{NPZ_ATTENTION}{n}/bias" for n in ("query", "key", "value")): "blocks.{i}.attn.qkv.bias",
+    NPZ_ATTENTION + "out/kernel": "blocks.{i}.attn.proj.weight",
+    NPZ_ATTENTION + "out/bias": "blocks.{i}.attn.proj.bias",
+    NPZ_BLOCK + "LayerNorm_2/scale": "blocks.{i}.norm2.weight",
+    NPZ_BLOCK + "LayerNorm_2/bias": "blocks.{i}.norm2.bias",
+    NPZ_BLOCK + "MlpBlock_3/Dense_0/kernel": "blocks.{i}.mlp.fc1.weight",
+    NPZ_BLOCK + "MlpBlock_3/Dense_0/bias": "blocks.{i}.mlp.fc1.bias",
+    NPZ_BLOCK + "MlpBlock_3/Dense_1/kernel": "blocks.{i}.mlp.fc2.weight",
+    NPZ_BLOCK + "MlpBlock_3/Dense_1/bias": "blocks.{i}.mlp.fc2.bias",
+    "Transformer/encoder_norm/scale": "norm.weight",
+    "Transformer/encoder_norm/bias": "norm.bias",
+    "head/kernel": "head.weight",
+    "head/bias": "head.bias",
+}
+QKV_PART = re.compile(r"/(query|key|value)/(kernel|bias)$")
 
 
 def timm_to_ours(state: dict[str, torch.Tensor]) -> Renamed:
     return apply(TIMM, state)
 
 
+def torch_layout(name: str, array: np.ndarray) -> torch.Tensor:
+    """JAX kernels are HWIO (the patch conv), [D, heads, head_dim] (q/k/v; biases [heads, head_dim]),
+    [heads, head_dim, D] (attention out) and [in, out] (Dense); PyTorch wants OIHW and [out, in]."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).float()
+    if name == "embedding/kernel":
+        return tensor.permute(3, 2, 0, 1)
+    if part := QKV_PART.search(name):
+        return tensor.flatten(1).t() if part.group(2) == "kernel" else tensor.flatten()
+    if name.endswith("/out/kernel"):
+        return tensor.flatten(0, 1).t()
+    return tensor.t() if name.endswith("/kernel") and tensor.ndim == 2 else tensor
+
+
+def npz_to_timm(arrays: dict[str, np.ndarray]) -> Renamed:
+    return apply(NPZ, {name: torch_layout(name, array) for name, array in arrays.items()})
+
+
+def npz_num_heads(arrays: dict[str, np.ndarray]) -> int:
+    query = arrays.get(NPZ_ATTENTION.replace("{i}", "0") + "query/kernel")
+    return query.shape[1] if query is not None else 0
+
+
 def jax_to_timm(arrays: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], int, list[str]]:
-    """Google's npz layout -> timm names and PyTorch layouts; returns (state, num_heads, unused npz keys).
-
-    JAX kernels are [in, out] (Dense), [D, heads, head_dim] (q/k/v), [heads, head_dim, D] (out) and
-    HWIO (the patch conv); PyTorch wants [out, in] and OIHW.
-    """
-    used = set()
-
-    def take(name):
-        if name not in arrays:
-            raise UserError(f"the npz checkpoint lacks '{name}', which a Google ViT checkpoint holds.")
-        used.add(name)
-        return torch.from_numpy(np.ascontiguousarray(arrays[name])).float()
-
-    state = {
-        "patch_embed.proj.weight": take("embedding/kernel").permute(3, 2, 0, 1),
-        "patch_embed.proj.bias": take("embedding/bias"),
-        "cls_token": take("cls"),
-        "pos_embed": take("Transformer/posembed_input/pos_embedding"),
-        "norm.weight": take("Transformer/encoder_norm/scale"),
-        "norm.bias": take("Transformer/encoder_norm/bias"),
-    }
-    if "head/kernel" in arrays:
-        state["head.weight"], state["head.bias"] = take("head/kernel").t(), take("head/bias")
-    depth = len({m.group(1) for k in arrays if (m := re.match(r"Transformer/encoderblock_(\d+)/", k))})
-    num_heads = arrays[JAX_BLOCK.format(0) + JAX_ATTENTION + "query/kernel"].shape[1] if depth else 0
-    for i in range(depth):
-        block, attention = JAX_BLOCK.format(i), JAX_BLOCK.format(i) + JAX_ATTENTION
-        qkv = [take(f"{attention}{name}/kernel").flatten(1).t() for name in ("query", "key", "value")]
-        state.update({
-            f"blocks.{i}.norm1.weight": take(block + "LayerNorm_0/scale"),
-            f"blocks.{i}.norm1.bias": take(block + "LayerNorm_0/bias"),
-            f"blocks.{i}.attn.qkv.weight": torch.cat(qkv),
-            f"blocks.{i}.attn.qkv.bias": torch.cat([take(f"{attention}{n}/bias").flatten()
-                                                    for n in ("query", "key", "value")]),
-            f"blocks.{i}.attn.proj.weight": take(attention + "out/kernel").flatten(0, 1).t(),
-            f"blocks.{i}.attn.proj.bias": take(attention + "out/bias"),
-            f"blocks.{i}.norm2.weight": take(block + "LayerNorm_2/scale"),
-            f"blocks.{i}.norm2.bias": take(block + "LayerNorm_2/bias"),
-            f"blocks.{i}.mlp.fc1.weight": take(block + "MlpBlock_3/Dense_0/kernel").t(),
-            f"blocks.{i}.mlp.fc1.bias": take(block + "MlpBlock_3/Dense_0/bias"),
-            f"blocks.{i}.mlp.fc2.weight": take(block + "MlpBlock_3/Dense_1/kernel").t(),
-            f"blocks.{i}.mlp.fc2.bias": take(block + "MlpBlock_3/Dense_1/bias"),
-        })
-    return state, num_heads, sorted(set(arrays) - used)
+    """(timm state, number of heads, unused npz keys): the timm peer of eval.bench loads this."""
+    renamed = npz_to_timm(arrays)
+    return renamed.state, npz_num_heads(arrays), renamed.unexpected
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -107,7 +113,7 @@ def sidecar_model_config(path: Path, config_file=None) -> dict:
 
 
 def read_vit(path, config_file=None) -> Converted:
-    """Either ViT layout (Google .npz or a timm state dict) in ours; names in errors are timm's."""
+    """Either ViT layout (Google .npz or a timm state dict) in ours; errors name the file's own keys."""
     path = Path(path)
     if path.is_dir():
         candidates = [p for p in sorted(path.iterdir()) if p.suffix in (".npz", ".safetensors", ".bin", ".pth")]
@@ -115,14 +121,18 @@ def read_vit(path, config_file=None) -> Converted:
             raise UserError(f"{path} holds {len(candidates)} ViT weight files; pass the one to use as --checkpoint.")
         path = candidates[0]
     if path.suffix == ".npz":
-        official, num_heads, unused = jax_to_timm(read_npz(path))
+        arrays = read_npz(path)
+        official, npz_origin, unused = npz_to_timm(arrays)
+        num_heads, npz_name = npz_num_heads(arrays), official_names(NPZ, npz_origin)
     else:
         official, num_heads, unused = timm_state(read_state_dict(path), path), None, []
+        npz_name = str
     state, origin, unexpected = timm_to_ours(official)
     config = infer_config(state, num_heads, sidecar_model_config(path, config_file), path)
     if state["pos_embed"].shape[1] != config.grid_size ** 2 + 1:
         state["pos_embed"] = resample_position_embedding(state["pos_embed"], config.grid_size)
-    return Converted(config, state, official_names(TIMM, origin), unexpected + unused)
+    timm_name = official_names(TIMM, origin)
+    return Converted(config, state, lambda key: npz_name(timm_name(key)), unused + unexpected)
 
 
 def infer_config(state: dict, num_heads: int | None, sidecar: dict, path: Path) -> ViTConfig:
