@@ -187,3 +187,25 @@ def test_vilbert_answers_are_read_without_loading_the_weights(monkeypatch):
     monkeypatch.setattr(torch, "load", refuse)
     answers = vilbert_weights.read_answers(REFERENCE / "vilbert" / "model.tar.gz")
     assert answers[:2] == ["@@PADDING@@", "@@UNKNOWN@@"] and len(answers) > 2
+
+
+def full_size_models():
+    from npu_models import bert, blip, vilbert, vit, vlmo
+    from npu_models.checkpoints import blip as blip_weights, hf_bert, vit as vit_weights, vlmo as vlmo_weights
+    return [(hf_bert.table_for({}), bert.Bert(bert.bert_base_cased_sst2())),
+            (vit_weights.TIMM, vit.ViT(vit.vit_base_patch32_224())),
+            (vlmo_weights.TABLE, vlmo.VLMo(vlmo.vlmo_base_vqa())),
+            (vlmo_weights.TABLE, vlmo.VLMo(vlmo.vlmo_base_coco_retrieval())),
+            (blip_weights.TABLE, blip.Blip(blip.blip_retrieval_coco())),
+            (vilbert_weights.TABLE, vilbert.ViLBERT(vilbert.vilbert_vqa()))]
+
+
+def test_every_key_of_every_model_is_named_by_a_table_that_maps_it_back():
+    """The reverse names come from the same table: each official name they give renames to that key."""
+    with torch.device("meta"):
+        cases = full_size_models()
+    for table, model in cases:
+        name = official_names(table, {})
+        for key, tensor in model.state_dict().items():
+            first_part = name(key).split(" + ")[0]  # a fused group is named by its parts
+            assert key in apply(table, {first_part: tensor}).origin, (type(model).__name__, key, name(key))
