@@ -19,7 +19,9 @@ from typing import Callable
 import torch
 
 from eval.common import latency_percentiles, write_json_atomic
+from eval.data.region_features import MAX_BOXES, RegionFeatureExtractor, pad_regions
 from npu_models import registry, runtime
+from npu_models.benchmarks import Benchmark
 from npu_models.errors import UserError, cli_main
 
 COLUMNS = ["model", "impl", "mode", "batch_size", "seq_len", "samples_per_second", "latency_ms_p50",
@@ -33,192 +35,39 @@ class Contender:
     fn: Callable                   # (*inputs) -> output tensor: the part that is timed
 
 
-@dataclass(frozen=True)
-class Benchmark:
-    make_inputs: Callable          # (config, batch_size, seq_len, device) -> (inputs tuple, sequence length)
-    make_peer: Callable | None = None  # checkpoint -> (peer module, peer fn, our config, our state dict)
-    timed_part: Callable = lambda model: model  # which entry point of our model is timed
-    graph: bool = True             # False where data-dependent shapes (detections) rule out a static graph
+def with_detection(task) -> Benchmark:
+    """A region-feature VQA model timed from images: torchvision's Faster R-CNN (random weights: speed does
+    not depend on them) finds the regions as eval.vqa --detector-weights does, in fp32, then the model
+    answers in its own dtype. Inputs: preprocessed 800 x 1333 images and 32-token questions."""
+    def make_inputs(config, batch_size, seq_len, device):
+        generator = torch.Generator().manual_seed(batch_size)
+        images = torch.randn(batch_size, 3, 800, 1333, generator=generator)
+        ids = torch.randint(1, 100, (batch_size, 32), generator=generator)  # ids below 100 exist in any vocabulary
+        return (images.to(device), ids.to(device), torch.ones_like(ids).to(device)), 32 + MAX_BOXES
+
+    def timed_part(model):
+        from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+        parameter = next(model.parameters())
+        detector = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+        extractor = RegionFeatureExtractor(None, parameter.device, detector=detector)
+
+        def run(images, ids, masks):
+            found = [pad_regions(d["box_features"], d["box_coordinates"]) for d in extractor(list(images))]
+            features, coordinates, box_mask = (torch.stack(parts).to(images.device) for parts in zip(*found))
+            return task.answer_logits(model, features.to(parameter.dtype), coordinates.to(parameter.dtype), box_mask,
+                                      ids, masks)
+        return run
+
+    return Benchmark(make_inputs, timed_part=timed_part, graph=False)
 
 
-def bert_peer(checkpoint):
-    """transformers' BertForSequenceClassification, and its weights in our layout with our config."""
-    try:
-        import transformers
-    except ImportError:
-        raise UserError("the BERT peer needs transformers: `pip install -e .[test]`, or pass --no-peer "
-                        "to time ours alone.") from None
-    from npu_models.checkpoints import hf_bert
-
-    entry = registry.get_entry("bert-base-cased-sst2")
-    if checkpoint is not None:
-        peer = transformers.BertForSequenceClassification.from_pretrained(checkpoint)
-    else:
-        torch.manual_seed(0)
-        config = entry.default_config()
-        peer = transformers.BertForSequenceClassification(transformers.BertConfig(
-            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-            num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
-            max_position_embeddings=config.max_positions, num_labels=config.num_labels))
-    state = peer.state_dict()
-    config = hf_bert.config_from_hf(peer.config.to_dict(), {k.removeprefix("bert."): v for k, v in state.items()},
-                                    {}, "peer config")
-    def run(input_ids, attention_mask, token_type_ids):
-        return peer(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
-
-    return peer, run, config, hf_bert.convert_state_dict(state)[0]
-
-
-def bert_inputs(config, batch_size, seq_len, device):
-    """All-valid token ids at min(seq_len, max positions), as ais_bench feeds them; returns (inputs, seq_len)."""
-    seq_len = min(seq_len, config.max_positions)
-    generator = torch.Generator().manual_seed(batch_size)
-    input_ids = torch.randint(1, config.vocab_size, (batch_size, seq_len), generator=generator)
-    mask, types = torch.ones_like(input_ids), torch.zeros_like(input_ids)
-    return (input_ids.to(device), mask.to(device), types.to(device)), seq_len
-
-
-def vit_peer(checkpoint):
-    """timm's VisionTransformer (npz converted to its layout), and its weights in our layout with our config."""
-    try:
-        import timm
-    except ImportError:
-        raise UserError("the ViT peer needs timm: `pip install -e .[test]`, or pass --no-peer "
-                        "to time ours alone.") from None
-    from npu_models.checkpoints import vit as vit_weights
-    from npu_models.checkpoints.io import read_state_dict
-
-    if checkpoint is None:
-        torch.manual_seed(0)
-        timm_state = timm.create_model("vit_base_patch32_224", pretrained=False).state_dict()
-        num_heads, sidecar = None, {}
-    elif checkpoint.suffix == ".npz":
-        timm_state, num_heads, _ = vit_weights.jax_to_timm(vit_weights.read_npz(checkpoint))
-        sidecar = vit_weights.sidecar_model_config(checkpoint)
-    else:
-        timm_state = vit_weights.unwrap(read_state_dict(checkpoint), checkpoint)
-        num_heads, sidecar = None, vit_weights.sidecar_model_config(checkpoint)
-    state = vit_weights.timm_to_ours(timm_state)[0]
-    # The peer runs at the checkpoint's own resolution: only the head count comes from the sidecar.
-    config = vit_weights.infer_config(state, num_heads, {k: v for k, v in sidecar.items() if k == "num_heads"},
-                                      checkpoint)
-    peer = timm.models.vision_transformer.VisionTransformer(
-        img_size=config.img_size, patch_size=config.patch_size, embed_dim=config.embed_dim, depth=config.depth,
-        num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, num_classes=config.num_classes)
-    peer.load_state_dict(timm_state)
-    return peer, peer, config, state
-
-
-def vit_inputs(config, batch_size, seq_len, device):
-    """Normalised random pixels at the model's input size; the sequence is its patch tokens + class token."""
-    generator = torch.Generator().manual_seed(batch_size)
-    pixels = torch.randn(batch_size, 3, config.img_size, config.img_size, generator=generator)
-    return (pixels.to(device),), config.grid_size ** 2 + 1
-
-
-def vlmo_vqa_inputs(config, batch_size, seq_len, device):
-    """Images at the model's size and questions padded to max_text_len; the joint sequence is text + image."""
-    generator = torch.Generator().manual_seed(batch_size)
-    image = torch.randn(batch_size, 3, config.image_size, config.image_size, generator=generator)
-    text_ids = torch.randint(1, config.vocab_size, (batch_size, config.max_text_len), generator=generator)
-    inputs = (image.to(device), text_ids.to(device), torch.ones_like(text_ids).to(device))
-    return inputs, config.max_text_len + config.num_image_tokens
-
-
-def vlmo_image_inputs(config, batch_size, seq_len, device):
-    generator = torch.Generator().manual_seed(batch_size)
-    image = torch.randn(batch_size, 3, config.image_size, config.image_size, generator=generator)
-    return (image.to(device),), config.num_image_tokens
-
-
-def blip_image_inputs(config, batch_size, seq_len, device):
-    generator = torch.Generator().manual_seed(batch_size)
-    size = config.vision.img_size
-    return (torch.randn(batch_size, 3, size, size, generator=generator).to(device),), config.vision.grid_size ** 2 + 1
-
-
-def blip_text_inputs(config, batch_size, seq_len, device):
-    generator = torch.Generator().manual_seed(batch_size)
-    ids = torch.randint(1000 % config.text.vocab_size, config.text.vocab_size - 2, (batch_size, config.max_length),
-                        generator=generator)
-    return (ids.to(device), torch.ones_like(ids).to(device)), config.max_length
-
-
-def blip_itm_inputs(config, batch_size, seq_len, device):
-    (ids, mask), length = blip_text_inputs(config, batch_size, seq_len, device)
-    generator = torch.Generator().manual_seed(batch_size)
-    image_feat = torch.randn(batch_size, config.vision.grid_size ** 2 + 1, config.vision.embed_dim, generator=generator)
-    return (image_feat.to(device), ids, mask), length
-
-
-def blip_image_part(model):
-    """The ModelZoo guide's image OM: image_feat and the ITC image_embed."""
-    def image_encoder(images):
-        features = model.image_features(images)
-        return torch.cat([model.image_embed(features), features[:, 0]], dim=-1)
-    return image_encoder
-
-
-def vilbert_inputs(config, batch_size, seq_len, device):
-    """100 precomputed regions per image (as the ModelZoo guide times it) and 32-token questions."""
-    generator = torch.Generator().manual_seed(batch_size)
-    features = torch.relu(torch.randn(batch_size, 100, config.image_feature_dim, generator=generator))
-    corners = torch.rand(batch_size, 100, 2, generator=generator) * 600
-    coordinates = torch.cat([corners, corners + 200], dim=-1)
-    ids = torch.randint(1, config.text.vocab_size, (batch_size, 32), generator=generator)
-    inputs = (features, coordinates, torch.ones(batch_size, 100, dtype=torch.bool), ids, torch.ones_like(ids).bool(),
-              torch.zeros_like(ids))
-    return tuple(t.to(device) for t in inputs), 32 + 100
-
-
-def vilbert_detection_inputs(config, batch_size, seq_len, device):
-    """Preprocessed 800 x 1333 images (what the reference loader produces) and 32-token questions."""
-    generator = torch.Generator().manual_seed(batch_size)
-    images = torch.randn(batch_size, 3, 800, 1333, generator=generator)
-    ids = torch.randint(1, config.text.vocab_size, (batch_size, 32), generator=generator)
-    return (images.to(device), ids.to(device), torch.ones_like(ids).bool().to(device), torch.zeros_like(ids).to(device)), 32 + 100
-
-
-def vilbert_with_detection(model):
-    """Region features from torchvision's Faster R-CNN (random weights: speed does not depend on them), then ViLBERT."""
-    from torchvision.models.detection import fasterrcnn_resnet50_fpn
-
-    from eval.data.region_features import MAX_BOXES, RegionFeatureExtractor
-
-    parameter = next(model.parameters())
-    detector = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
-    # fp32, as eval.vqa's feature extraction runs it: the model's dtype applies from the region features on.
-    extractor = RegionFeatureExtractor(None, parameter.device, detector=detector)
-
-    def run(images, ids, mask, type_ids):
-        detections = extractor(list(images))
-        features = torch.zeros(len(images), MAX_BOXES, model.config.image_feature_dim, device=images.device)
-        coordinates = torch.zeros(len(images), MAX_BOXES, 4, device=images.device)
-        box_mask = torch.zeros(len(images), MAX_BOXES, dtype=torch.bool, device=images.device)
-        for row, found in enumerate(detections):
-            boxes = len(found["box_features"])
-            features[row, :boxes], coordinates[row, :boxes] = found["box_features"], found["box_coordinates"]
-            box_mask[row, :boxes] = True
-        return model(features.to(parameter.dtype), coordinates.to(parameter.dtype), box_mask, ids, mask, type_ids)
-
-    return run
-
-
-# VLMo has no peer outside its training repository (pytorch_lightning, fairscale): ours is timed alone.
-# For retrieval the image encoder is timed; the caption side is a short text-only pass.
-BENCHMARKS = {
-    "bert-base-cased-sst2": Benchmark(bert_inputs, bert_peer),
-    "vit-base-patch32-224": Benchmark(vit_inputs, vit_peer),
-    "vlmo-base-vqa": Benchmark(vlmo_vqa_inputs),
-    "vlmo-base-coco-retrieval": Benchmark(vlmo_image_inputs, timed_part=lambda model: model.image_embeds),
-    # BLIP's three inference parts, as the ModelZoo guide splits them into OM files.
-    "blip-retrieval-coco/image": Benchmark(blip_image_inputs, timed_part=blip_image_part),
-    "blip-retrieval-coco/text": Benchmark(blip_text_inputs, timed_part=lambda model: model.text_embed),
-    "blip-retrieval-coco/itm": Benchmark(blip_itm_inputs),
-    # ViLBERT: from cached region features (the ModelZoo guide's figure), and from images through the detector.
-    "vilbert-vqa": Benchmark(vilbert_inputs),
-    "vilbert-vqa/with-detection": Benchmark(vilbert_detection_inputs, timed_part=vilbert_with_detection, graph=False),
-}
+def benchmarks_of(entry) -> dict[str, Benchmark]:
+    """The entry's benchmarks by row name: the registry's parts, plus the detector run for region models."""
+    parts = {f"{entry.name}/{part}" if part else entry.name: bench for part, bench in entry.benchmarks.items()}
+    if entry.vqa is not None and entry.vqa.visual == "regions":
+        parts[f"{entry.name}/with-detection"] = with_detection(entry.vqa)
+    return parts
 
 
 def time_iterations(fn, inputs, device, warmup, iters) -> list[float]:
@@ -238,7 +87,8 @@ def time_iterations(fn, inputs, device, warmup, iters) -> list[float]:
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="bert-base-cased-sst2", help="registry or short name")
+    parser.add_argument("--model", default=registry.default_entry("sst2").name,
+                        help="registry or short name, or name/part for one part (default: the SST-2 model)")
     parser.add_argument("--checkpoint", type=Path, help="official checkpoint; omitted: random full-size weights")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -301,11 +151,12 @@ def format_table(rows) -> str:
 def main(argv=None):
     args = parse_args(argv)
     entry = registry.get_entry(args.model.split("/")[0])
-    names = [n for n in BENCHMARKS if n == entry.name or n.startswith(entry.name + "/")]
+    available = benchmarks_of(entry)
+    names = list(available)
     if "/" in args.model:
         names = [n for n in names if n == f"{entry.name}/{args.model.split('/', 1)[1]}"]
     if not names:
-        raise UserError(f"no benchmark defined for {args.model}; available: {', '.join(BENCHMARKS)}.")
+        raise UserError(f"no benchmark defined for {args.model}; available: {', '.join(available)}.")
     try:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     except ValueError:
@@ -318,7 +169,7 @@ def main(argv=None):
     rows = []
     build_ours = functools.cache(lambda: registry.build_model(entry, args.checkpoint))  # once for all parts
     for name in names:
-        rows += run_benchmark(name, entry, BENCHMARKS[name], args, batch_sizes, modes, device, dtype, rows, build_ours)
+        rows += run_benchmark(name, entry, available[name], args, batch_sizes, modes, device, dtype, rows, build_ours)
     if args.plot:
         plot(rows, args.plot)
     return 0

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import torch
 
-from npu_models import runtime
+from npu_models import registry, runtime
 from npu_models.errors import UserError
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 
 
-def add_common_args(parser: argparse.ArgumentParser, default_model: str, default_batch_size: int = 32):
-    parser.add_argument("--model", default=default_model, help=f"short or registry name (default {default_model})")
+def add_common_args(parser: argparse.ArgumentParser, task: str, default_batch_size: int = 32):
+    default_model = registry.default_entry(task).name
+    runs = ", ".join(f"{e.name} ({e.short_name})" for e in registry.REGISTRY.values() if e.task == task)
+    parser.add_argument("--model", default=default_model, help=f"short or registry name: {runs} (default {default_model})")
     parser.add_argument("--checkpoint", type=Path, help="official checkpoint or our converted directory; "
                         "omitted: random full-size weights (a demo, said loudly)")
     parser.add_argument("--data", type=Path, help="dataset in its real layout; omitted: the bundled sample")
@@ -127,6 +129,12 @@ def write_json_atomic(path: Path, document) -> None:
         json.dump(document, handle, indent=2)
         handle.write("\n")
     os.replace(staging, path)
+
+
+def pad_rows(tensors: tuple, rows: int) -> tuple:
+    """Repeat each tensor's first row until it has `rows` rows: graph mode's one static batch shape (the
+    filler rows are real examples, so no attention row is empty)."""
+    return tuple(torch.cat([t, t[:1].expand(rows - len(t), *t.shape[1:])]) if len(t) < rows else t for t in tensors)
 
 
 def plan_batches(lengths: list[int], batch_size: int, buckets: list[int]) -> list[tuple[list[int], int]]:

@@ -28,7 +28,7 @@ SAMPLE = SAMPLES_DIR / "imagenet"
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m eval.imagenet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, default_model="vit-base-patch32-224", default_batch_size=64)
+    add_common_args(parser, "imagenet", default_batch_size=64)
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="DataLoader workers decoding and transforming images")
     return parser.parse_args(argv)
@@ -41,7 +41,7 @@ def evaluate(args) -> dict:
     data = args.data or SAMPLE
     examples = read_imagenet(data)[: args.limit]
     model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, args.graph, args.tp,
-                                  config_file=args.config)
+                                  task="imagenet", config_file=args.config)
     config = model.config
     if not getattr(config, "num_classes", 0):
         raise UserError(f"{args.checkpoint} has no classification head; ImageNet needs one.")

@@ -75,7 +75,7 @@ def retrieval_recall(scores_i2t, scores_t2i, image_to_texts: list[list[int]], te
     return out
 
 
-def vilbert_label_weights(human_answers: list[str], answer_index: dict[str, int]) -> dict[int, float]:
+def answer_label_weights(human_answers: list[str], answer_index: dict[str, int]) -> dict[int, float]:
     """AllenNLP's VQA targets: each normalised human answer in the vocabulary weighs min(1, count / 3)."""
     from collections import Counter
 

@@ -19,14 +19,13 @@ from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, bert_uncased_vocab, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, bert_uncased_vocab, demo_banner, run_eval,
                          run_metadata, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.retrieval import read_retrieval
 from npu_models import registry
-from npu_models.blip import BlipConfig, pre_caption, rerank, score_matrix
+from npu_models.tasks import score_matrix
 from npu_models.errors import UserError, cli_main
-from npu_models.tokenizer import bert_tokenizer, encode_padded
 
 SAMPLE = SAMPLES_DIR / "retrieval"
 
@@ -34,7 +33,7 @@ SAMPLE = SAMPLES_DIR / "retrieval"
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m eval.retrieval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, default_model="vlmo-base-coco-retrieval", default_batch_size=64)
+    add_common_args(parser, "retrieval", default_batch_size=64)
     parser.add_argument("--split", default="test")
     parser.add_argument("--vocab", type=Path, help="bert-base-uncased vocab.txt (default: in --data or beside the checkpoint)")
     parser.add_argument("--k-test", type=int, help="BLIP: candidates re-ranked by ITM per query (default: the "
@@ -43,20 +42,23 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def image_pass(encode, split, batch_size, num_workers, transform, device, dtype, meter) -> torch.Tensor:
-    """`encode` over every image of the split, in DataLoader batches; the results stay on the device."""
+def image_pass(encode, split, batch_size, num_workers, transform, device, dtype, meter):
+    """`encode` (pixels -> (embeddings, memory or None)) over every image of the split, in DataLoader
+    batches; the results stay on the device."""
     loader = torch.utils.data.DataLoader(ImageDataset(split.image_paths, transform), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=collate)
-    outputs = []
+    embeds, memory = [], []
     for positions, pixels, failed in tqdm(loader, desc="images", unit="batch", disable=None):
         if failed:  # every image has a row in the score matrices: a missing one cannot be skipped
             position, error = failed[0]
             raise UserError(f"image {split.image_paths[position]} cannot be read ({error}); retrieval needs every "
                             "image of the split.")
         with meter, torch.no_grad():
-            outputs.append(encode(pixels.to(device, dtype)))
+            batch_embeds, batch_memory = encode(pixels.to(device, dtype))
+        embeds.append(batch_embeds)
+        memory.append(batch_memory)
         meter.samples += len(positions)
-    return torch.cat(outputs)
+    return torch.cat(embeds), None if memory[0] is None else torch.cat(memory)
 
 
 def text_pass(encode, ids, masks, batch_size, device, meter) -> torch.Tensor:
@@ -68,18 +70,19 @@ def text_pass(encode, ids, masks, batch_size, device, meter) -> torch.Tensor:
     return torch.cat(outputs)
 
 
-def itm_rerank(model, sims, image_feats, ids, masks, k, batch_size, store, meter):
-    """Both directions, a chunk of query rows per ITM pass; rows already in the store are not recomputed."""
+def rerank_pass(rerank, model, sims, memory, ids, masks, k, batch_size, store, meter):
+    """Both directions, a chunk of query rows per re-ranking pass; rows already in the store are not recomputed.
+    Returns {direction: (candidate indices, scores)}."""
     device = sims.device
     ids, masks = ids.to(device), masks.to(device)
     ranked = {}
     for direction, num_rows in (("i2t", sims.shape[0]), ("t2i", sims.shape[1])):
         todo = [row for row in range(num_rows) if f"{direction}:{row}" not in store.done]
         chunk = max(1, batch_size // k)
-        for start in tqdm(range(0, len(todo), chunk), desc=f"ITM {direction}", unit="chunk", disable=None):
+        for start in tqdm(range(0, len(todo), chunk), desc=f"rerank {direction}", unit="chunk", disable=None):
             rows = todo[start:start + chunk]
             with meter:
-                indices, scores = rerank(model, sims, image_feats, ids, masks, direction, rows, k)
+                indices, scores = rerank(model, sims, memory, ids, masks, direction, rows, k)
             meter.samples += len(rows) * k
             store.add([{"key": f"{direction}:{row}", "indices": i, "scores": s}
                        for row, i, s in zip(rows, indices.tolist(), scores.tolist())])
@@ -89,11 +92,12 @@ def itm_rerank(model, sims, image_feats, ids, masks, k, batch_size, store, meter
             raise UserError(f"{store.path} holds re-ranking results of another run (other candidates for the same "
                             "queries); delete it or pass another --predictions file.")
         ranked[direction] = (torch.tensor([r["indices"] for r in records]), torch.tensor([r["scores"] for r in records]))
-    return (score_matrix(ranked["i2t"], tuple(sims.shape)), score_matrix(ranked["t2i"], tuple(sims.T.shape)))
+    return ranked
 
 
 def evaluate(args) -> dict:
     entry = registry.get_entry(args.model, task="retrieval")
+    task = entry.retrieval
     if args.checkpoint is None:
         demo_banner(f"{entry.name} with random weights on " + (
             "the bundled retrieval sample." if args.data is None else f"{args.data}."))
@@ -108,36 +112,24 @@ def evaluate(args) -> dict:
     model = npu_models.load_model(entry.name, args.checkpoint, args.device, args.dtype, False, args.tp, task="retrieval",
                                   config_file=args.config)
     config = model.config
-    if getattr(config, "head", "retrieval") != "retrieval":
-        raise UserError(f"{args.checkpoint} is a {config.head} checkpoint; retrieval needs the COCO retrieval fine-tune.")
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    vocab = bert_uncased_vocab(args, data)
-    blip = isinstance(config, BlipConfig)
-    texts = [pre_caption(t, config.max_words) for t in split.texts] if blip else split.texts
-    max_length = config.max_length if blip else config.max_text_len
-    lowercase = config.text.do_lower_case if blip else config.do_lower_case
-    ids, masks = encode_padded(bert_tokenizer(vocab, lowercase, max_length), texts, max_length)
+    ids, masks = config.text_input.encode(bert_uncased_vocab(args, data), split.texts)
 
     meter = LatencyMeter(device)
-    if blip:
-        image_feats = image_pass(model.image_features, split, args.batch_size, args.num_workers, config.transform,
-                                 device, dtype, meter)
-        with torch.no_grad():
-            image_embeds = model.image_embed(image_feats)
-        text_embeds = text_pass(model.text_embed, ids, masks, args.batch_size, device, meter)
-    else:
-        image_embeds = image_pass(model.image_embeds, split, args.batch_size, args.num_workers, config.transform,
-                                  device, dtype, meter)
-        text_embeds = text_pass(model.text_embeds, ids, masks, args.batch_size, device, meter)
+    image_embeds, memory = image_pass(lambda pixels: task.encode_images(model, pixels), split, args.batch_size,
+                                      args.num_workers, config.transform, device, dtype, meter)
+    text_embeds = text_pass(lambda i, m: task.encode_texts(model, i, m), ids, masks, args.batch_size, device, meter)
     sims = image_embeds.float() @ text_embeds.float().T
     results = {}
-    if blip:
-        k = min(args.k_test or config.k_test, *sims.shape)
+    if task.rerank is not None:
+        k = min(args.k_test or task.rerank_k(config), *sims.shape)
         store = PredictionStore(args.predictions, key="key")
         try:
-            scores_i2t, scores_t2i = itm_rerank(model, sims, image_feats, ids, masks, k, args.batch_size, store, meter)
+            ranked = rerank_pass(task.rerank, model, sims, memory, ids, masks, k, args.batch_size, store, meter)
         finally:
             store.close()
+        scores_i2t = score_matrix(ranked["i2t"], tuple(sims.shape), task.unselected_score)
+        scores_t2i = score_matrix(ranked["t2i"], tuple(sims.T.shape), task.unselected_score)
         results["k_test"] = k
     else:
         scores_i2t, scores_t2i = sims, sims.T

@@ -17,7 +17,7 @@ from eval import metrics
 from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
                          plan_batches, run_metadata)
 from eval.data.sst2 import read_sst2
-from npu_models import runtime
+from npu_models import registry, runtime
 from npu_models.errors import UserError, cli_main
 from npu_models.tokenizer import bert_tokenizer
 
@@ -27,7 +27,7 @@ SAMPLE = SAMPLES_DIR / "sst2"
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m eval.sst2", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, default_model="bert-base-cased-sst2")
+    add_common_args(parser, "sst2")
     parser.add_argument("--seq-len", type=int, default=128,
                         help="maximum tokens per sentence incl. [CLS]/[SEP] (default 128, as ModelZoo); "
                              "capped at the model's maximum positions")
@@ -48,12 +48,12 @@ def resolve_vocab(args) -> Path:
 
 def evaluate(args) -> dict:
     if args.checkpoint is None:
-        demo_banner("bert-base-cased-sst2 with random weights on "
+        demo_banner(f"{registry.get_entry(args.model, task='sst2').name} with random weights on "
                     + ("the bundled SST-2 sample." if args.data is None else f"{args.data}."))
     data = args.data or SAMPLE / "dev.tsv"
     examples = read_sst2(data)[: args.limit]
     model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, args.graph, args.tp,
-                                  config_file=args.config)
+                                  task="sst2", config_file=args.config)
     config = model.config
     if not config.num_labels:
         raise UserError(f"{args.checkpoint} is a BERT encoder without a classification head; "

@@ -18,16 +18,14 @@ from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, bert_uncased_vocab, find_beside, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
-                         run_metadata, write_json_atomic)
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, bert_uncased_vocab, demo_banner,
+                         find_beside, pad_rows, run_eval, run_metadata, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.region_features import (RegionFeatureDataset, collate_regions, extract_missing_features,
                                        feature_path)
 from eval.data.vqa import build_answer_vocabulary, read_answer2label, read_vqa
 from npu_models import registry, runtime
-from npu_models.checkpoints.vilbert import read_answers as read_vilbert_answers
 from npu_models.errors import UserError, cli_main
-from npu_models.tokenizer import bert_tokenizer, encode_padded
 
 SAMPLE = SAMPLES_DIR / "vqa"
 
@@ -35,14 +33,14 @@ SAMPLE = SAMPLES_DIR / "vqa"
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m eval.vqa", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, default_model="vlmo-base-vqa")
+    add_common_args(parser, "vqa")
     parser.add_argument("--split", default="val2014", help="question split (default val2014; test-dev2015 ...)")
     parser.add_argument("--answers", type=Path, help="answer2label.txt (JSON lines); default: the one in --data or "
                         "beside the checkpoint, else rebuilt from the train2014+val2014 annotations in --data")
     parser.add_argument("--vocab", type=Path, help="bert-base-uncased vocab.txt (default: beside the checkpoint)")
-    parser.add_argument("--features", type=Path, help="ViLBERT: cached region features, one <image stem>.safetensors "
-                        "per image (default: features/ in --data)")
-    parser.add_argument("--detector-weights", type=Path, help="ViLBERT: torchvision fasterrcnn_resnet50_fpn COCO "
+    parser.add_argument("--features", type=Path, help="region-feature models (ViLBERT): cached region features, one "
+                        "<image stem>.safetensors per image (default: features/ in --data)")
+    parser.add_argument("--detector-weights", type=Path, help="region-feature models: torchvision fasterrcnn_resnet50_fpn COCO "
                         "weights (fasterrcnn_resnet50_fpn_coco-258fb6c6.pth) to compute missing region features")
     parser.add_argument("--submission", type=Path, help="EvalAI answer file to write (default on test splits: "
                         "vqa_submission_<split>.json)")
@@ -50,11 +48,11 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def load_answers(args, data: Path, entry) -> list[str]:
-    """--answers; else the ViLBERT archive's own vocabulary; else answer2label.txt in --data or beside the
-    checkpoint; else the vocabulary rebuilt from the annotations."""
-    if args.answers is None and entry.name == "vilbert-vqa" and args.checkpoint is not None:
-        return read_vilbert_answers(args.checkpoint)
+def load_answers(args, data: Path, task) -> list[str]:
+    """--answers; else the list the checkpoint carries (if its format has one); else answer2label.txt in
+    --data or beside the checkpoint; else the vocabulary rebuilt from the annotations."""
+    if args.answers is None and task.answers_in_checkpoint is not None and args.checkpoint is not None:
+        return task.answers_in_checkpoint(args.checkpoint)
     path = args.answers or find_beside(args, data, "answer2label.txt")
     return read_answer2label(path) if path else build_answer_vocabulary(data)
 
@@ -64,55 +62,52 @@ def load_vqa_model(args, entry, num_answers: int):
     config = dataclasses.replace(entry.default_config(), num_answers=num_answers) if args.checkpoint is None else None
     model = npu_models.load_model(entry.name, args.checkpoint, args.device, args.dtype, args.graph, args.tp,
                                   task="vqa", config=config, config_file=args.config)
-    if getattr(model.config, "head", "vqa") != "vqa":
-        raise UserError(f"{args.checkpoint} is a {model.config.head} checkpoint; VQA needs the VQA fine-tune.")
     if model.config.num_answers != num_answers:
         raise UserError(f"{args.checkpoint} predicts {model.config.num_answers} answers but the answer list has "
                         f"{num_answers}; pass the --answers file made for this checkpoint.")
     return model
 
 
-def pad_rows(tensors: tuple, rows: int) -> tuple:
-    """Repeat the first row until every tensor has `rows` rows (graph mode's static batch)."""
-    return tuple(torch.cat([t, t[:1].expand(rows - len(t), *t.shape[1:])]) if len(t) < rows else t for t in tensors)
+def visual_batches(args, task, config, todo, data: Path, device):
+    """(positions, visual tensors, failures) per batch: decoded images, or cached region features."""
+    if task.visual == "pixels":
+        dataset, collate_fn = ImageDataset([e.path for e in todo], config.transform), collate
+    else:
+        features_dir = args.features or data / "features"
+        if args.detector_weights is not None:
+            unreadable = extract_missing_features([e.path for e in todo], features_dir, args.detector_weights, device)
+            if unreadable:
+                print(f"{len(unreadable)} image(s) could not be read; their questions are skipped", file=sys.stderr)
+        dataset = RegionFeatureDataset([feature_path(features_dir, e.path) for e in todo])
+        collate_fn = collate_regions
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+                                         collate_fn=collate_fn)
+    for positions, visual, failed in loader:
+        yield positions, (visual,) if isinstance(visual, torch.Tensor) else visual, failed
 
 
-def vlmo_batches(args, model, todo, text_ids, text_masks, device, dtype):
-    """(positions, model inputs, failures): images decoded in workers, questions padded to max_text_len."""
-    loader = torch.utils.data.DataLoader(ImageDataset([e.path for e in todo], model.config.transform),
-                                         batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate)
-    for positions, pixels, failed in loader:
-        inputs = None if pixels is None else (pixels.to(device, dtype), text_ids[positions].to(device),
-                                              text_masks[positions].to(device))
-        yield positions, inputs, failed
-
-
-def vilbert_batches(args, todo, text_ids, text_masks, device, dtype, features_dir):
-    """(positions, model inputs, failures): cached region features, boxes padded to 100, questions to a bucket."""
-    paths = [feature_path(features_dir, e.path) for e in todo]
-    loader = torch.utils.data.DataLoader(RegionFeatureDataset(paths), batch_size=args.batch_size,
-                                         num_workers=args.num_workers, collate_fn=collate_regions)
-    buckets = runtime.length_buckets(text_ids.shape[1], smallest=min(16, text_ids.shape[1]))
-    for positions, boxes, failed in loader:
-        inputs = None
-        if boxes is not None:
-            length = runtime.bucket_for(int(text_masks[positions].sum(dim=1).max()), buckets)
-            ids, masks = text_ids[positions, :length], text_masks[positions, :length]
-            features, coordinates, box_mask = boxes
-            inputs = (features.to(device, dtype), coordinates.to(device, dtype), box_mask.to(device), ids.to(device),
-                      masks.bool().to(device), torch.zeros_like(ids).to(device))
-        yield positions, inputs, failed
+def score(record: dict, label: int, logits: torch.Tensor, gold: list[str], answers, answer_index, multi_label):
+    """The official VQA accuracy, and the reference repository's own score for its kind of head."""
+    answer = answers[label]
+    record["accuracy"] = metrics.vqa_accuracy(answer, gold)
+    if multi_label:  # every answer whose logit passes 0.5, PAD and UNK left out; the label-weight score
+        record["positive_labels"] = [i for i in (logits > 0.5).nonzero().flatten().tolist() if i > 1]
+        weights = metrics.answer_label_weights(gold, answer_index)
+        record["score"] = weights.get(label, 0.0)
+        record["gold_labels"] = sorted(w for w in weights if w > 1)
+    else:
+        record["score"] = metrics.vqa_soft_score(answer, gold)
 
 
 def evaluate(args) -> dict:
     entry = registry.get_entry(args.model, task="vqa")
+    task = entry.vqa
     if args.checkpoint is None:
         demo_banner(f"{entry.name} with random weights on " + ("the bundled VQAv2 sample." if args.data is None
                                                                  else f"{args.data}."))
-    vilbert = entry.name == "vilbert-vqa"
     data = args.data or SAMPLE
     examples = read_vqa(data, args.split)[: args.limit]
-    answers = load_answers(args, data, entry)
+    answers = load_answers(args, data, task)
     answer_index = {answer: label for label, answer in enumerate(answers)}
     vocab = bert_uncased_vocab(args, data)
     model = load_vqa_model(args, entry, len(answers))
@@ -121,50 +116,38 @@ def evaluate(args) -> dict:
 
     store = PredictionStore(args.predictions, key="question_id")
     todo = store.pending(examples, field="question")
-    if vilbert:  # questions are not truncated: pad to the longest, within the model's positions
-        tokenizer = bert_tokenizer(vocab, config.text.do_lower_case, config.text.max_positions)
-        text_ids, text_masks = encode_padded(tokenizer, [e.question for e in todo])
-        features_dir = args.features or data / "features"
-        if args.detector_weights is not None:
-            unreadable_images = extract_missing_features([e.path for e in todo], features_dir, args.detector_weights,
-                                                         device)
-            if unreadable_images:
-                print(f"{len(unreadable_images)} image(s) could not be read; their questions are skipped",
-                      file=sys.stderr)
-        batches = vilbert_batches(args, todo, text_ids, text_masks, device, dtype, features_dir)
-    else:
-        tokenizer = bert_tokenizer(vocab, config.do_lower_case, config.max_text_len)
-        text_ids, text_masks = encode_padded(tokenizer, [e.question for e in todo], config.max_text_len)
-        batches = vlmo_batches(args, model, todo, text_ids, text_masks, device, dtype)
+    text = config.text_input
+    text_ids, text_masks = text.encode(vocab, [e.question for e in todo])
+    buckets = runtime.length_buckets(text_ids.shape[1], smallest=min(16, text_ids.shape[1]))
     meter, unreadable = LatencyMeter(device), []
+    batches = visual_batches(args, task, config, todo, data, device)
     try:
-        for positions, inputs, failed in tqdm(batches, desc="vqa", unit="batch", disable=None,
+        for positions, visual, failed in tqdm(batches, desc="vqa", unit="batch", disable=None,
                                               total=-(-len(todo) // args.batch_size)):
             for position, error in failed:
                 unreadable.append({"question_id": todo[position].question_id, "error": error})
                 print(f"skipped question {todo[position].question_id}: {error}", file=sys.stderr)
-            if inputs is None:
+            if visual[0] is None:
                 continue
+            ids, masks = text_ids[positions], text_masks[positions]
+            if not text.pad_to_max:  # pad the batch to the bucket of its longest question
+                length = runtime.bucket_for(int(masks.sum(dim=1).max()), buckets)
+                ids, masks = ids[:, :length], masks[:, :length]
+            inputs = tuple(runtime.to_model_input(t, device, dtype) for t in (*visual, ids, masks))
             if args.graph:  # one static batch shape for the compiled graph
                 inputs = pad_rows(inputs, args.batch_size)
             with meter, torch.no_grad():
-                logits = model(*inputs).float()[: len(positions)].cpu()
+                logits = task.answer_logits(model, *inputs).float()[: len(positions)].cpu()
             meter.samples += len(positions)
             records = []
             for position, row in zip(positions, logits):
                 example, label = todo[position], int(row.argmax())
                 record = {"question_id": example.question_id, "question": example.question, "answer": answers[label],
                           "label": label}
-                if vilbert:  # multi-label: every answer whose logit passes 0.5, PAD and UNK left out
-                    record["positive_labels"] = [i for i in (row > 0.5).nonzero().flatten().tolist() if i > 1]
                 if example.answers is not None:
-                    record["accuracy"] = metrics.vqa_accuracy(answers[label], example.answers)
-                    if vilbert:
-                        weights = metrics.vilbert_label_weights(example.answers, answer_index)
-                        record["score"] = weights.get(label, 0.0)
-                        record["gold_labels"] = sorted(w for w in weights if w > 1)
-                    else:
-                        record["score"] = metrics.vqa_soft_score(answers[label], example.answers)
+                    score(record, label, row, example.answers, answers, answer_index, task.multi_label)
+                elif task.multi_label:
+                    record["positive_labels"] = [i for i in (row > 0.5).nonzero().flatten().tolist() if i > 1]
                 records.append(record)
             store.add(records)
     finally:
@@ -174,13 +157,13 @@ def evaluate(args) -> dict:
     scored = [r for r in done if "accuracy" in r]
     results = {
         "vqa_accuracy": sum(r["accuracy"] for r in scored) / len(scored) if scored else None,
-        "vqa_score": (metrics.float32_mean([r["score"] for r in scored]) if vilbert
+        "vqa_score": (metrics.float32_mean([r["score"] for r in scored]) if task.multi_label
                       else sum(r["score"] for r in scored) / len(scored)) if scored else None,
         "num_examples": len(scored), "num_questions": len(examples), "num_computed": meter.samples,
         "num_unreadable": len(unreadable), "unreadable": unreadable, "split": args.split, "data": str(data),
         "num_answers": len(answers), **meter.summary(), **run_metadata(args, device, dtype),
     }
-    if vilbert and scored:  # the reference's micro precision/recall/F1 over answers, PAD and UNK excluded
+    if task.multi_label and scored:  # the reference's micro precision/recall/F1 over answers, PAD and UNK excluded
         predicted = [set(r["positive_labels"]) for r in scored]
         gold = [set(r["gold_labels"]) for r in scored]
         results["precision"], results["recall"], results["fscore"] = metrics.micro_precision_recall_f1(

@@ -38,7 +38,12 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
                       "checkpoint= an official checkpoint or a converted directory.", RandomWeightsWarning, stacklevel=2)
     device = runtime.resolve_device(device)
     dtype = runtime.parse_dtype(dtype, device)
-    model = runtime.prepare_model(registry.build_model(entry, checkpoint, config, config_file), device, dtype)
+    model = registry.build_model(entry, checkpoint, config, config_file)
+    served = registry.entry_for_config(entry, model.config)
+    if task is not None and served.task != task:
+        raise UserError(f"{checkpoint} is a {served.task} checkpoint ({served.name}); {task} needs a {task} "
+                        f"fine-tune such as {entry.name}'s.")
+    model = runtime.prepare_model(model, device, dtype)
     return runtime.compile_model(model, device) if graph else model
 
 

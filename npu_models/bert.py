@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from npu_models.layers import Block, TextEmbeddings
+from npu_models.layers import PostNormBlock, TextEmbeddings
 from npu_models.layers.init import init_weights_
 
 
@@ -39,8 +39,8 @@ class Bert(nn.Module):
         self.embeddings = TextEmbeddings(config.vocab_size, config.hidden_size, config.max_positions,
                                          config.type_vocab_size, config.layer_norm_eps, config.pad_token_id)
         self.blocks = nn.ModuleList(
-            Block(config.hidden_size, config.num_heads, config.intermediate_size, config.layer_norm_eps,
-                  cross_attention_dim=config.cross_attention_dim or None)
+            PostNormBlock(config.hidden_size, config.num_heads, config.intermediate_size, config.layer_norm_eps,
+                          cross_attention_dim=config.cross_attention_dim or None)
             for _ in range(config.num_layers)
         )
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.with_pooler else None

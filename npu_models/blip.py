@@ -1,5 +1,6 @@
 """BLIP image-text retrieval (COCO fine-tune): ViT-B/16 image encoder, BERT text encoder with
 cross-attention in every layer, ITC projections and the ITM head."""
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from npu_models.bert import Bert, BertConfig
+from npu_models.tokenizer import TextInput
 from npu_models.transforms import ImageTransform
 from npu_models.vit import ViT, ViTConfig
 
@@ -50,6 +52,12 @@ class BlipConfig:
     @property
     def transform(self) -> ImageTransform:
         return self.vision.transform
+
+    @property
+    def text_input(self) -> TextInput:
+        """Captions cleaned as the reference does, padded to max_length."""
+        return TextInput(self.text.do_lower_case, self.max_length, clean=functools.partial(pre_caption,
+                                                                                          max_words=self.max_words))
 
 
 def pre_caption(caption: str, max_words: int = 30) -> str:
@@ -114,13 +122,6 @@ def rerank(model: Blip, sims, image_feats, text_ids, text_masks, direction: str,
     images, texts = (queries, candidates) if direction == "i2t" else (candidates, queries)
     itm = model(image_feats[images], text_ids[texts], text_masks[texts]).float()
     return top_idx, itm.view(len(rows), k) + top_sims.float()
-
-
-def score_matrix(ranked, shape) -> torch.Tensor:
-    """The reference's score matrix: UNSELECTED_SCORE everywhere but each row's re-ranked candidates."""
-    indices, scores = ranked
-    matrix = torch.full(shape, UNSELECTED_SCORE, dtype=scores.dtype, device=scores.device)
-    return matrix.scatter_(1, indices, scores)
 
 
 def blip_retrieval_coco() -> BlipConfig:

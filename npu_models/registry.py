@@ -6,7 +6,8 @@ from typing import Any, Callable
 
 import torch
 
-from npu_models import bert, blip, vilbert, vit, vlmo
+from npu_models import benchmarks, bert, blip, vilbert, vit, vlmo
+from npu_models.benchmarks import Benchmark
 from npu_models.checkpoints import blip as blip_weights
 from npu_models.checkpoints import hf_bert
 from npu_models.checkpoints import vilbert as vilbert_weights
@@ -14,6 +15,7 @@ from npu_models.checkpoints import vit as vit_weights
 from npu_models.checkpoints import vlmo as vlmo_weights
 from npu_models.checkpoints.io import Converted, check_state_dict, expected_shapes, is_converted_dir, read_converted
 from npu_models.errors import UserError
+from npu_models.tasks import RetrievalTask, VQATask
 
 
 @dataclass(frozen=True)
@@ -29,40 +31,74 @@ class ModelEntry:
     task: str                     # the eval command that runs it: sst2, imagenet, vqa, retrieval
     # files that travel with a converted checkpoint (e.g. the tokenizer vocabulary)
     assets: tuple[str, ...] = ()
+    # what eval.vqa / eval.retrieval call on the model (npu_models.tasks), for entries of those tasks
+    vqa: VQATask | None = None
+    retrieval: RetrievalTask | None = None
+    # what eval.bench times, by part name ("" for the whole model): npu_models.benchmarks
+    benchmarks: dict[str, Benchmark] = dataclasses.field(default_factory=dict)
+
+
+def blip_encode_images(model, pixels):
+    features = model.image_features(pixels)  # the ITM head re-reads every image token
+    return model.image_embed(features), features
+
+
+VLMO_VQA = VQATask("pixels", lambda model, pixels, ids, masks: model(pixels, ids, masks))
+VILBERT_VQA = VQATask("regions", lambda model, features, boxes, box_mask, ids, masks: model(
+    features, boxes, box_mask, ids, masks.bool(), torch.zeros_like(ids)), multi_label=True,
+    answers_in_checkpoint=vilbert_weights.read_answers)
+VLMO_RETRIEVAL = RetrievalTask(lambda model, pixels: (model.image_embeds(pixels), None),
+                               lambda model, ids, masks: model.text_embeds(ids, masks))
+BLIP_RETRIEVAL = RetrievalTask(blip_encode_images, lambda model, ids, masks: model.text_embed(ids, masks),
+                               rerank=blip.rerank, rerank_k=lambda config: config.k_test,
+                               unselected_score=blip.UNSELECTED_SCORE)
 
 
 REGISTRY = {
     entry.name: entry
     for entry in [
         ModelEntry("bert-base-cased-sst2", "bert", bert.BertConfig, bert.bert_base_cased_sst2, bert.Bert,
-                   hf_bert.read_hf_bert, "sst2", assets=("vocab.txt",)),
+                   hf_bert.read_hf_bert, "sst2", assets=("vocab.txt",), benchmarks=benchmarks.BERT),
         ModelEntry("vit-base-patch32-224", "vit", vit.ViTConfig, vit.vit_base_patch32_224, vit.ViT,
-                   vit_weights.read_vit, "imagenet"),
-        ModelEntry("blip-retrieval-coco", "blip", blip.BlipConfig, blip.blip_retrieval_coco, blip.Blip,
-                   blip_weights.read_blip, "retrieval", assets=("vocab.txt",)),
-        ModelEntry("vilbert-vqa", "vilbert", vilbert.ViLBERTConfig, vilbert.vilbert_vqa, vilbert.ViLBERT,
-                   vilbert_weights.read_vilbert, "vqa"),
+                   vit_weights.read_vit, "imagenet", benchmarks=benchmarks.VIT),
         ModelEntry("vlmo-base-vqa", "vlmo", vlmo.VLMoConfig, vlmo.vlmo_base_vqa, vlmo.VLMo,
-                   vlmo_weights.read_vlmo, "vqa", assets=("vocab.txt",)),
+                   vlmo_weights.read_vlmo, "vqa", assets=("vocab.txt",), vqa=VLMO_VQA, benchmarks=benchmarks.VLMO_VQA),
         ModelEntry("vlmo-base-coco-retrieval", "vlmo", vlmo.VLMoConfig, vlmo.vlmo_base_coco_retrieval, vlmo.VLMo,
-                   vlmo_weights.read_vlmo, "retrieval", assets=("vocab.txt",)),
+                   vlmo_weights.read_vlmo, "retrieval", assets=("vocab.txt",), retrieval=VLMO_RETRIEVAL,
+                   benchmarks=benchmarks.VLMO_RETRIEVAL),
+        ModelEntry("blip-retrieval-coco", "blip", blip.BlipConfig, blip.blip_retrieval_coco, blip.Blip,
+                   blip_weights.read_blip, "retrieval", assets=("vocab.txt",), retrieval=BLIP_RETRIEVAL,
+                   benchmarks=benchmarks.BLIP),
+        ModelEntry("vilbert-vqa", "vilbert", vilbert.ViLBERTConfig, vilbert.vilbert_vqa, vilbert.ViLBERT,
+                   vilbert_weights.read_vilbert, "vqa", vqa=VILBERT_VQA, benchmarks=benchmarks.VILBERT),
     ]
-}
+}  # the first entry of each task is its eval command's default --model
+
+
+def default_entry(task: str) -> ModelEntry:
+    return next(e for e in REGISTRY.values() if e.task == task)
 
 
 def get_entry(name: str, task: str | None = None) -> ModelEntry:
     """Look a model up by registry name, or by short name (with the task where one short name has several)."""
     if name in REGISTRY:
-        return REGISTRY[name]
+        return checked_task(REGISTRY[name], task)
     matches = [e for e in REGISTRY.values() if e.short_name == name]
     if len(matches) > 1 and task is not None:
-        matches = [e for e in matches if e.task == task]
+        matches = [e for e in matches if e.task == task] or matches
     if len(matches) == 1 or (matches and len({(e.build, e.convert) for e in matches}) == 1 and task is None):
-        return matches[0]  # one model, or one family whose checkpoint decides the rest (verify, convert)
+        return checked_task(matches[0], task)  # one model, or one family whose checkpoint decides the rest
     if matches:
         raise UserError(f"'{name}' names several models ({', '.join(e.name for e in matches)}); use the full name.")
     known = ", ".join(f"{e.name} ({e.short_name})" for e in REGISTRY.values())
     raise UserError(f"unknown model '{name}'. Known models: {known}.")
+
+
+def checked_task(entry: ModelEntry, task: str | None) -> ModelEntry:
+    if task is not None and entry.task != task:
+        runs = ", ".join(e.name for e in REGISTRY.values() if e.task == task)
+        raise UserError(f"{entry.name} is a {entry.task} model; the {task} evaluation runs {runs}.")
+    return entry
 
 
 def entry_for_config(entry: ModelEntry, config) -> ModelEntry:

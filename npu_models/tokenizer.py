@@ -1,5 +1,7 @@
 """BERT WordPiece tokenisation from a plain vocab.txt, matching transformers' BertTokenizer."""
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
@@ -48,3 +50,23 @@ def encode_padded(tokenizer: Tokenizer, texts: list[str], length: int | None = N
         ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids[:length])
         mask[row, : len(encoding.ids)] = 1
     return ids, mask
+
+
+@dataclass(frozen=True)
+class TextInput:
+    """How a model reads text: its configs say it (`config.text_input`), the eval commands only apply it.
+
+    Texts are cleaned (the reference's caption or question clean-up, if any), WordPiece-tokenised with
+    [CLS]/[SEP], truncated to max_length and padded with [PAD] = 0: to max_length when pad_to_max (models
+    whose sequence layout is fixed), else to the longest text, and then per batch to a length bucket.
+    """
+    lowercase: bool
+    max_length: int
+    pad_to_max: bool = True
+    clean: Callable[[str], str] | None = None
+
+    def encode(self, vocab_file, texts: list[str]):
+        """(token ids, attention mask), both [N, length] int64."""
+        texts = [self.clean(t) for t in texts] if self.clean else list(texts)
+        tokenizer = bert_tokenizer(vocab_file, self.lowercase, self.max_length)
+        return encode_padded(tokenizer, texts, self.max_length if self.pad_to_max else None)

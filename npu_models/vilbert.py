@@ -1,13 +1,15 @@
 """ViLBERT for VQA (AllenNLP's vqa_vilbert): a BERT text stream and a region-feature image stream joined by
 co-attention layers, ReLU poolers, `mul` fusion and a multi-label answer classifier."""
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from npu_models.bert import BertConfig
-from npu_models.layers import Block, TextEmbeddings
+from npu_models.layers import CrossAttentionBlock, PostNormBlock, TextEmbeddings
 from npu_models.layers.init import init_weights_
+from npu_models.tokenizer import TextInput
 
 
 def bert_base_uncased() -> BertConfig:
@@ -35,6 +37,11 @@ class ViLBERTConfig:
         if isinstance(self.text, dict):
             self.text = BertConfig(**self.text)
 
+    @property
+    def text_input(self) -> TextInput:
+        """Questions are not truncated below the text model's positions; batches pad to a length bucket."""
+        return TextInput(self.text.do_lower_case, self.text.max_positions, pad_to_max=False)
+
 
 class RegionEmbeddings(nn.Module):
     """LayerNorm(Linear(features) + Linear(box coordinates, no bias)); coordinates are raw pixels, as given."""
@@ -55,16 +62,14 @@ class CoAttentionLayer(nn.Module):
 
     def __init__(self, text: BertConfig, config: ViLBERTConfig):
         super().__init__()
-        common = dict(self_attention=False, cross_heads=config.combined_num_heads,
-                      cross_inner_dim=config.combined_hidden_size)
-        self.text = Block(text.hidden_size, text.num_heads, text.intermediate_size, text.layer_norm_eps,
-                          cross_attention_dim=config.image_hidden_size, **common)
-        self.image = Block(config.image_hidden_size, config.image_num_heads, config.image_intermediate_size, 1e-12,
-                           cross_attention_dim=text.hidden_size, **common)
+        heads, inner = config.combined_num_heads, config.combined_hidden_size
+        self.text = CrossAttentionBlock(text.hidden_size, config.image_hidden_size, heads, inner, text.intermediate_size,
+                                        text.layer_norm_eps)
+        self.image = CrossAttentionBlock(config.image_hidden_size, text.hidden_size, heads, inner,
+                                         config.image_intermediate_size, 1e-12)
 
     def forward(self, text, image, text_mask, image_mask):
-        return (self.text(text, context=image, context_mask=image_mask),
-                self.image(image, context=text, context_mask=text_mask))
+        return self.text(text, image, image_mask), self.image(image, text, text_mask)
 
 
 class ViLBERT(nn.Module):
@@ -78,10 +83,10 @@ class ViLBERT(nn.Module):
                                               text.type_vocab_size, text.layer_norm_eps, text.pad_token_id)
         self.image_embeddings = RegionEmbeddings(config.image_feature_dim, config.image_hidden_size)
         self.text_layers = nn.ModuleList(
-            Block(text.hidden_size, text.num_heads, text.intermediate_size, text.layer_norm_eps)
+            PostNormBlock(text.hidden_size, text.num_heads, text.intermediate_size, text.layer_norm_eps)
             for _ in range(text.num_layers))
         self.image_layers = nn.ModuleList(
-            Block(config.image_hidden_size, config.image_num_heads, config.image_intermediate_size, 1e-12)
+            PostNormBlock(config.image_hidden_size, config.image_num_heads, config.image_intermediate_size, 1e-12)
             for _ in range(config.image_num_layers))
         self.co_layers = nn.ModuleList(CoAttentionLayer(text, config) for _ in config.text_biattention_ids)
         self.text_pooler = nn.Linear(text.hidden_size, config.pooled_dim)
@@ -110,16 +115,22 @@ class ViLBERT(nn.Module):
             start_text, start_image = end_text, end_image
         return text, image
 
-    def fuse(self, text, image):
+    def fuse(self, text, image) -> "Pooled":
         pooled_text = torch.relu(self.text_pooler(text[:, 0]))
         pooled_image = torch.relu(self.image_pooler(image[:, 0]))  # box 0: the highest-scoring detection
         fused = pooled_text * pooled_image if self.config.fusion == "mul" else pooled_text + pooled_image
-        return pooled_text, pooled_image, fused
+        return Pooled(pooled_text, pooled_image, fused)
 
     def forward(self, box_features, box_coordinates, box_mask, token_ids, mask, type_ids):
         """Answer logits [B, num_answers]; probabilities are their sigmoid (multi-label)."""
-        return self.classifier(self.fuse(*self.encode(box_features, box_coordinates, box_mask, token_ids, mask,
-                                                      type_ids))[2])
+        text, image = self.encode(box_features, box_coordinates, box_mask, token_ids, mask, type_ids)
+        return self.classifier(self.fuse(text, image).fused)
+
+
+class Pooled(NamedTuple):
+    text: torch.Tensor
+    image: torch.Tensor
+    fused: torch.Tensor   # what the classifier reads
 
 
 def vilbert_vqa() -> ViLBERTConfig:

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from npu_models.layers import Block, PatchEmbed
+from npu_models.layers import PatchEmbed, PreNormBlock
 from npu_models.layers.init import init_weights_
 from npu_models.transforms import ImageTransform
 
@@ -49,7 +49,7 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.grid_size ** 2 + 1, dim))
         self.blocks = nn.ModuleList(
-            Block(dim, config.num_heads, int(dim * config.mlp_ratio), config.norm_eps, pre_norm=True)
+            PreNormBlock(dim, config.num_heads, int(dim * config.mlp_ratio), config.norm_eps)
             for _ in range(config.depth)
         )
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
@@ -58,14 +58,15 @@ class ViT(nn.Module):
     def init_weights(self, seed: int = 0) -> "ViT":
         return init_weights_(self, seed)
 
-    def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with the class token in front, plus the position embedding."""
         patches = self.patch_embed(pixels)
         tokens = torch.cat([self.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
-        return patches, tokens + self.pos_embed
+        return tokens + self.pos_embed
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels [B, 3, S, S] -> final-norm tokens [B, N + 1, D] (class token first)."""
-        x = self.embed(pixels)[1]
+        x = self.embed(pixels)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

@@ -7,6 +7,7 @@ from torch import nn
 
 from npu_models.layers import MultiwayBlock, PatchEmbed, TextEmbeddings
 from npu_models.layers.init import init_weights_
+from npu_models.tokenizer import TextInput
 from npu_models.transforms import ImageTransform
 
 TEXT, IMAGE = 0, 1  # modality-type embedding rows
@@ -34,6 +35,11 @@ class VLMoConfig:
     def task(self) -> str:
         """The eval task this head serves (it tells vlmo-base-vqa from vlmo-base-coco-retrieval)."""
         return "vqa" if self.head == "vqa" else "retrieval"
+
+    @property
+    def text_input(self) -> TextInput:
+        """Questions and captions padded to max_text_len: the joint sequence splits text from image there."""
+        return TextInput(self.do_lower_case, self.max_text_len)
 
     @property
     def window(self) -> int:
@@ -135,19 +141,18 @@ class VLMo(nn.Module):
         return self
 
     # --- embeddings -------------------------------------------------------------------------------------
-    def embed_text(self, text_ids):
-        """BERT word + token-type(0) embedding and LayerNorm (no absolute positions), then modality 0."""
-        bert = self.text_embeddings(text_ids, torch.zeros_like(text_ids))
-        return bert, bert + self.modality_embeddings.weight[TEXT]
+    def embed_text(self, text_ids) -> torch.Tensor:
+        """BERT word + token-type(0) embedding and LayerNorm (no absolute positions), plus modality 0."""
+        return self.text_embeddings(text_ids, torch.zeros_like(text_ids)) + self.modality_embeddings.weight[TEXT]
 
-    def embed_image(self, image):
-        """Patch tokens with the class token in front (no absolute positions), then modality 1."""
+    def embed_image(self, image) -> torch.Tensor:
+        """Patch tokens with the class token in front (no absolute positions), plus modality 1."""
         if image.shape[-1] != self.config.image_size or image.shape[-2] != self.config.image_size:
             raise ValueError(f"VLMo expects {self.config.image_size}x{self.config.image_size} images, got "
                              f"{tuple(image.shape[-2:])}")
         patches = self.patch_embed(image)
         tokens = torch.cat([self.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
-        return patches, tokens, tokens + self.modality_embeddings.weight[IMAGE]
+        return tokens + self.modality_embeddings.weight[IMAGE]
 
     def position_bias(self, kind: str, layer: int) -> torch.Tensor:
         """[heads, n, n] relative-position bias of one layer for the 'image', 'text' or 'joint' sequence.
@@ -177,8 +182,8 @@ class VLMo(nn.Module):
         return self.norm(x)
 
     def joint_features(self, image, text_ids, text_masks):
-        text = self.embed_text(text_ids)[1]
-        image_tokens = self.embed_image(image)[2]
+        text = self.embed_text(text_ids)
+        image_tokens = self.embed_image(image)
         key_mask = torch.cat([text_masks, text_masks.new_ones(text_masks.shape[0], image_tokens.shape[1])], dim=1)
         return self.encode(torch.cat([text, image_tokens], dim=1), "joint", key_mask)
 
@@ -191,11 +196,11 @@ class VLMo(nn.Module):
 
     def image_embeds(self, image):
         """L2-normalised ITC embedding of the image class token (image expert in every block)."""
-        return F.normalize(self.image_proj(self.encode(self.embed_image(image)[2], "image")[:, 0]), dim=-1)
+        return F.normalize(self.image_proj(self.encode(self.embed_image(image), "image")[:, 0]), dim=-1)
 
     def text_embeds(self, text_ids, text_masks):
         """L2-normalised ITC embedding of the text class token (text expert in every block)."""
-        features = self.encode(self.embed_text(text_ids)[1], "text", text_masks)
+        features = self.encode(self.embed_text(text_ids), "text", text_masks)
         return F.normalize(self.text_proj(features[:, 0]), dim=-1)
 
     def forward(self, image, text_ids, text_masks):

@@ -96,7 +96,7 @@ def test_a_vqa_checkpoint_is_refused_for_retrieval(tmp_path, capsys):
     with pytest.raises(SystemExit):
         retrieval.main(["--model", "vlmo", "--checkpoint", str(tmp_path / "vqa.pt"), "--data", str(tmp_path),
                         "--device", "cpu", "--num-workers", "0"])
-    assert "is a vqa checkpoint; retrieval needs the COCO retrieval fine-tune" in capsys.readouterr().err
+    assert "is a vqa checkpoint (vlmo-base-vqa); retrieval needs a retrieval fine-tune" in capsys.readouterr().err
 
 
 def test_an_empty_split_is_explained(tmp_path):

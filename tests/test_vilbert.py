@@ -118,6 +118,6 @@ def test_missing_region_features_are_reported_and_skipped(tmp_path, capsys):
 
 def test_label_weights_use_the_normalised_answers():
     index = {"@@PADDING@@": 0, "@@UNKNOWN@@": 1, "2": 2, "dog": 3, "red white": 4}
-    weights = metrics.vilbert_label_weights(["two", "2", "a dog", "dog", "Dog", "red, white", "cat", "2", "2", "2"], index)
+    weights = metrics.answer_label_weights(["two", "2", "a dog", "dog", "Dog", "red, white", "cat", "2", "2", "2"], index)
     assert weights == {2: 1.0, 3: 1.0, 4: 1 / 3}
     assert metrics.micro_precision_recall_f1(2, 4, 5) == pytest.approx((0.5, 0.4, 4 / 9))

@@ -69,9 +69,10 @@ def vit_outputs(model, pixel_values):
 
 def vlmo_outputs(model, image, text_ids, text_masks):
     p = "vqa" if model.config.head == "vqa" else "irtr"
-    out = {}
-    out[f"{p}.text_embeddings_bert"], out[f"{p}.text_input_embeds"] = model.embed_text(text_ids)
-    out[f"{p}.patch_embed"], out[f"{p}.visual_embed"], out[f"{p}.image_input_embeds"] = model.embed_image(image)
+    embeddings = {f"{p}.text_embeddings_bert": "text_embeddings", f"{p}.patch_embed": "patch_embed"}
+    with recording(model, embeddings) as out:
+        out[f"{p}.text_input_embeds"], out[f"{p}.image_input_embeds"] = model.embed_text(text_ids), model.embed_image(image)
+    out[f"{p}.visual_embed"] = out[f"{p}.image_input_embeds"] - model.modality_embeddings.weight[1]  # before the modality
     blocks = {f"{p}.joint.hidden.layer{i}": f"blocks.{i}" for i in range(len(model.blocks))} if p == "vqa" else {}
     with recording(model, {**blocks, f"{p}.joint.final_norm": "norm"}) as joint:
         out[f"{p}.joint.cls_feats"] = model.joint_cls_feats(image, text_ids, text_masks)
@@ -97,7 +98,8 @@ def vlmo_outputs(model, image, text_ids, text_masks):
 
 
 def blip_outputs(model, images, text_input_ids, text_attention_mask):
-    from npu_models.blip import rerank, score_matrix
+    from npu_models.blip import UNSELECTED_SCORE, rerank
+    from npu_models.tasks import score_matrix
     vit, bert = model.visual_encoder, model.text_encoder
     ids, mask = text_input_ids, text_attention_mask
     points = {"vit.patch_embed_out": "patch_embed", "vit.embed_out": "blocks.0:input",
@@ -125,8 +127,8 @@ def blip_outputs(model, images, text_input_ids, text_attention_mask):
     i2t = rerank(model, sims, image_feat, ids, mask, "i2t", range(images_n), k)
     t2i = rerank(model, sims, image_feat, ids, mask, "t2i", range(texts), k)
     out["topk_i2t_idx"], out["topk_t2i_idx"] = i2t[0], t2i[0]
-    out["score_matrix_i2t"] = score_matrix(i2t, (images_n, texts))
-    out["score_matrix_t2i"] = score_matrix(t2i, (texts, images_n))
+    out["score_matrix_i2t"] = score_matrix(i2t, (images_n, texts), UNSELECTED_SCORE)
+    out["score_matrix_t2i"] = score_matrix(t2i, (texts, images_n), UNSELECTED_SCORE)
     return out
 
 

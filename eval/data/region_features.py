@@ -30,11 +30,15 @@ class RegionFeatureDataset(torch.utils.data.Dataset):
                 features, coordinates = handle.get_tensor("box_features"), handle.get_tensor("box_coordinates")
         except (FileNotFoundError, SafetensorError, OSError, KeyError) as err:
             return position, None, f"{path}: {type(err).__name__}: {err}"
-        boxes = min(len(features), MAX_BOXES)
-        padded = (torch.zeros(MAX_BOXES, features.shape[1]), torch.zeros(MAX_BOXES, 4),
-                  torch.zeros(MAX_BOXES, dtype=torch.bool))
-        padded[0][:boxes], padded[1][:boxes], padded[2][:boxes] = features[:boxes].float(), coordinates[:boxes].float(), True
-        return position, padded, None
+        return position, pad_regions(features, coordinates), None
+
+
+def pad_regions(features: torch.Tensor, coordinates: torch.Tensor):
+    """(features [MAX_BOXES, F], coordinates [MAX_BOXES, 4], mask [MAX_BOXES]) in fp32, zero/False beyond the boxes."""
+    boxes = min(len(features), MAX_BOXES)
+    padded = (torch.zeros(MAX_BOXES, features.shape[1]), torch.zeros(MAX_BOXES, 4), torch.zeros(MAX_BOXES, dtype=torch.bool))
+    padded[0][:boxes], padded[1][:boxes], padded[2][:boxes] = features[:boxes].float(), coordinates[:boxes].float(), True
+    return padded
 
 
 def collate_regions(items):

@@ -22,9 +22,9 @@ class RetrievalSplit:
 def read_retrieval(root, split: str = "test") -> RetrievalSplit:
     """Images in file order, every caption kept, captions numbered image by image (as both references do)."""
     root = Path(root)
-    karpathy, blip = root / "dataset_coco.json", root / f"coco_karpathy_{split}.json"
-    if blip.is_file():
-        entries = read_json(blip)
+    karpathy, per_split = root / "dataset_coco.json", root / f"coco_karpathy_{split}.json"  # per_split: BLIP's files
+    if per_split.is_file():
+        entries = read_json(per_split)
         records = [(root / e["image"], e["caption"] if isinstance(e["caption"], list) else [e["caption"]])
                    for e in entries]
     elif karpathy.is_file():

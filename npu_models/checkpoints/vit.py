@@ -82,12 +82,6 @@ def npz_num_heads(arrays: dict[str, np.ndarray]) -> int:
     return query.shape[1] if query is not None else 0
 
 
-def jax_to_timm(arrays: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], int, list[str]]:
-    """(timm state, number of heads, unused npz keys): the timm peer of eval.bench loads this."""
-    renamed = npz_to_timm(arrays)
-    return renamed.state, npz_num_heads(arrays), renamed.unexpected
-
-
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -107,11 +101,6 @@ def timm_state(checkpoint, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def sidecar_model_config(path: Path, config_file=None) -> dict:
-    """The sidecar's `model` section (the fixtures' constructor arguments: num_heads, img_size)."""
-    return read_sidecar(path, config_file, section="model")
-
-
 def read_vit(path, config_file=None) -> Converted:
     """Either ViT layout (Google .npz or a timm state dict) in ours; errors name the file's own keys."""
     path = Path(path)
@@ -128,7 +117,7 @@ def read_vit(path, config_file=None) -> Converted:
         official, num_heads, unused = timm_state(read_state_dict(path), path), None, []
         npz_name = str
     state, origin, unexpected = timm_to_ours(official)
-    config = infer_config(state, num_heads, sidecar_model_config(path, config_file), path)
+    config = infer_config(state, num_heads, read_sidecar(path, config_file, section="model"), path)
     if state["pos_embed"].shape[1] != config.grid_size ** 2 + 1:
         state["pos_embed"] = resample_position_embedding(state["pos_embed"], config.grid_size)
     timm_name = official_names(TIMM, origin)

@@ -1,4 +1,4 @@
-"""The transformer encoder block, post-norm (BERT) or pre-norm (ViT)."""
+"""Transformer encoder blocks, one class per kind, all built from the same Attention and Mlp."""
 from torch import nn
 
 from kernels import PORTABLE, add_layer_norm
@@ -6,45 +6,65 @@ from npu_models.layers.attention import Attention
 from npu_models.layers.mlp import Mlp
 
 
-class Block(nn.Module):
-    """post-norm: x = LN(x + Attn(x)); [x = LN(x + CrossAttn(x, context));] x = LN(x + MLP(x))
-    pre-norm:  x = x + Attn(LN(x));  x = x + MLP(LN(x))
+class PreNormBlock(nn.Module):
+    """ViT: x = x + Attn(LN(x));  x = x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, norm_eps: float):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads)
+        self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, mlp_dim)
+
+    def forward(self, x, mask=None):
+        x = x + self.attn(self.attn_norm(x), mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class PostNormBlock(nn.Module):
+    """BERT: x = LN(x + Attn(x));  [x = LN(x + CrossAttn(x, context));]  x = LN(x + MLP(x)).
 
     cross_attention_dim: the context width, for blocks that can also attend to another encoder's tokens
     (BLIP's text encoder over image features); without a context the cross-attention is skipped.
-    self_attention=False with a cross-attention is one stream of ViLBERT's co-attention layer; the
-    cross-attention then runs with cross_heads heads in cross_inner_dim channels.
+    Each residual add + LayerNorm is one fused op on Ascend (`kernel_plan`, set by the runtime).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, norm_eps: float, pre_norm: bool = False,
-                 cross_attention_dim: int | None = None, self_attention: bool = True,
-                 cross_heads: int | None = None, cross_inner_dim: int | None = None):
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, norm_eps: float, cross_attention_dim: int | None = None):
         super().__init__()
-        self.pre_norm = pre_norm
-        self.kernel_plan = PORTABLE  # set by the runtime for the device
-        if self_attention:
-            self.attn = Attention(dim, num_heads)
-            self.attn_norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.kernel_plan = PORTABLE
+        self.attn = Attention(dim, num_heads)
+        self.attn_norm = nn.LayerNorm(dim, eps=norm_eps)
         if cross_attention_dim:
-            if pre_norm:
-                raise ValueError("cross-attention is implemented for post-norm blocks only")
-            self.cross_attn = Attention(dim, cross_heads or num_heads, kv_dim=cross_attention_dim,
-                                        inner_dim=cross_inner_dim)
+            self.cross_attn = Attention(dim, num_heads, kv_dim=cross_attention_dim)
             self.cross_attn_norm = nn.LayerNorm(dim, eps=norm_eps)
-        elif not self_attention:
-            raise ValueError("a block needs self-attention, cross-attention or both")
         self.mlp = Mlp(dim, mlp_dim)
         self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
 
     def forward(self, x, mask=None, context=None, context_mask=None):
-        plan = self.kernel_plan
-        if self.pre_norm:
-            x = x + self.attn(self.attn_norm(x), mask)
-            return x + self.mlp(self.mlp_norm(x))
-        if hasattr(self, "attn"):
-            norm = self.attn_norm
-            x = add_layer_norm(self.attn(x, mask), x, norm.weight, norm.bias, norm.eps, plan)
+        x = residual_norm(self.attn(x, mask), x, self.attn_norm, self.kernel_plan)
         if context is not None:
-            norm = self.cross_attn_norm
-            x = add_layer_norm(self.cross_attn(x, context_mask, context=context), x, norm.weight, norm.bias, norm.eps, plan)
-        return add_layer_norm(self.mlp(x), x, self.mlp_norm.weight, self.mlp_norm.bias, self.mlp_norm.eps, plan)
+            x = residual_norm(self.cross_attn(x, context_mask, context=context), x, self.cross_attn_norm,
+                              self.kernel_plan)
+        return residual_norm(self.mlp(x), x, self.mlp_norm, self.kernel_plan)
+
+
+class CrossAttentionBlock(nn.Module):
+    """One stream of ViLBERT's co-attention layer: x = LN(x + CrossAttn(x, context)); x = LN(x + MLP(x)),
+    the cross-attention with its own heads and width (inner_dim), no self-attention."""
+
+    def __init__(self, dim: int, context_dim: int, num_heads: int, inner_dim: int, mlp_dim: int, norm_eps: float):
+        super().__init__()
+        self.kernel_plan = PORTABLE
+        self.cross_attn = Attention(dim, num_heads, kv_dim=context_dim, inner_dim=inner_dim)
+        self.cross_attn_norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, mlp_dim)
+        self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
+
+    def forward(self, x, context, context_mask=None):
+        x = residual_norm(self.cross_attn(x, context_mask, context=context), x, self.cross_attn_norm, self.kernel_plan)
+        return residual_norm(self.mlp(x), x, self.mlp_norm, self.kernel_plan)
+
+
+def residual_norm(update, x, norm: nn.LayerNorm, plan):
+    """norm(x + update), one fused op where the plan has it."""
+    return add_layer_norm(update, x, norm.weight, norm.bias, norm.eps, plan)

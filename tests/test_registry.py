@@ -1,0 +1,63 @@
+"""The registry is each model's whole public face: the eval commands know no model."""
+import ast
+from pathlib import Path
+
+import pytest
+
+from eval import vqa
+from npu_models import registry
+from npu_models.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_AGNOSTIC = sorted((ROOT / "eval").rglob("*.py"))
+
+
+def identifiers(path: Path) -> set[str]:
+    """Every name, attribute, imported module and non-docstring string constant of a module."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.update(alias.name for alias in node.names)
+            found.add(getattr(node, "module", None) or "")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            found.add(node.value)
+    return found
+
+
+@pytest.mark.parametrize("path", MODEL_AGNOSTIC, ids=lambda p: str(p.relative_to(ROOT)))
+def test_eval_code_names_no_model_config_or_checkpoint_format(path):
+    models = {e.short_name for e in registry.REGISTRY.values()} | set(registry.REGISTRY)
+    configs = {e.config_class.__name__ for e in registry.REGISTRY.values()}
+    named = [n for n in identifiers(path) if n in models or n in configs or any(
+        f"npu_models.{m}" in n or f"checkpoints.{m}" in n for m in models)]
+    assert named == [], f"{path.name} names models: {named}; the registry entry should carry that knowledge"
+
+
+def test_each_task_defaults_to_its_first_registered_model():
+    assert {task: registry.default_entry(task).name for task in ("sst2", "imagenet", "vqa", "retrieval")} == {
+        "sst2": "bert-base-cased-sst2", "imagenet": "vit-base-patch32-224", "vqa": "vlmo-base-vqa",
+        "retrieval": "vlmo-base-coco-retrieval"}
+
+
+def test_a_model_of_another_task_is_refused_by_name(capsys):
+    with pytest.raises(UserError, match="blip-retrieval-coco is a retrieval model; the vqa evaluation runs "
+                                        "vlmo-base-vqa, vilbert-vqa"):
+        registry.get_entry("blip", task="vqa")
+    with pytest.raises(SystemExit):
+        vqa.main(["--model", "blip", "--device", "cpu"])
+    assert "is a retrieval model" in capsys.readouterr().err
+
+
+def test_every_vqa_and_retrieval_model_has_its_adapter():
+    for entry in registry.REGISTRY.values():
+        assert (entry.vqa is not None) == (entry.task == "vqa"), entry.name
+        assert (entry.retrieval is not None) == (entry.task == "retrieval"), entry.name
+        assert entry.task not in ("vqa", "retrieval") or entry.default_config().text_input.max_length > 0
