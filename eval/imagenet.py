@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, pad_rows, run_eval,
                          run_metadata)
 from eval.data.imagenet import read_imagenet
 from eval.data.images import ImageDataset, collate
@@ -61,8 +61,8 @@ def evaluate(args) -> dict:
                 print(f"skipped unreadable image {todo[position].path}: {error}", file=sys.stderr)
             if pixels is None:
                 continue
-            if args.graph and len(positions) < args.batch_size:  # one static shape for the compiled graph
-                pixels = torch.cat([pixels, pixels.new_zeros(args.batch_size - len(positions), *pixels.shape[1:])])
+            if args.graph:  # one static shape for the compiled graph
+                (pixels,) = pad_rows((pixels,), args.batch_size)
             with meter, torch.no_grad():
                 logits = model(pixels.to(device, dtype, non_blocking=True))
                 probs, ranked = logits.float().softmax(dim=-1)[: len(positions)].topk(top_k, dim=-1)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, run_eval,
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, pad_rows, run_eval,
                          plan_batches, run_metadata)
 from eval.data.sst2 import read_sst2
 from npu_models import registry, runtime
@@ -70,17 +70,19 @@ def evaluate(args) -> dict:
     tokenizer = bert_tokenizer(resolve_vocab(args), config.do_lower_case, seq_len)
     encoded = [e.ids for e in tokenizer.encode_batch([e.sentence for e in todo])]
     batches = plan_batches([len(ids) for ids in encoded], args.batch_size, runtime.length_buckets(seq_len))
-    # Graph mode compiles one graph per shape: pad the last batch to the full batch size.
+    # Graph mode compiles one graph per shape: every batch is padded to the full batch size.
     rows = args.batch_size if args.graph else None
 
     meter = LatencyMeter(device)
     if args.graph and batches:
         for length in sorted({length for _, length in batches}):
             with torch.no_grad():
-                model(*make_batch([[0]], length, rows, device))  # compile every shape before timing
+                model(*pad_rows(make_batch([[0]], length, device), rows))  # compile every shape before timing
     try:
         for positions, length in tqdm(batches, desc="sst2", unit="batch", disable=None):
-            batch = make_batch([encoded[i] for i in positions], length, rows, device)
+            batch = make_batch([encoded[i] for i in positions], length, device)
+            if rows:
+                batch = pad_rows(batch, rows)
             with meter, torch.no_grad():
                 probs = model(*batch).float().softmax(dim=-1)[: len(positions)].cpu()
             meter.samples += len(positions)
@@ -105,12 +107,10 @@ def evaluate(args) -> dict:
     return results
 
 
-def make_batch(sequences: list[list[int]], length: int, rows: int | None, device):
-    """Pad token ids to `length` (and to `rows` sequences); returns input_ids, attention_mask, token_type_ids."""
-    rows = rows or len(sequences)
-    input_ids = torch.zeros(rows, length, dtype=torch.long)
-    attention_mask = torch.zeros(rows, length, dtype=torch.long)
-    attention_mask[:, 0] = 1  # filler rows attend to their first token, so no softmax row is empty
+def make_batch(sequences: list[list[int]], length: int, device):
+    """Pad token ids to `length`; returns input_ids, attention_mask, token_type_ids."""
+    input_ids = torch.zeros(len(sequences), length, dtype=torch.long)
+    attention_mask = torch.zeros(len(sequences), length, dtype=torch.long)
     for row, ids in enumerate(sequences):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         attention_mask[row, : len(ids)] = 1
