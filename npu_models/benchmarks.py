@@ -119,9 +119,9 @@ def blip_image_inputs(config, batch_size, seq_len, device):
 
 def blip_text_inputs(config, batch_size, seq_len, device):
     generator = torch.Generator().manual_seed(batch_size)
-    ids = torch.randint(1000 % config.text.vocab_size, config.text.vocab_size - 2, (batch_size, config.max_length),
+    ids = torch.randint(1000 % config.text.vocab_size, config.text.vocab_size - 2, (batch_size, config.max_text_len),
                         generator=generator)
-    return (ids.to(device), torch.ones_like(ids).to(device)), config.max_length
+    return (ids.to(device), torch.ones_like(ids).to(device)), config.max_text_len
 
 
 def blip_itm_inputs(config, batch_size, seq_len, device):
@@ -132,10 +132,10 @@ def blip_itm_inputs(config, batch_size, seq_len, device):
 
 
 def blip_image_part(model):
-    """The ModelZoo guide's image OM: image_feat and the ITC image_embed."""
+    """The ModelZoo guide's image OM: image_feat and the ITC image_embeds."""
     def image_encoder(images):
         features = model.image_features(images)
-        return torch.cat([model.image_embed(features), features[:, 0]], dim=-1)
+        return torch.cat([model.image_embeds(features), features[:, 0]], dim=-1)
     return image_encoder
 
 
@@ -160,7 +160,7 @@ VLMO_VQA = {"": Benchmark(vlmo_vqa_inputs)}
 VLMO_RETRIEVAL = {"": Benchmark(vlmo_image_inputs, timed_part=lambda model: model.image_embeds)}
 # BLIP's three inference parts, as the ModelZoo guide splits them into OM files.
 BLIP = {"image": Benchmark(blip_image_inputs, timed_part=blip_image_part),
-        "text": Benchmark(blip_text_inputs, timed_part=lambda model: model.text_embed),
+        "text": Benchmark(blip_text_inputs, timed_part=lambda model: model.text_embeds),
         "itm": Benchmark(blip_itm_inputs)}
 # ViLBERT from cached region features (the ModelZoo guide's figure); eval.bench adds the run from images
 # through the detector for every region-feature model.

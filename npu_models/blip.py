@@ -34,7 +34,7 @@ class BlipConfig:
     vision: ViTConfig = field(default_factory=blip_vision)
     text: BertConfig = field(default_factory=blip_text)
     embed_dim: int = 256         # ITC projection width
-    max_length: int = 35         # tokens per caption, always padded to this
+    max_text_len: int = 35       # tokens per caption, always padded to this
     max_words: int = 30          # pre_caption keeps this many words
     k_test: int = 256            # candidates re-ranked by ITM per query
 
@@ -55,8 +55,8 @@ class BlipConfig:
 
     @property
     def text_input(self) -> TextInput:
-        """Captions cleaned as the reference does, padded to max_length."""
-        return TextInput(self.text.do_lower_case, self.max_length, clean=functools.partial(pre_caption,
+        """Captions cleaned as the reference does, padded to max_text_len."""
+        return TextInput(self.text.do_lower_case, self.max_text_len, clean=functools.partial(pre_caption,
                                                                                           max_words=self.max_words))
 
 
@@ -87,10 +87,10 @@ class Blip(nn.Module):
         """Images [B, 3, S, S] -> image_feat [B, 1 + patches, D], final-normed (the ITM memory)."""
         return self.visual_encoder.forward_features(images)
 
-    def image_embed(self, image_feat: torch.Tensor) -> torch.Tensor:
+    def image_embeds(self, image_feat: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.vision_proj(image_feat[:, 0]), dim=-1)
 
-    def text_embed(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    def text_embeds(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """Unimodal text encoder (cross-attention skipped) -> L2-normalised ITC embedding."""
         return F.normalize(self.text_proj(self.text_encoder.forward_features(text_ids, text_mask)[:, 0]), dim=-1)
 

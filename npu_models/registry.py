@@ -40,7 +40,7 @@ class ModelEntry:
 
 def blip_encode_images(model, pixels):
     features = model.image_features(pixels)  # the ITM head re-reads every image token
-    return model.image_embed(features), features
+    return model.image_embeds(features), features
 
 
 VLMO_VQA = VQATask("pixels", lambda model, pixels, ids, masks: model(pixels, ids, masks))
@@ -49,7 +49,7 @@ VILBERT_VQA = VQATask("regions", lambda model, features, boxes, box_mask, ids, m
     answers_in_checkpoint=vilbert_weights.read_answers)
 VLMO_RETRIEVAL = RetrievalTask(lambda model, pixels: (model.image_embeds(pixels), None),
                                lambda model, ids, masks: model.text_embeds(ids, masks))
-BLIP_RETRIEVAL = RetrievalTask(blip_encode_images, lambda model, ids, masks: model.text_embed(ids, masks),
+BLIP_RETRIEVAL = RetrievalTask(blip_encode_images, lambda model, ids, masks: model.text_embeds(ids, masks),
                                rerank=blip.rerank, rerank_k=lambda config: config.k_test,
                                unselected_score=blip.UNSELECTED_SCORE)
 

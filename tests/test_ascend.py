@@ -61,12 +61,12 @@ def blip_case():
     vision = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0)
     text = BertConfig(vocab_size=60, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=40,
                       max_positions=16, type_vocab_size=0, with_pooler=False, labels=[], cross_attention_dim=32)
-    model = Blip(BlipConfig(vision=vision, text=text, embed_dim=16, max_length=8))
+    model = Blip(BlipConfig(vision=vision, text=text, embed_dim=16, max_text_len=8))
     images, (ids, mask) = torch.randn(2, 3, 32, 32), padded(130, 8, 60)
     # ITM re-ranks over a hundred pairs per call: 130 > 128, so a 310P gets each attention in two chunks.
     pair_features = torch.randn(130, 17, 32)
     return model, [("image_features", (images,), dict(attention=2, gelu=2, add_ln=0)),
-                   ("text_embed", (ids[:4], mask[:4]), dict(attention=2, gelu=2, add_ln=4)),
+                   ("text_embeds", (ids[:4], mask[:4]), dict(attention=2, gelu=2, add_ln=4)),
                    ("itm_logits", (pair_features, ids, mask), dict(attention={"310P": 8, "910B": 4}, gelu=2, add_ln=6))]
 
 

@@ -39,7 +39,7 @@ def test_position_embedding_interpolated_at_load_matches_the_reference(tmp_path)
         image_feat = model.image_features(inputs["images_hires"])
         torch.testing.assert_close(model.visual_encoder.pos_embed, outputs["hires.pos_embed_interp"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(image_feat, outputs["hires.image_feat"], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(model.image_embed(image_feat), outputs["hires.image_embed"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.image_embeds(image_feat), outputs["hires.image_embed"], atol=1e-5, rtol=1e-5)
 
 
 def test_official_keys_inference_tensors_kept_training_state_dropped():
@@ -171,4 +171,4 @@ def test_same_weights_match_transformers_blip():
         hf_itm = reference(input_ids=ours.with_enc_token(ids), pixel_values=images, attention_mask=mask).itm_score
         torch.testing.assert_close(ours.itm_logits(feats, ids, mask), hf_itm, atol=1e-4, rtol=1e-4)
         hf_itc = reference(input_ids=ids, pixel_values=images, attention_mask=mask, use_itm_head=False).itm_score
-        torch.testing.assert_close(ours.image_embed(feats) @ ours.text_embed(ids, mask).T, hf_itc, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.image_embeds(feats) @ ours.text_embeds(ids, mask).T, hf_itc, atol=1e-5, rtol=1e-5)

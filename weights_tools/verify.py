@@ -106,10 +106,10 @@ def blip_outputs(model, images, text_input_ids, text_attention_mask):
               **{f"vit.block{i}_out": f"blocks.{i}" for i in range(len(vit.blocks))}}
     with recording(vit, points) as out:
         image_feat = out["image_feat"] = model.image_features(images)
-    out["image_embed"] = model.image_embed(image_feat)
+    out["image_embed"] = model.image_embeds(image_feat)
     points = {"text.embeddings_out": "embeddings", **{f"text.layer{i}_out": f"blocks.{i}" for i in range(len(bert.blocks))}}
     with recording(bert, points) as text:
-        out["text_embed"] = model.text_embed(ids, mask)
+        out["text_embed"] = model.text_embeds(ids, mask)
     out.update(text, text_last_hidden_state=text[f"text.layer{len(bert.blocks) - 1}_out"])
     sims = out["itc_sims"] = out["image_embed"] @ out["text_embed"].T
 
