@@ -81,14 +81,14 @@ def evaluate(args) -> dict:
         "top5": metrics.top_k_accuracy(ranked, labels, 5) if scored else None,
         "num_examples": len(scored), "num_images": len(examples), "num_computed": meter.samples,
         "num_unreadable": len(unreadable), "unreadable": unreadable, "data": str(data),
-        "img_size": config.img_size, **meter.summary(), **run_metadata(args, device, dtype),
+        "image_size": config.image_size, **meter.summary(), **run_metadata(args, device, dtype),
     }
 
 
 @cli_main
 def main(argv=None):
     shown = ["top1", "top5", "num_examples", "num_unreadable", "samples_per_second",
-             "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size", "img_size"]
+             "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size", "image_size"]
     return run_eval(parse_args, evaluate, shown, argv)
 
 

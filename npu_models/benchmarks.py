@@ -36,8 +36,8 @@ def bert_peer(checkpoint):
         torch.manual_seed(0)
         config = bert.bert_base_cased_sst2()
         peer = transformers.BertForSequenceClassification(transformers.BertConfig(
-            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-            num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
+            vocab_size=config.vocab_size, hidden_size=config.embed_dim, num_hidden_layers=config.depth,
+            num_attention_heads=config.num_heads, intermediate_size=config.mlp_dim,
             max_position_embeddings=config.max_positions, num_labels=config.num_labels))
     state = peer.state_dict()
     config = hf_bert.config_from_hf(peer.config.to_dict(), {k.removeprefix("bert."): v for k, v in state.items()},
@@ -83,8 +83,8 @@ def vit_peer(checkpoint):
     config = vit_weights.infer_config(state, num_heads, {k: v for k, v in sidecar.items() if k == "num_heads"},
                                       checkpoint)
     peer = timm.models.vision_transformer.VisionTransformer(
-        img_size=config.img_size, patch_size=config.patch_size, embed_dim=config.embed_dim, depth=config.depth,
-        num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, num_classes=config.num_classes)
+        img_size=config.image_size, patch_size=config.patch_size, embed_dim=config.embed_dim, depth=config.depth,
+        num_heads=config.num_heads, mlp_ratio=config.mlp_dim / config.embed_dim, num_classes=config.num_classes)
     peer.load_state_dict(timm_state)
     return peer, peer, config, state
 
@@ -92,7 +92,7 @@ def vit_peer(checkpoint):
 def vit_inputs(config, batch_size, seq_len, device):
     """Normalised random pixels at the model's input size; the sequence is its patch tokens + class token."""
     generator = torch.Generator().manual_seed(batch_size)
-    pixels = torch.randn(batch_size, 3, config.img_size, config.img_size, generator=generator)
+    pixels = torch.randn(batch_size, 3, config.image_size, config.image_size, generator=generator)
     return (pixels.to(device),), config.grid_size ** 2 + 1
 
 
@@ -113,7 +113,7 @@ def vlmo_image_inputs(config, batch_size, seq_len, device):
 
 def blip_image_inputs(config, batch_size, seq_len, device):
     generator = torch.Generator().manual_seed(batch_size)
-    size = config.vision.img_size
+    size = config.vision.image_size
     return (torch.randn(batch_size, 3, size, size, generator=generator).to(device),), config.vision.grid_size ** 2 + 1
 
 

@@ -11,13 +11,13 @@ from npu_models.layers.init import init_weights_
 @dataclass
 class BertConfig:
     vocab_size: int = 28996
-    hidden_size: int = 768
-    num_layers: int = 12
+    embed_dim: int = 768
+    depth: int = 12
     num_heads: int = 12
-    intermediate_size: int = 3072
+    mlp_dim: int = 3072
     max_positions: int = 512
     type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
+    norm_eps: float = 1e-12
     pad_token_id: int = 0
     with_pooler: bool = True
     labels: list[str] = field(default_factory=lambda: ["negative", "positive"])  # empty: encoder only
@@ -36,15 +36,15 @@ class Bert(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config
-        self.embeddings = TextEmbeddings(config.vocab_size, config.hidden_size, config.max_positions,
-                                         config.type_vocab_size, config.layer_norm_eps, config.pad_token_id)
+        self.embeddings = TextEmbeddings(config.vocab_size, config.embed_dim, config.max_positions,
+                                         config.type_vocab_size, config.norm_eps, config.pad_token_id)
         self.blocks = nn.ModuleList(
-            PostNormBlock(config.hidden_size, config.num_heads, config.intermediate_size, config.layer_norm_eps,
+            PostNormBlock(config.embed_dim, config.num_heads, config.mlp_dim, config.norm_eps,
                           cross_attention_dim=config.cross_attention_dim or None)
-            for _ in range(config.num_layers)
+            for _ in range(config.depth)
         )
-        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.with_pooler else None
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels else None
+        self.pooler = nn.Linear(config.embed_dim, config.embed_dim) if config.with_pooler else None
+        self.classifier = nn.Linear(config.embed_dim, config.num_labels) if config.num_labels else None
 
     def init_weights(self, seed: int = 0) -> "Bert":
         return init_weights_(self, seed)

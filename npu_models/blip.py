@@ -20,7 +20,7 @@ UNSELECTED_SCORE = -100.0  # what the reference fills outside each query's top-k
 
 def blip_vision(image_size: int = 384) -> ViTConfig:
     """ViT-B/16 without a head; the eval transform squashes to size x size with CLIP statistics."""
-    return ViTConfig(img_size=image_size, patch_size=16, num_classes=0, crop_pct=None, mean=CLIP_MEAN, std=CLIP_STD)
+    return ViTConfig(image_size=image_size, patch_size=16, num_classes=0, crop_pct=None, mean=CLIP_MEAN, std=CLIP_STD)
 
 
 def blip_text() -> BertConfig:
@@ -33,7 +33,7 @@ def blip_text() -> BertConfig:
 class BlipConfig:
     vision: ViTConfig = field(default_factory=blip_vision)
     text: BertConfig = field(default_factory=blip_text)
-    embed_dim: int = 256         # ITC projection width
+    itc_dim: int = 256           # ITC projection width
     max_text_len: int = 35       # tokens per caption, always padded to this
     max_words: int = 30          # pre_caption keeps this many words
     k_test: int = 256            # candidates re-ranked by ITM per query
@@ -75,9 +75,9 @@ class Blip(nn.Module):
         self.config = config
         self.visual_encoder = ViT(config.vision)
         self.text_encoder = Bert(config.text)
-        self.vision_proj = nn.Linear(config.vision.embed_dim, config.embed_dim)
-        self.text_proj = nn.Linear(config.text.hidden_size, config.embed_dim)
-        self.itm_head = nn.Linear(config.text.hidden_size, 2)
+        self.vision_proj = nn.Linear(config.vision.embed_dim, config.itc_dim)
+        self.text_proj = nn.Linear(config.text.embed_dim, config.itc_dim)
+        self.itm_head = nn.Linear(config.text.embed_dim, 2)
 
     def init_weights(self, seed: int = 0) -> "Blip":
         from npu_models.layers.init import init_weights_

@@ -111,7 +111,8 @@ def config_from_dict(entry: ModelEntry, values: dict, source):
     fields = {f.name for f in dataclasses.fields(entry.config_class)}
     unknown = sorted(set(values) - fields)
     if unknown:
-        raise UserError(f"{source}: unknown config keys {unknown} for {entry.name}; known keys: {sorted(fields)}.")
+        raise UserError(f"{source}: unknown config keys {unknown} for {entry.name}; known keys: {sorted(fields)}. "
+                        "A directory converted by an older release: convert the official checkpoint again.")
     return entry.config_class(**values)
 
 

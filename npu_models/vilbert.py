@@ -21,12 +21,12 @@ def bert_base_uncased() -> BertConfig:
 class ViLBERTConfig:
     text: BertConfig = field(default_factory=bert_base_uncased)
     image_feature_dim: int = 1024
-    image_hidden_size: int = 1024
+    image_embed_dim: int = 1024
     image_num_heads: int = 8
-    image_num_layers: int = 6
-    image_intermediate_size: int = 1024
-    combined_hidden_size: int = 1024
-    combined_num_heads: int = 8
+    image_depth: int = 6
+    image_mlp_dim: int = 1024
+    coattention_dim: int = 1024       # the co-attention's own width and heads
+    coattention_heads: int = 8
     pooled_dim: int = 1024
     image_biattention_ids: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
     text_biattention_ids: list[int] = field(default_factory=lambda: [6, 7, 8, 9, 10, 11])
@@ -62,11 +62,9 @@ class CoAttentionLayer(nn.Module):
 
     def __init__(self, text: BertConfig, config: ViLBERTConfig):
         super().__init__()
-        heads, inner = config.combined_num_heads, config.combined_hidden_size
-        self.text = CrossAttentionBlock(text.hidden_size, config.image_hidden_size, heads, inner, text.intermediate_size,
-                                        text.layer_norm_eps)
-        self.image = CrossAttentionBlock(config.image_hidden_size, text.hidden_size, heads, inner,
-                                         config.image_intermediate_size, 1e-12)
+        heads, inner = config.coattention_heads, config.coattention_dim
+        self.text = CrossAttentionBlock(text.embed_dim, config.image_embed_dim, heads, inner, text.mlp_dim, text.norm_eps)
+        self.image = CrossAttentionBlock(config.image_embed_dim, text.embed_dim, heads, inner, config.image_mlp_dim, 1e-12)
 
     def forward(self, text, image, text_mask, image_mask):
         return self.text(text, image, image_mask), self.image(image, text, text_mask)
@@ -79,18 +77,18 @@ class ViLBERT(nn.Module):
             raise ValueError("image_biattention_ids and text_biattention_ids must pair up")
         self.config = config
         text = config.text
-        self.text_embeddings = TextEmbeddings(text.vocab_size, text.hidden_size, text.max_positions,
-                                              text.type_vocab_size, text.layer_norm_eps, text.pad_token_id)
-        self.image_embeddings = RegionEmbeddings(config.image_feature_dim, config.image_hidden_size)
+        self.text_embeddings = TextEmbeddings(text.vocab_size, text.embed_dim, text.max_positions,
+                                              text.type_vocab_size, text.norm_eps, text.pad_token_id)
+        self.image_embeddings = RegionEmbeddings(config.image_feature_dim, config.image_embed_dim)
         self.text_layers = nn.ModuleList(
-            PostNormBlock(text.hidden_size, text.num_heads, text.intermediate_size, text.layer_norm_eps)
-            for _ in range(text.num_layers))
+            PostNormBlock(text.embed_dim, text.num_heads, text.mlp_dim, text.norm_eps)
+            for _ in range(text.depth))
         self.image_layers = nn.ModuleList(
-            PostNormBlock(config.image_hidden_size, config.image_num_heads, config.image_intermediate_size, 1e-12)
-            for _ in range(config.image_num_layers))
+            PostNormBlock(config.image_embed_dim, config.image_num_heads, config.image_mlp_dim, 1e-12)
+            for _ in range(config.image_depth))
         self.co_layers = nn.ModuleList(CoAttentionLayer(text, config) for _ in config.text_biattention_ids)
-        self.text_pooler = nn.Linear(text.hidden_size, config.pooled_dim)
-        self.image_pooler = nn.Linear(config.image_hidden_size, config.pooled_dim)
+        self.text_pooler = nn.Linear(text.embed_dim, config.pooled_dim)
+        self.image_pooler = nn.Linear(config.image_embed_dim, config.pooled_dim)
         self.classifier = nn.Linear(config.pooled_dim, config.num_answers)
 
     def init_weights(self, seed: int = 0) -> "ViLBERT":

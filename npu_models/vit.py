@@ -11,12 +11,12 @@ from npu_models.transforms import ImageTransform
 
 @dataclass
 class ViTConfig:
-    img_size: int = 224
+    image_size: int = 224
     patch_size: int = 32
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
-    mlp_ratio: float = 4.0
+    mlp_dim: int = 3072
     num_classes: int = 1000
     norm_eps: float = 1e-6
     # timm's eval transform for this checkpoint: shorter side to int(224 / 0.9) = 248, bicubic, crop 224.
@@ -29,11 +29,11 @@ class ViTConfig:
 
     @property
     def grid_size(self) -> int:
-        return self.img_size // self.patch_size
+        return self.image_size // self.patch_size
 
     @property
     def transform(self) -> ImageTransform:
-        return ImageTransform(self.img_size, tuple(self.mean), tuple(self.std), self.crop_pct, "bicubic")
+        return ImageTransform(self.image_size, tuple(self.mean), tuple(self.std), self.crop_pct, "bicubic")
 
 
 class ViT(nn.Module):
@@ -41,15 +41,15 @@ class ViT(nn.Module):
 
     def __init__(self, config: ViTConfig):
         super().__init__()
-        if config.img_size % config.patch_size:
-            raise ValueError(f"image size {config.img_size} is not a multiple of patch size {config.patch_size}")
+        if config.image_size % config.patch_size:
+            raise ValueError(f"image size {config.image_size} is not a multiple of patch size {config.patch_size}")
         self.config = config
         dim = config.embed_dim
         self.patch_embed = PatchEmbed(config.patch_size, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.grid_size ** 2 + 1, dim))
         self.blocks = nn.ModuleList(
-            PreNormBlock(dim, config.num_heads, int(dim * config.mlp_ratio), config.norm_eps)
+            PreNormBlock(dim, config.num_heads, config.mlp_dim, config.norm_eps)
             for _ in range(config.depth)
         )
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps)

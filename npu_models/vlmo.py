@@ -20,7 +20,7 @@ class VLMoConfig:
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
-    mlp_ratio: float = 4.0
+    mlp_dim: int = 3072
     vlffn_start_layer_index: int = 10   # blocks from here on own a vision-language expert
     max_text_len: int = 40              # text is always padded to this: the joint path splits there
     max_text_len_of_initckpt: int = 196  # sizes the text part of the relative-position table
@@ -118,7 +118,7 @@ class VLMo(nn.Module):
         for name, index in relative_position_indices(config).items():
             self.register_buffer(f"{name}_position_index", index, persistent=False)
         self.blocks = nn.ModuleList(
-            MultiwayBlock(dim, config.num_heads, int(dim * config.mlp_ratio), config.norm_eps,
+            MultiwayBlock(dim, config.num_heads, config.mlp_dim, config.norm_eps,
                           ("text", "image", "vl") if i >= config.vlffn_start_layer_index else ("text", "image"))
             for i in range(depth)
         )
@@ -218,5 +218,5 @@ def vlmo_base_coco_retrieval() -> VLMoConfig:
 
 def vlmo_large(image_size: int, head: str) -> VLMoConfig:
     """vlmo_large_patch16: 24 blocks of width 1024 with 16 heads, the VL expert in the last three."""
-    return VLMoConfig(image_size=image_size, embed_dim=1024, depth=24, num_heads=16, vlffn_start_layer_index=21,
+    return VLMoConfig(image_size=image_size, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096, vlffn_start_layer_index=21,
                       head=head)

@@ -34,19 +34,20 @@ def padded(batch, length, vocab):
 
 
 def bert_case():
-    config = BertConfig(vocab_size=99, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=37,
+    config = BertConfig(vocab_size=99, embed_dim=32, depth=2, num_heads=2, mlp_dim=37,
                         max_positions=40)
     ids, mask = padded(3, 12, 99)
     return Bert(config), [("forward", (ids, mask, torch.zeros_like(ids)), dict(attention=2, gelu=2, add_ln=4))]
 
 
 def vit_case():
-    model = ViT(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5))
+    model = ViT(ViTConfig(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_dim=128,
+                          num_classes=5))
     return model, [("forward", (torch.randn(3, 3, 32, 32),), dict(attention=2, gelu=2, add_ln=0))]
 
 
 def vlmo_case(head):
-    config = VLMoConfig(image_size=32, embed_dim=32, depth=3, num_heads=2, vlffn_start_layer_index=2,
+    config = VLMoConfig(image_size=32, embed_dim=32, depth=3, num_heads=2, mlp_dim=128, vlffn_start_layer_index=2,
                         max_text_len=6, max_text_len_of_initckpt=20, vocab_size=50, num_answers=5, head=head)
     image, (ids, mask) = torch.randn(3, 3, 32, 32), padded(3, 6, 50)
     # Every block adds the relative-position bias: on 310P (no pse_shift) attention runs the fp32 math.
@@ -58,10 +59,10 @@ def vlmo_case(head):
 
 
 def blip_case():
-    vision = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0)
-    text = BertConfig(vocab_size=60, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=40,
+    vision = ViTConfig(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_dim=128, num_classes=0)
+    text = BertConfig(vocab_size=60, embed_dim=32, depth=2, num_heads=2, mlp_dim=40,
                       max_positions=16, type_vocab_size=0, with_pooler=False, labels=[], cross_attention_dim=32)
-    model = Blip(BlipConfig(vision=vision, text=text, embed_dim=16, max_text_len=8))
+    model = Blip(BlipConfig(vision=vision, text=text, itc_dim=16, max_text_len=8))
     images, (ids, mask) = torch.randn(2, 3, 32, 32), padded(130, 8, 60)
     # ITM re-ranks over a hundred pairs per call: 130 > 128, so a 310P gets each attention in two chunks.
     pair_features = torch.randn(130, 17, 32)
@@ -71,11 +72,11 @@ def blip_case():
 
 
 def vilbert_case():
-    text = BertConfig(vocab_size=70, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=40,
+    text = BertConfig(vocab_size=70, embed_dim=32, depth=3, num_heads=2, mlp_dim=40,
                       max_positions=20, labels=[], with_pooler=False)
-    config = ViLBERTConfig(text=text, image_feature_dim=24, image_hidden_size=32, image_num_heads=2,
-                           image_num_layers=2, image_intermediate_size=36, combined_hidden_size=32,
-                           combined_num_heads=2, pooled_dim=20, image_biattention_ids=[0, 1],
+    config = ViLBERTConfig(text=text, image_feature_dim=24, image_embed_dim=32, image_num_heads=2,
+                           image_depth=2, image_mlp_dim=36, coattention_dim=32,
+                           coattention_heads=2, pooled_dim=20, image_biattention_ids=[0, 1],
                            text_biattention_ids=[1, 2], num_answers=7)
     ids, mask = padded(3, 10, 70)
     boxes, box_mask = torch.randn(3, 9, 24), torch.ones(3, 9, dtype=torch.bool)

@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 
 def tiny_config(**overrides) -> BertConfig:
-    values = dict(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37,
+    values = dict(vocab_size=99, embed_dim=32, depth=2, num_heads=4, mlp_dim=37,
                   max_positions=40, labels=["neg", "pos"])
     return BertConfig(**{**values, **overrides})
 
@@ -34,7 +34,7 @@ def test_fixture_parity_every_output():
 def test_fixture_sizes_are_read_from_the_checkpoint_config():
     model = npu_models.load_model("bert", BERT_FIXTURE / "checkpoint", device="cpu")
     hf = json.loads((BERT_FIXTURE / "checkpoint" / "config.json").read_text())
-    assert (model.config.hidden_size, model.config.num_layers, model.config.vocab_size) == (
+    assert (model.config.embed_dim, model.config.depth, model.config.vocab_size) == (
         hf["hidden_size"], hf["num_hidden_layers"], hf["vocab_size"])
     assert model.config.labels == ["negative", "positive"] and model.config.do_lower_case is False
 
@@ -45,8 +45,8 @@ def test_every_official_key_maps_onto_the_full_size_model():
     with torch.device("meta"):
         hf_state = {key: torch.empty(shape) for key, (shape, _) in official.items()}
         converted, origin, unexpected = hf_bert.convert_state_dict(hf_state)
-        model = Bert(BertConfig(vocab_size=sizes["vocab"], hidden_size=sizes["hidden"], num_layers=sizes["layers"],
-                                num_heads=sizes["heads"], intermediate_size=sizes["intermediate"],
+        model = Bert(BertConfig(vocab_size=sizes["vocab"], embed_dim=sizes["hidden"], depth=sizes["layers"],
+                                num_heads=sizes["heads"], mlp_dim=sizes["intermediate"],
                                 max_positions=sizes["max_position"]))
     check_state_dict(converted, expected_shapes(model), lambda key: origin.get(key, key), unexpected,
                      "official_keys.json")

@@ -55,7 +55,7 @@ def test_top1_top5_equal_timm_on_the_flat_layout(tmp_path, imagenet_val):
     results = json.loads(out.read_text())
     assert results["top1"] == sum(r[0] == y for r, y in zip(ranked, labels)) / 9 == 3 / 9
     assert results["top5"] == sum(y in r[:5] for r, y in zip(ranked, labels)) / 9 == 6 / 9
-    assert (results["num_examples"], results["img_size"], results["dtype"]) == (9, 96, "fp32")
+    assert (results["num_examples"], results["image_size"], results["dtype"]) == (9, 96, "fp32")
 
 
 def test_class_folder_layout(tmp_path):

@@ -44,7 +44,7 @@ def test_every_official_key_maps_onto_the_full_size_model():
 
 def test_answer_count_and_text_config_come_from_the_archive_and_its_sidecar():
     config = npu_models.load_model("vilbert", VILBERT_FIXTURE / "model.tar.gz", device="cpu").config
-    assert config.num_answers == 23 and config.text.hidden_size == 48 and config.fusion == "mul"
+    assert config.num_answers == 23 and config.text.embed_dim == 48 and config.fusion == "mul"
     assert vilbert_weights.read_answers(VILBERT_FIXTURE / "model.tar.gz")[:2] == ["@@PADDING@@", "@@UNKNOWN@@"]
 
 
@@ -54,7 +54,7 @@ def test_an_unknown_text_model_asks_for_its_config(tmp_path):
         npu_models.load_model("vilbert", tmp_path / "model.tar.gz", device="cpu")
     model = npu_models.load_model("vilbert", tmp_path / "model.tar.gz", device="cpu",
                                   config_file=VILBERT_FIXTURE / "text_model_config.json")
-    assert model.config.text.num_layers == 4
+    assert model.config.text.depth == 4
 
 
 def test_a_broken_archive_is_named(tmp_path):

@@ -78,7 +78,7 @@ def test_other_input_size_from_the_sidecar_config_resamples_and_matches_timm(tmp
     save_file(reference.state_dict(), str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({"model": {"num_heads": 3, "img_size": 96}}))
     ours = npu_models.load_model("vit", tmp_path / "model.safetensors", device="cpu")
-    assert ours.config.img_size == 96 and ours.pos_embed.shape[1] == 1 + 6 * 6
+    assert ours.config.image_size == 96 and ours.pos_embed.shape[1] == 1 + 6 * 6
     resized = random_timm_vit(img_size=96)
     resized.load_state_dict(timm.models.vision_transformer.checkpoint_filter_fn(reference.state_dict(), resized))
     pixels = torch.randn(2, 3, 96, 96)
@@ -87,7 +87,8 @@ def test_other_input_size_from_the_sidecar_config_resamples_and_matches_timm(tmp
 
 
 def test_graph_mode_matches_eager(compiled_graphs):
-    model = ViT(ViTConfig(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=5)).init_weights()
+    model = ViT(ViTConfig(image_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_dim=128,
+                          num_classes=5)).init_weights()
     compiled = npu_models.runtime.compile_model(model.eval(), torch.device("cpu"))
     pixels = torch.randn(3, 3, 64, 64)
     with torch.no_grad():

@@ -19,7 +19,7 @@ VLMO_FIXTURE = FIXTURES / "reference" / "vlmo"
 
 
 def tiny_config(**overrides) -> VLMoConfig:
-    values = dict(image_size=32, embed_dim=24, depth=3, num_heads=2, vlffn_start_layer_index=2, max_text_len=6,
+    values = dict(image_size=32, embed_dim=24, depth=3, num_heads=2, mlp_dim=96, vlffn_start_layer_index=2, max_text_len=6,
                   max_text_len_of_initckpt=20, vocab_size=50, num_answers=5)
     return VLMoConfig(**{**values, **overrides})
 

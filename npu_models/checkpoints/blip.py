@@ -72,6 +72,6 @@ def read_blip(path, config_file=None) -> Converted:
                                                                        antialias=False)
     text = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
     config = BlipConfig(vision=vision, text=text_config(sidecar.get("med_config", {}), text, path),
-                        embed_dim=state["vision_proj.weight"].shape[0],
+                        itc_dim=state["vision_proj.weight"].shape[0],
                         k_test=sidecar.get("k_test", BlipConfig().k_test))
     return Converted(config, ours, official_names(TABLE, origin), unexpected)

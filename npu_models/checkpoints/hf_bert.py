@@ -55,11 +55,11 @@ def config_from_hf(hf: dict, state_dict: dict, tokenizer_config: dict, source) -
                         "supported; only 'absolute' is.")
     try:
         config = BertConfig(
-            vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
-            num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
+            vocab_size=hf["vocab_size"], embed_dim=hf["hidden_size"], depth=hf["num_hidden_layers"],
+            num_heads=hf["num_attention_heads"], mlp_dim=hf["intermediate_size"],
             max_positions=hf["max_position_embeddings"],
             type_vocab_size=hf.get("type_vocab_size", 2) if "embeddings.token_type_embeddings.weight" in state_dict else 0,
-            layer_norm_eps=hf.get("layer_norm_eps", 1e-12), pad_token_id=hf.get("pad_token_id") or 0,
+            norm_eps=hf.get("layer_norm_eps", 1e-12), pad_token_id=hf.get("pad_token_id") or 0,
             with_pooler=any(k.startswith("pooler.") for k in state_dict), labels=[],
             do_lower_case=tokenizer_config.get("do_lower_case", True),
             cross_attention_dim=hf.get("encoder_width", hf["hidden_size"])

@@ -133,9 +133,9 @@ def read_vilbert(path, config_file=None) -> Converted:
         raise UserError(f"{path}: fusion_method '{block['fusion_method']}' is not supported (mul or sum).")
     config = ViLBERTConfig(
         text=text_config(block, weights, path, config_file), image_feature_dim=block["image_feature_dim"],
-        image_hidden_size=block["image_hidden_size"], image_num_heads=block["image_num_attention_heads"],
-        image_num_layers=block["image_num_hidden_layers"], image_intermediate_size=block["image_intermediate_size"],
-        combined_hidden_size=block["combined_hidden_size"], combined_num_heads=block["combined_num_attention_heads"],
+        image_embed_dim=block["image_hidden_size"], image_num_heads=block["image_num_attention_heads"],
+        image_depth=block["image_num_hidden_layers"], image_mlp_dim=block["image_intermediate_size"],
+        coattention_dim=block["combined_hidden_size"], coattention_heads=block["combined_num_attention_heads"],
         pooled_dim=block["pooled_output_dim"], image_biattention_ids=list(block["image_biattention_id"]),
         text_biattention_ids=list(block["text_biattention_id"]), fusion=block.get("fusion_method", "sum"),
         num_answers=len(answers))

@@ -138,6 +138,6 @@ def infer_config(state: dict, num_heads: int | None, sidecar: dict, path: Path) 
     if num_heads is None:
         raise UserError(f"{path}: a timm state dict does not record the number of attention heads for "
                         f"width {dim}; put a config.json beside it with {{\"model\": {{\"num_heads\": N}}}}.")
-    return ViTConfig(img_size=sidecar.get("img_size", grid * patch), patch_size=patch, embed_dim=dim, depth=depth,
-                     num_heads=num_heads, mlp_ratio=mlp_dim / dim,
+    return ViTConfig(image_size=sidecar.get("img_size", grid * patch), patch_size=patch, embed_dim=dim, depth=depth,
+                     num_heads=num_heads, mlp_dim=mlp_dim,
                      num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0)

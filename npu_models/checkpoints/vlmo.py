@@ -65,7 +65,7 @@ def infer_config(state: dict, raw: dict, sidecar: dict, path: Path) -> VLMoConfi
     default = vlmo_base_vqa() if head == "vqa" else vlmo_base_coco_retrieval()
     config = VLMoConfig(
         image_size=sidecar.get("image_size", default.image_size), patch_size=patch, embed_dim=dim, depth=depth,
-        num_heads=table.shape[1] // depth, mlp_ratio=state["blocks.0.ffn.mlps.text.fc1.weight"].shape[0] / dim,
+        num_heads=table.shape[1] // depth, mlp_dim=state["blocks.0.ffn.mlps.text.fc1.weight"].shape[0],
         vlffn_start_layer_index=vl_layers[0] if vl_layers else depth, max_text_len=max_text_len,
         max_text_len_of_initckpt=sidecar.get("max_text_len_of_initckpt", default.max_text_len_of_initckpt),
         vocab_size=state["text_embeddings.word_embeddings.weight"].shape[0],
