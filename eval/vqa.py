@@ -82,7 +82,7 @@ def visual_batches(args, task, config, todo, data: Path, device):
         collate_fn = collate_regions
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
                                          collate_fn=collate_fn)
-    for positions, visual, failed in loader:
+    for positions, visual, failed in loader:  # visual is None when every example of the batch failed
         yield positions, (visual,) if isinstance(visual, torch.Tensor) else visual, failed
 
 
@@ -127,7 +127,7 @@ def evaluate(args) -> dict:
             for position, error in failed:
                 unreadable.append({"question_id": todo[position].question_id, "error": error})
                 print(f"skipped question {todo[position].question_id}: {error}", file=sys.stderr)
-            if visual[0] is None:
+            if visual is None:
                 continue
             ids, masks = text_ids[positions], text_masks[positions]
             if not text.pad_to_max:  # pad the batch to the bucket of its longest question

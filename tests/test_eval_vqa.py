@@ -116,3 +116,19 @@ def test_answer_count_mismatch_is_explained(tmp_path, capsys):
         vqa.main(["--checkpoint", str(VQA_VLMO / "vqa_checkpoint.pt"), "--data", str(VQA_VLMO), "--device", "cpu",
                   "--answers", str(answers), "--num-workers", "0"])
     assert "predicts 17 answers but the answer list has 5" in capsys.readouterr().err
+
+
+def test_unreadable_images_skip_their_questions_even_a_whole_batch(tmp_path):
+    data = tmp_path / "vqa"
+    shutil.copytree(VQA_VLMO, data)
+    images = sorted((data / "val2014").iterdir())
+    images[0].write_bytes(b"not a jpeg")
+    out = tmp_path / "out.json"
+    vqa.main(["--model", "vlmo", "--checkpoint", str(data / "vqa_checkpoint.pt"), "--data", str(data),
+              "--device", "cpu", "--batch-size", "1", "--num-workers", "0", "--output", str(out)])
+    results = json.loads(out.read_text())
+    questions = json.loads((data / "v2_OpenEnded_mscoco_val2014_questions.json").read_text())["questions"]
+    image_id = int(images[0].stem.rsplit("_", 1)[1])
+    skipped = sum(q["image_id"] == image_id for q in questions)
+    assert skipped and results["num_unreadable"] == skipped
+    assert results["num_examples"] == len(questions) - skipped
