@@ -2,6 +2,7 @@
 fixed-shape batching and timing."""
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import statistics
@@ -13,12 +14,25 @@ from pathlib import Path
 import torch
 
 from npu_models import registry, runtime
+from npu_models.checkpoints.io import read_json
 from npu_models.errors import UserError
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (--batch-size, --limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_common_args(parser: argparse.ArgumentParser, task: str, default_batch_size: int = 32):
+    parser.set_defaults(task=task)
     default_model = registry.default_entry(task).name
     runs = ", ".join(f"{e.name} ({e.short_name})" for e in registry.REGISTRY.values() if e.task == task)
     parser.add_argument("--model", default=default_model, help=f"short or registry name: {runs} (default {default_model})")
@@ -31,11 +45,11 @@ def add_common_args(parser: argparse.ArgumentParser, task: str, default_batch_si
     parser.add_argument("--dtype", default="auto", help="auto (fp32 cpu, bf16 cuda/910, fp16 310P) | fp32 | fp16 | bf16")
     parser.add_argument("--graph", action="store_true", help="graph mode: torchair on NPU, torch.compile elsewhere")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (run under torchrun)")
-    parser.add_argument("--batch-size", type=int, default=default_batch_size)
+    parser.add_argument("--batch-size", type=positive_int, default=default_batch_size)
     parser.add_argument("--output", type=Path, help="write the results JSON here")
     parser.add_argument("--predictions", type=Path, help="stream one JSON line per example here; "
                         "rerunning with the same file resumes")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N examples")
 
 
 def find_beside(args, data: Path, name: str) -> Path | None:
@@ -61,14 +75,39 @@ def demo_banner(what: str) -> None:
           f"and --data\nfor a real evaluation (see README).\n{bar}", file=sys.stderr, flush=True)
 
 
+def file_identity(path) -> dict | None:
+    """What identifies a checkpoint cheaply: its name and, for it or every file under it, size and
+    modification time (hashing gigabytes would cost more than the run); None for random weights."""
+    if path is None:
+        return None
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {"name": path.name, "files": {str(p.relative_to(path)) if path.is_dir() else p.name:
+                                         [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+
+
+def content_hash(path_or_values) -> str | None:
+    """sha256 of a small file (a vocabulary) or of a list of strings (an answer list)."""
+    if path_or_values is None:
+        return None
+    if isinstance(path_or_values, (list, tuple)):
+        data = "\n".join(path_or_values).encode("utf-8")
+    else:
+        data = Path(path_or_values).read_bytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 class PredictionStore:
     """Per-example predictions as JSON lines, appended and flushed as they are produced.
 
     Opening an existing file loads what is there (a line cut off by an interruption is dropped), so a
-    rerun skips finished examples.
+    rerun skips finished examples. `run` records what produced the predictions (command, model, checkpoint
+    identity, dtype and every option that changes outputs) in `<file>.run.json` beside it; a rerun that
+    differs in any of them is refused, so one file never mixes two runs. More examples of the same data (a
+    larger --limit) extend the file.
     """
 
-    def __init__(self, path: Path | None, key: str = "index"):
+    def __init__(self, path: Path | None, key: str = "index", run: dict | None = None):
         self.path, self.key, self.done = path, key, {}
         self._file = None
         if path is None:
@@ -76,19 +115,44 @@ class PredictionStore:
         if path.exists():
             good_bytes = 0
             with open(path, "rb") as handle:
-                for raw in handle:
+                for number, raw in enumerate(handle, start=1):
                     try:
                         record = json.loads(raw)
-                    except json.JSONDecodeError:
+                    except (json.JSONDecodeError, UnicodeDecodeError):
                         break
                     if not raw.endswith(b"\n"):
                         break
+                    if not isinstance(record, dict) or self.key not in record:
+                        raise UserError(f"{path} line {number} has no '{self.key}': it is not a predictions file of "
+                                        "this command. Pass another --predictions file.")
                     self.done[record[self.key]] = record
                     good_bytes += len(raw)
             os.truncate(path, good_bytes)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
+        if run is not None:
+            self._check_run(run)
         self._file = open(path, "a", encoding="utf-8")
+
+    @property
+    def run_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".run.json")
+
+    def _check_run(self, run: dict) -> None:
+        run = json.loads(json.dumps(run))  # as it reads back from JSON
+        if not self.done or not self.run_path.is_file():
+            if self.done:
+                raise UserError(f"{self.path} holds {len(self.done)} predictions but no record of the run that made "
+                                f"them ({self.run_path.name}); they cannot be trusted for this run. Delete it or pass "
+                                "another --predictions file.")
+            write_json_atomic(self.run_path, run)
+            return
+        recorded = read_json(self.run_path)
+        differences = [f"{key}: {recorded.get(key)!r} then, {run.get(key)!r} now"
+                       for key in sorted(set(recorded) | set(run)) if recorded.get(key) != run.get(key)]
+        if differences:
+            raise UserError(f"{self.path} was written by another run ({'; '.join(differences)}). Resuming would mix "
+                            "two runs' predictions: delete it (and its .run.json) or pass another --predictions file.")
 
     def check_matches(self, key, field: str, value) -> None:
         """Refuse to resume from a file written for different data."""
@@ -179,6 +243,14 @@ def latency_percentiles(seconds: list[float]) -> dict:
     return {"latency_ms_p50": statistics.median(ordered) * 1e3, "latency_ms_p90": p90 * 1e3}
 
 
+def run_record(args, dtype: torch.dtype, **options) -> dict:
+    """What a predictions file must agree on to be resumed: the command, model, checkpoint, --config and
+    dtype, plus the command's options that change outputs."""
+    return {"command": args.task, "model": registry.get_entry(args.model, task=args.task).name,
+            "checkpoint": file_identity(args.checkpoint), "config": content_hash(args.config),
+            "dtype": runtime.dtype_name(dtype), **options}
+
+
 def run_metadata(args, device: torch.device, dtype: torch.dtype) -> dict:
     return {
         "model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
@@ -188,9 +260,34 @@ def run_metadata(args, device: torch.device, dtype: torch.dtype) -> dict:
     }
 
 
+def check_writable(path: Path | None, option: str) -> None:
+    """Fail now, not after hours of work, when a result file cannot be written where it was asked for."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a directory; give a file path.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
+            pass
+        if path.exists():
+            open(path, "a").close()
+    except OSError as err:
+        raise UserError(f"{option} {path} cannot be written ({err.strerror or err}); choose a writable location.") from None
+
+
+def check_before_work(args) -> None:
+    """Everything that can be checked before data is read and a model is built."""
+    registry.get_entry(args.model, task=args.task)  # names the models that can do the task
+    check_writable(args.output, "--output")
+    check_writable(args.predictions, "--predictions")
+
+
 def run_eval(parse_args, evaluate, shown: list[str], argv) -> int:
-    """What every eval command's main does: evaluate, write --output, print the headline numbers."""
+    """What every eval command's main does: check the arguments, evaluate, write --output, print the
+    headline numbers."""
     args = parse_args(argv)
+    check_before_work(args)
     results = evaluate(args)
     if args.output:
         write_json_atomic(args.output, results)

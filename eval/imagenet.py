@@ -17,7 +17,7 @@ from tqdm import tqdm
 import npu_models
 from eval import metrics
 from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, pad_rows, run_eval,
-                         run_metadata)
+                         run_metadata, run_record)
 from eval.data.imagenet import read_imagenet
 from eval.data.images import ImageDataset, collate
 from npu_models.errors import UserError, cli_main
@@ -48,8 +48,8 @@ def evaluate(args) -> dict:
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     top_k = min(5, config.num_classes)
 
-    store = PredictionStore(args.predictions, key="file")
-    todo = store.pending(examples)
+    store = PredictionStore(args.predictions, key="file", run=run_record(args, dtype, image_size=config.image_size))
+    todo = store.pending(examples, field="label")
     loader = torch.utils.data.DataLoader(ImageDataset([e.path for e in todo], config.transform), batch_size=args.batch_size,
                                          num_workers=args.num_workers, collate_fn=collate,
                                          pin_memory=device.type != "cpu")

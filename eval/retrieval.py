@@ -20,7 +20,7 @@ from tqdm import tqdm
 import npu_models
 from eval import metrics
 from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, bert_uncased_vocab, demo_banner, run_eval,
-                         run_metadata, write_json_atomic)
+                         content_hash, run_metadata, run_record, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.retrieval import read_retrieval
 from npu_models import registry
@@ -113,7 +113,8 @@ def evaluate(args) -> dict:
                                   config_file=args.config)
     config = model.config
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    ids, masks = config.text_input.encode(bert_uncased_vocab(args, data), split.texts)
+    vocab = bert_uncased_vocab(args, data)
+    ids, masks = config.text_input.encode(vocab, split.texts)
 
     meter = LatencyMeter(device)
     image_embeds, memory = image_pass(lambda pixels: task.encode_images(model, pixels), split, args.batch_size,
@@ -123,7 +124,8 @@ def evaluate(args) -> dict:
     results = {}
     if task.rerank is not None:
         k = min(args.k_test or task.rerank_k(config), *sims.shape)
-        store = PredictionStore(args.predictions, key="key")
+        run = run_record(args, dtype, split=args.split, vocab=content_hash(vocab), k_test=k)
+        store = PredictionStore(args.predictions, key="key", run=run)
         try:
             ranked = rerank_pass(task.rerank, model, sims, memory, ids, masks, k, args.batch_size, store, meter)
         finally:

@@ -14,8 +14,8 @@ from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, pad_rows, run_eval,
-                         plan_batches, run_metadata)
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, content_hash, demo_banner,
+                         pad_rows, plan_batches, run_eval, run_metadata, run_record)
 from eval.data.sst2 import read_sst2
 from npu_models import registry, runtime
 from npu_models.errors import UserError, cli_main
@@ -64,10 +64,11 @@ def evaluate(args) -> dict:
     if seq_len < args.seq_len:
         print(f"note: --seq-len {args.seq_len} capped at the model's {config.max_positions} positions", file=sys.stderr)
 
-    store = PredictionStore(args.predictions)
+    vocab = resolve_vocab(args)
+    store = PredictionStore(args.predictions, run=run_record(args, dtype, seq_len=seq_len, vocab=content_hash(vocab)))
     todo = store.pending(examples, field="sentence")
 
-    tokenizer = bert_tokenizer(resolve_vocab(args), config.do_lower_case, seq_len)
+    tokenizer = bert_tokenizer(vocab, config.do_lower_case, seq_len)
     encoded = [e.ids for e in tokenizer.encode_batch([e.sentence for e in todo])]
     batches = plan_batches([len(ids) for ids in encoded], args.batch_size, runtime.length_buckets(seq_len))
     # Graph mode compiles one graph per shape: every batch is padded to the full batch size.

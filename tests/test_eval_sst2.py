@@ -87,12 +87,37 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, dev_tsv, monkeypa
 
 def test_predictions_from_another_dataset_are_refused(tmp_path, dev_tsv, capsys):
     predictions = tmp_path / "p.jsonl"
-    predictions.write_text(json.dumps({"index": 0, "sentence": "something else", "prediction": 1}) + "\n")
+    args = ["--checkpoint", str(CHECKPOINT), "--data", str(dev_tsv), "--device", "cpu", "--predictions", str(predictions)]
+    sst2.main(args + ["--limit", "2"])
+    first = json.loads(predictions.read_text().splitlines()[0])
+    predictions.write_text(json.dumps({**first, "sentence": "something else"}) + "\n")
     with pytest.raises(SystemExit) as info:
-        sst2.main(["--checkpoint", str(CHECKPOINT), "--data", str(dev_tsv), "--device", "cpu",
-                   "--predictions", str(predictions)])
+        sst2.main(args)
     assert info.value.code == 2
     assert "written for another dataset" in capsys.readouterr().err
+
+
+def test_predictions_of_another_run_are_refused_and_more_data_extends_them(tmp_path, dev_tsv, capsys):
+    predictions = tmp_path / "p.jsonl"
+    args = ["--checkpoint", str(CHECKPOINT), "--data", str(dev_tsv), "--device", "cpu", "--predictions", str(predictions)]
+    sst2.main(args + ["--limit", "3", "--output", str(tmp_path / "a.json")])
+    for other, difference in [(["--dtype", "bf16"], "dtype: 'fp32' then, 'bf16' now"),
+                              (["--seq-len", "32"], "seq_len: 64 then, 32 now")]:
+        with pytest.raises(SystemExit) as info:
+            sst2.main(args + other)
+        assert info.value.code == 2 and difference in capsys.readouterr().err
+    converted = tmp_path / "converted"
+    from weights_tools.convert import main as convert_main
+    convert_main(["--model", "bert", "--checkpoint", str(CHECKPOINT), "--out", str(converted)])
+    with pytest.raises(SystemExit):
+        sst2.main(args[:1] + [str(converted)] + args[2:])
+    assert "checkpoint:" in capsys.readouterr().err
+    sst2.main(args + ["--output", str(tmp_path / "b.json")])  # the same run over all the data resumes
+    assert json.loads((tmp_path / "b.json").read_text())["num_computed"] == 16 - 3
+    predictions.with_name("p.jsonl.run.json").unlink()
+    with pytest.raises(SystemExit):
+        sst2.main(args)
+    assert "no record of the run" in capsys.readouterr().err
 
 
 def test_graph_mode_gives_the_eager_predictions(tmp_path, dev_tsv, compiled_graphs):
