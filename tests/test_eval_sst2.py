@@ -31,12 +31,45 @@ def dev_tsv(tmp_path):
     return path
 
 
-def transformers_predictions(seq_len: int) -> list[int]:
-    tokenizer = transformers.BertTokenizer(str(CHECKPOINT / "vocab.txt"), do_lower_case=False)
-    model = transformers.BertForSequenceClassification.from_pretrained(CHECKPOINT).eval()
+def transformers_probs(seq_len: int, checkpoint=CHECKPOINT) -> torch.Tensor:
+    """The reference: transformers' tokenizer (cased, as the checkpoint says) and model, per sentence."""
+    tokenizer = transformers.BertTokenizer(str(checkpoint / "vocab.txt"), do_lower_case=False)
+    model = transformers.BertForSequenceClassification.from_pretrained(checkpoint).eval()
     batch = tokenizer(SENTENCES, padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
     with torch.no_grad():
-        return model(**batch).logits.argmax(-1).tolist()
+        return model(**batch).logits.softmax(-1)
+
+
+def transformers_predictions(seq_len: int) -> list[int]:
+    return transformers_probs(seq_len).argmax(-1).tolist()
+
+
+@pytest.fixture
+def split_checkpoint(tmp_path):
+    """The fixture checkpoint with its classifier bias moved so that half the sentences come out positive:
+    a model that predicts one class for everything cannot show a tokenisation or mask bug."""
+    import shutil
+    model = transformers.BertForSequenceClassification.from_pretrained(CHECKPOINT).eval()
+    margins = transformers_probs(64).log().diff(dim=-1).flatten()
+    with torch.no_grad():
+        model.classifier.bias[1] -= margins.median() + 1e-4
+    directory = tmp_path / "split-checkpoint"
+    model.save_pretrained(directory)
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(CHECKPOINT / name, directory / name)
+    return directory
+
+
+def test_per_sentence_probabilities_equal_transformers_on_a_model_whose_predictions_vary(tmp_path, dev_tsv,
+                                                                                       split_checkpoint):
+    expected = transformers_probs(64, split_checkpoint)
+    assert 0 < int(expected.argmax(-1).sum()) < len(SENTENCES)  # both classes are predicted
+    predictions = tmp_path / "p.jsonl"
+    sst2.main(["--checkpoint", str(split_checkpoint), "--data", str(dev_tsv), "--device", "cpu", "--batch-size", "4",
+               "--seq-len", "64", "--predictions", str(predictions)])
+    records = sorted((json.loads(line) for line in predictions.read_text().splitlines()), key=lambda r: r["index"])
+    torch.testing.assert_close(torch.tensor([r["probs"] for r in records]), expected, atol=1e-5, rtol=1e-4)
+    assert [r["prediction"] for r in records] == expected.argmax(-1).tolist()
 
 
 @pytest.mark.parametrize("seq_len", [128, 12])  # 128 is capped at the fixture's 64 positions; 12 truncates

@@ -19,18 +19,33 @@ class RetrievalSplit:
             self.image_to_texts[image].append(text)
 
 
+def required(entry, name: str, path: Path, number: int):
+    """entry[name], or one paragraph naming the file, the entry and the missing key."""
+    if not isinstance(entry, dict) or name not in entry:
+        raise UserError(f"{path}: entry {number} has no '{name}' ({str(entry)[:80]}); the file is not in the expected "
+                        "format or is damaged.")
+    return entry[name]
+
+
+def caption_list(value) -> list[str]:
+    return value if isinstance(value, list) else [value]
+
+
 def read_retrieval(root, split: str = "test") -> RetrievalSplit:
     """Images in file order, every caption kept, captions numbered image by image (as both references do)."""
     root = Path(root)
     karpathy, per_split = root / "dataset_coco.json", root / f"coco_karpathy_{split}.json"  # per_split: BLIP's files
     if per_split.is_file():
         entries = read_json(per_split)
-        records = [(root / e["image"], e["caption"] if isinstance(e["caption"], list) else [e["caption"]])
-                   for e in entries]
+        if not isinstance(entries, list):
+            raise UserError(f"{per_split} must hold a list of {{\"image\", \"caption\"}} entries.")
+        records = [(root / required(e, "image", per_split, n), caption_list(required(e, "caption", per_split, n)))
+                   for n, e in enumerate(entries)]
     elif karpathy.is_file():
         images = read_json(karpathy).get("images", [])
-        records = [(root / e.get("filepath", "") / e["filename"], [s["raw"] for s in e["sentences"]])
-                   for e in images if e.get("split") == split]
+        records = [(root / e.get("filepath", "") / required(e, "filename", karpathy, n),
+                    [required(s, "raw", karpathy, n) for s in required(e, "sentences", karpathy, n)])
+                   for n, e in enumerate(images) if e.get("split") == split]
     else:
         raise UserError(f"no retrieval annotations in {root}: expected coco_karpathy_{split}.json (BLIP) or "
                         "dataset_coco.json (Karpathy's split file) beside the val2014/ images.")

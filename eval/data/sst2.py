@@ -24,7 +24,12 @@ def resolve_sst2_path(path: Path) -> Path:
 
 def read_sst2(path: Path) -> list[SST2Example]:
     path = resolve_sst2_path(Path(path))
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); GLUE's SST-2 files are "
+                        "UTF-8: re-save the file as UTF-8.") from None
     if not lines:
         raise UserError(f"{path} is empty; expected a header row 'sentence<TAB>label' and one example per line.")
     header = lines[0].split("\t")
