@@ -97,7 +97,7 @@ def get_entry(name: str, task: str | None = None) -> ModelEntry:
 def checked_task(entry: ModelEntry, task: str | None) -> ModelEntry:
     if task is not None and entry.task != task:
         runs = ", ".join(e.name for e in REGISTRY.values() if e.task == task)
-        raise UserError(f"{entry.name} is a {entry.task} model; the {task} evaluation runs {runs}.")
+        raise UserError(f"{entry.name} is a model for {entry.task}, not {task}; the {task} evaluation runs {runs}.")
     return entry
 
 

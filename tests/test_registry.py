@@ -48,12 +48,12 @@ def test_each_task_defaults_to_its_first_registered_model():
 
 
 def test_a_model_of_another_task_is_refused_by_name(capsys):
-    with pytest.raises(UserError, match="blip-retrieval-coco is a retrieval model; the vqa evaluation runs "
-                                        "vlmo-base-vqa, vilbert-vqa"):
+    with pytest.raises(UserError, match="blip-retrieval-coco is a model for retrieval, not vqa; the vqa evaluation "
+                                        "runs vlmo-base-vqa, vilbert-vqa"):
         registry.get_entry("blip", task="vqa")
     with pytest.raises(SystemExit):
         vqa.main(["--model", "blip", "--device", "cpu"])
-    assert "is a retrieval model" in capsys.readouterr().err
+    assert "is a model for retrieval" in capsys.readouterr().err
 
 
 def test_every_vqa_and_retrieval_model_has_its_adapter():

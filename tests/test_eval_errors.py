@@ -1,0 +1,66 @@
+"""Bad input ends in one paragraph and exit 2, never a traceback; what is visible up front is refused
+before any data is read or model is built."""
+import json
+
+import pytest
+
+import npu_models
+from eval import imagenet, retrieval, sst2, vqa
+from tests.conftest import FIXTURES
+
+COMMANDS = {"sst2": sst2, "imagenet": imagenet, "vqa": vqa, "retrieval": retrieval}
+
+
+def run(capsys, command: str, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        COMMANDS[command].main(argv + ["--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if a model is built: these faults must be found before that."""
+    monkeypatch.setattr(npu_models, "load_model", lambda *a, **k: pytest.fail("a model was built"))
+
+
+@pytest.mark.parametrize("command, argv, message", [
+    ("vqa", ["--model", "bert"], "bert-base-cased-sst2 is a model for sst2, not vqa; the vqa evaluation runs vlmo-base-vqa, vilbert-vqa"),
+    ("retrieval", ["--model", "vit"], "is a model for imagenet, not retrieval; the retrieval evaluation runs"),
+    ("imagenet", ["--model", "bert"], "is a model for sst2, not imagenet; the imagenet evaluation runs vit-base-patch32-224"),
+    ("sst2", ["--limit", "0"], "--limit: must be at least 1, got 0"),
+    ("sst2", ["--limit", "-1"], "--limit: must be at least 1, got -1"),
+    ("vqa", ["--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
+])
+def test_arguments_are_checked_before_any_work(capsys, no_model, command, argv, message):
+    assert message in run(capsys, command, argv)
+
+
+@pytest.mark.parametrize("option", ["--output", "--predictions"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_an_unwritable_result_path_is_refused_before_the_work(tmp_path, capsys, no_model, command, option):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    err = run(capsys, command, [option, str(blocker / "results.json")])
+    assert f"{option} {blocker / 'results.json'} cannot be written" in err
+
+
+def test_a_predictions_file_of_another_command_is_named(tmp_path, capsys):
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text(json.dumps({"question_id": 1, "answer": "yes"}) + "\n")
+    err = run(capsys, "sst2", ["--predictions", str(predictions)])
+    assert "line 1 has no 'index': it is not a predictions file of this command" in err
+
+
+def test_malformed_sst2_and_retrieval_files_name_the_place(tmp_path, capsys):
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_bytes(b"sentence\tlabel\ngood\t1\ncaf\xe9\t0\n")
+    assert f"{tsv}:3: not UTF-8 text" in run(capsys, "sst2", ["--data", str(tsv)])
+    data = tmp_path / "coco"
+    data.mkdir()
+    (data / "coco_karpathy_test.json").write_text(json.dumps([{"image": "val2014/a.jpg", "caption": ["x"]},
+                                                             {"image": "val2014/b.jpg"}]))
+    err = run(capsys, "retrieval", ["--data", str(data), "--vocab", str(FIXTURES / "reference" / "vqa-vlmo" / "vocab.txt")])
+    assert "coco_karpathy_test.json: entry 1 has no 'caption'" in err
