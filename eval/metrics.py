@@ -19,25 +19,46 @@ def top_k_accuracy(ranked_predictions: list[list[int]], labels: list[int], k: in
 
 
 def vqa_accuracy(predicted: str, human_answers: list[str]) -> float:
-    """The official VQA accuracy of one answer against its ten human answers (vqaEval.py).
+    """The official VQA accuracy of one answer against its ten human answers (vqaEval.py at HEAD).
 
-    Each human answer is left out in turn and the prediction scores min(1, matches among the other nine / 3);
-    the ten scores are averaged. As in vqaEval.py, normalisation happens only when the humans disagree:
-    human answers then lose punctuation, the prediction is fully normalised.
+    Every answer loses newlines, tabs and outer spaces. Only when the humans then disagree are the prediction
+    and every human answer fully normalised (punctuation, then case, numbers, articles, contractions); ten
+    identical human answers are compared as written, so "Yes" x10 does not match "yes". Each human answer is
+    left out in turn and the prediction scores min(1, matches among the other nine / 3); the ten scores are
+    averaged, summed in the same order as vqaEval.py sums them. (It leaves out every answer record equal to
+    the one left out, which is that one alone: each carries its own answer_id.)
     """
-    from eval.vqa_normalize import normalize_answer, process_punctuation
+    from eval.vqa_normalize import clean_answer, normalize_answer
 
-    clean = lambda s: s.replace("\n", " ").replace("\t", " ").strip()  # noqa: E731
-    humans = [clean(a) for a in human_answers]
-    predicted = clean(predicted)
+    humans = [clean_answer(a) for a in human_answers]
+    predicted = clean_answer(predicted)
     if len(set(humans)) > 1:
-        humans = [process_punctuation(a) for a in humans]
+        humans = [normalize_answer(a) for a in humans]
         predicted = normalize_answer(predicted)
     scores = []
     for left_out in range(len(humans)):
         matches = sum(1 for i, a in enumerate(humans) if i != left_out and a == predicted)
         scores.append(min(1.0, matches / 3))
     return sum(scores) / len(scores)
+
+
+def vqa_accuracy_by_type(accuracies: list[float], answer_types: list[str], question_types: list[str]) -> dict:
+    """vqa_accuracy, per_answer_type and per_question_type: plain means of the per-question accuracies (summed in
+    the given order), as vqaEval.py's setAccuracy forms them, but as fractions sum / n. vqaEval.py reports
+    round(100 * sum / n, 2) with Python 2's round (correctly rounded, halves away from zero), so its figure is
+    this fraction x 100 rounded so; the two can part only by 0.01 and only for a mean that lies within a bit
+    of a rounding half (see tests/test_eval_vqa.py::official_figure)."""
+    by_answer_type, by_question_type = {}, {}
+    for accuracy, answer_type, question_type in zip(accuracies, answer_types, question_types, strict=True):
+        by_answer_type.setdefault(answer_type, []).append(accuracy)
+        by_question_type.setdefault(question_type, []).append(accuracy)
+
+    def mean(values):
+        return sum(values) / len(values)
+
+    return {"vqa_accuracy": mean(accuracies),
+            "per_answer_type": {key: mean(values) for key, values in sorted(by_answer_type.items())},
+            "per_question_type": {key: mean(values) for key, values in sorted(by_question_type.items())}}
 
 
 VQA_SOFT_TARGET = (0.0, 0.3, 0.6, 0.9, 1.0)
@@ -50,7 +71,8 @@ def vqa_soft_score(predicted: str, human_answers: list[str]) -> float:
 
 
 def retrieval_recall(scores_i2t, scores_t2i, image_to_texts: list[list[int]], text_to_image: list[int]) -> dict:
-    """Recall@1/5/10 in percent for text retrieval (TR, per image) and image retrieval (IR, per caption),
+    """Recall@1/5/10 as fractions (the references print percent) for text retrieval (TR, per image) and image
+    retrieval (IR, per caption),
     ranked as the reference evaluations rank (numpy argsort, descending); r_mean averages both means."""
     import numpy as np
 
@@ -65,7 +87,7 @@ def retrieval_recall(scores_i2t, scores_t2i, image_to_texts: list[list[int]], te
         image_ranks[text] = np.where(order == text_to_image[text])[0][0]
 
     def recall(ranks, k):
-        return 100.0 * len(np.where(ranks < k)[0]) / len(ranks)
+        return len(np.where(ranks < k)[0]) / len(ranks)
 
     out = {f"txt_r{k}": recall(text_ranks, k) for k in (1, 5, 10)}
     out.update({f"img_r{k}": recall(image_ranks, k) for k in (1, 5, 10)})

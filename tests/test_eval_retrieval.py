@@ -29,9 +29,9 @@ def test_recall_hand_computed():
     # IR ranks per caption (column): c0 -> image 0 first (0); c1 -> image 1 beats image 0 (1);
     # c2 -> image 0 beats image 1 (1); c3 -> image 1 beats image 2 (1)
     out = metrics.retrieval_recall(scores, scores.T, image_to_texts, text_to_image)
-    assert (out["txt_r1"], out["txt_r5"], out["txt_r10"]) == (100 / 3, 100.0, 100.0)
-    assert (out["img_r1"], out["img_r5"], out["img_r10"]) == (25.0, 100.0, 100.0)
-    assert out["r_mean"] == pytest.approx(((100 / 3 + 200) / 3 + 225 / 3) / 2)
+    assert (out["txt_r1"], out["txt_r5"], out["txt_r10"]) == (1 / 3, 1.0, 1.0)  # fractions, as every metric
+    assert (out["img_r1"], out["img_r5"], out["img_r10"]) == (0.25, 1.0, 1.0)
+    assert out["r_mean"] == pytest.approx(((1 / 3 + 2) / 3 + 2.25 / 3) / 2)
 
 
 def write_dataset(root, karpathy: bool):
