@@ -6,9 +6,15 @@
 --data holds v2_OpenEnded_mscoco_<split>_questions.json, v2_mscoco_<split>_annotations.json and the
 <split>/COCO_<split>_*.jpg images. On splits without annotations (test-dev2015, test2015) it writes the
 EvalAI submission [{question_id, answer}] instead of scores.
+
+    python -m eval.vqa --score results.json --data VQAv2 [--split val2014] [--output scores.json]
+
+scores an EvalAI-format results file against the split's annotations, as the official vqaEval.py does,
+without a model.
 """
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,8 +29,9 @@ from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_
 from eval.data.images import ImageDataset, collate
 from eval.data.region_features import (RegionFeatureDataset, collate_regions, extract_missing_features,
                                        feature_path)
-from eval.data.vqa import build_answer_vocabulary, read_answer2label, read_vqa
+from eval.data.vqa import annotations_file, build_answer_vocabulary, read_answer2label, read_vqa
 from npu_models import registry, runtime
+from npu_models.checkpoints.io import read_json
 from npu_models.errors import UserError, cli_main
 
 SAMPLE = SAMPLES_DIR / "vqa"
@@ -45,6 +52,8 @@ def parse_args(argv):
     parser.add_argument("--submission", type=Path, help="EvalAI answer file to write (default on test splits: "
                         "vqa_submission_<split>.json)")
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--score", type=Path, metavar="RESULTS.json", help="score this EvalAI results file "
+                        "([{question_id, answer}], every question of --split) against the annotations; no model")
     return parser.parse_args(argv)
 
 
@@ -100,6 +109,8 @@ def score(record: dict, label: int, logits: torch.Tensor, gold: list[str], answe
 
 
 def evaluate(args) -> dict:
+    if args.score is not None:
+        return score_results_file(args)
     entry = registry.get_entry(args.model, task="vqa")
     task = entry.vqa
     if args.checkpoint is None:
@@ -156,7 +167,7 @@ def evaluate(args) -> dict:
     done = [store.done[e.question_id] for e in examples if e.question_id in store.done]
     scored = [r for r in done if "accuracy" in r]
     results = {
-        "vqa_accuracy": sum(r["accuracy"] for r in scored) / len(scored) if scored else None,
+        **accuracy_by_type(examples, {r["question_id"]: r["accuracy"] for r in scored}),
         "vqa_score": (metrics.float32_mean([r["score"] for r in scored]) if task.multi_label
                       else sum(r["score"] for r in scored) / len(scored)) if scored else None,
         "num_examples": len(scored), "num_questions": len(examples), "num_computed": meter.samples,
@@ -176,10 +187,74 @@ def evaluate(args) -> dict:
     return results
 
 
+def accuracy_by_type(examples, accuracy: dict[int, float]) -> dict:
+    """vqa_accuracy, per_answer_type and per_question_type (fractions) over the examples that have an accuracy,
+    in question order; None when none has."""
+    scored = [e for e in examples if e.question_id in accuracy]
+    if not scored:
+        return {"vqa_accuracy": None, "per_answer_type": None, "per_question_type": None}
+    return metrics.vqa_accuracy_by_type([accuracy[e.question_id] for e in scored],
+                                        [e.answer_type for e in scored], [e.question_type for e in scored])
+
+
+def score_results_file(args) -> dict:
+    """--score: the official accuracy of an EvalAI results file; no model is built."""
+    given = [option for option, value in (("--checkpoint", args.checkpoint), ("--limit", args.limit),
+                                          ("--predictions", args.predictions), ("--submission", args.submission))
+             if value is not None]
+    if given:
+        raise UserError(f"--score scores a results file without running a model; {', '.join(given)} "
+                        "cannot be used with it.")
+    data = args.data or SAMPLE
+    examples = read_vqa(data, args.split)
+    if examples[0].answers is None:
+        raise UserError(f"{annotations_file(Path(data), args.split)} does not exist: --score needs the annotations "
+                        f"of --split {args.split} (test splits are scored only by the EvalAI server).")
+    answers = read_results_file(args.score, examples, args.split)
+    accuracy = {e.question_id: metrics.vqa_accuracy(answers[e.question_id], e.answers) for e in examples}
+    return {**accuracy_by_type(examples, accuracy), "num_examples": len(examples), "split": args.split,
+            "data": str(data), "results": str(args.score)}
+
+
+def read_results_file(path: Path, examples, split: str) -> dict[int, str]:
+    """question id -> answer from an EvalAI results file; like vqaEval.py it must answer every question of the
+    split and no other. Duplicates are refused (vqaEval.py would silently keep the last)."""
+    results = read_json(path)
+    shape = 'a JSON array of {"question_id": <int>, "answer": <str>} objects, one per question'
+    if not isinstance(results, list):
+        raise UserError(f"{path} holds a JSON {type(results).__name__}; a VQA results file is {shape}.")
+    answers, duplicates = {}, []
+    for position, entry in enumerate(results):
+        if not (isinstance(entry, dict) and type(entry.get("question_id")) is int
+                and isinstance(entry.get("answer"), str)):
+            raise UserError(f"{path}: entry {position} is {json.dumps(entry)[:100]}; a VQA results file is {shape}.")
+        if entry["question_id"] in answers:
+            duplicates.append(entry["question_id"])
+        answers[entry["question_id"]] = entry["answer"]
+    if duplicates:
+        raise UserError(f"{path} answers {len(duplicates)} question(s) more than once (e.g. {few(duplicates)}); "
+                        "give one answer per question.")
+    wanted = {e.question_id for e in examples}
+    unknown = [q for q in answers if q not in wanted]
+    if unknown:
+        raise UserError(f"{path} answers {len(unknown)} question id(s) that are not in the {split} questions "
+                        f"(e.g. {few(unknown)}); is it the results file for --split {split}?")
+    missing = [e.question_id for e in examples if e.question_id not in answers]
+    if missing:
+        raise UserError(f"{path} has no answer for {len(missing)} of the {len(examples)} {split} questions "
+                        f"(e.g. {few(missing)}); the official evaluator requires an answer for every question of "
+                        "the split, so a partial results file cannot be scored.")
+    return answers
+
+
+def few(ids: list[int]) -> str:
+    return ", ".join(map(str, ids[:5]))
+
+
 @cli_main
 def main(argv=None):
-    shown = ["vqa_accuracy", "vqa_score", "precision", "recall", "fscore", "num_examples", "num_unreadable", "samples_per_second",
-             "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size"]
+    shown = ["vqa_accuracy", "per_answer_type", "vqa_score", "precision", "recall", "fscore", "num_examples",
+             "num_unreadable", "samples_per_second", "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size"]
     return run_eval(parse_args, evaluate, shown, argv)
 
 

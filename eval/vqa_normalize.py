@@ -1,15 +1,24 @@
-"""Answer normalisation of the official VQA evaluation (vqaEval.py), quirks included.
+"""Answer normalisation of the official VQA evaluation (vqaEval.py at GT-Vision-Lab/VQA HEAD), quirks included.
 
+- Newlines and tabs become spaces and the ends are stripped (every answer, always).
 - Punctuation is deleted when it touches a space (or the text has a digit,digit pattern), else replaced
-  by a space; a period not followed by a digit is deleted, at most 32 of them (the original passes
-  re.UNICODE, 32, as the `count` argument of re.sub).
-- Number words become digits, articles are dropped, apostrophe-less contractions regain the apostrophe.
+  by a space; the tests look at the text as it was before any mark was handled. A period not followed by a
+  digit is deleted, at most 32 of them (the original passes re.UNICODE, 32, as the `count` argument of re.sub).
+- Lowercase, split on whitespace, number words become digits, articles are dropped, apostrophe-less
+  contractions regain the apostrophe (the table's capitalised keys such as "Im" can never match: the words are
+  lowercased first), single spaces between words.
+
+vqaEval.py is Python 2 code whose patterns are compiled without re.UNICODE, so its \d is [0-9] only: hence
+re.ASCII here. Lowercasing and whitespace use Python 3's Unicode tables, which differ from Python 2.7's only for
+characters no VQA answer is made of (U+0130, a final capital sigma, U+180E, letters added after Unicode 5.2).
 """
 import re
 
 PUNCTUATION = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
-PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+# "(?!<=" is the original's typo for a lookbehind: a lookahead that never fails, so any period not
+# followed by a digit goes, "2." included.
+PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII)
+COMMA_STRIP = re.compile(r"(\d)(,)(\d)", re.ASCII)
 NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
                 "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 ARTICLES = {"a", "an", "the"}
@@ -42,6 +51,11 @@ CONTRACTIONS = {
 }
 
 
+def clean_answer(text: str) -> str:
+    """What vqaEval.py does to every answer, also when it normalises nothing else."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
 def process_punctuation(text: str) -> str:
     out = text
     for mark in PUNCTUATION:
@@ -49,7 +63,7 @@ def process_punctuation(text: str) -> str:
             out = out.replace(mark, "")
         else:
             out = out.replace(mark, " ")
-    return PERIOD_STRIP.sub("", out, re.UNICODE)
+    return PERIOD_STRIP.sub("", out, count=32)  # the original's re.UNICODE lands in `count`
 
 
 def process_digit_article(text: str) -> str:
@@ -58,5 +72,6 @@ def process_digit_article(text: str) -> str:
 
 
 def normalize_answer(text: str) -> str:
-    """Full normalisation (what the VQA evaluation applies to a predicted answer)."""
-    return process_digit_article(process_punctuation(text.replace("\n", " ").replace("\t", " ").strip()))
+    """Full normalisation: what vqaEval.py applies to the prediction and every human answer of a question
+    whose human answers are not all the same."""
+    return process_digit_article(process_punctuation(clean_answer(text)))

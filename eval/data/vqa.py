@@ -20,6 +20,8 @@ class VQAExample:
     question: str
     path: Path
     answers: list[str] | None          # the ten raw human answers; None on test splits
+    answer_type: str | None = None     # "yes/no", "number" or "other"; None on test splits
+    question_type: str | None = None   # the annotation's question_type, e.g. "what color is the"
 
 
 def questions_file(root: Path, split: str) -> Path:
@@ -41,19 +43,34 @@ def read_vqa(root, split: str = "val2014") -> list[VQAExample]:
     questions = read_json(questions_file(root, split)).get("questions")
     if not questions:
         raise UserError(f"{questions_file(root, split)} holds no 'questions'.")
-    answers = {}
-    if annotations_file(root, split).is_file():
-        for annotation in read_json(annotations_file(root, split))["annotations"]:
-            answers[annotation["question_id"]] = [a["answer"] for a in annotation["answers"]]
+    annotations = read_annotations(annotations_file(root, split))
     folder = IMAGE_FOLDER.get(split, split)
     examples = []
     for q in questions:
-        if answers and q["question_id"] not in answers:
+        if annotations and q["question_id"] not in annotations:
             raise UserError(f"question {q['question_id']} has no entry in {annotations_file(root, split)}.")
         path = root / folder / f"COCO_{folder}_{q['image_id']:012d}.jpg"
-        examples.append(VQAExample(q["question_id"], q["image_id"], q["question"], path,
-                                   answers.get(q["question_id"])))
+        example = VQAExample(q["question_id"], q["image_id"], q["question"], path, None)
+        if annotations:
+            example.answers, example.answer_type, example.question_type = annotations[q["question_id"]]
+        examples.append(example)
     return examples
+
+
+def read_annotations(path: Path) -> dict[int, tuple[list[str], str, str]]:
+    """question id -> (the raw human answers, answer_type, question_type); empty when the split has no
+    annotations file (test splits)."""
+    if not path.is_file():
+        return {}
+    annotations = {}
+    for annotation in read_json(path)["annotations"]:
+        missing = [key for key in ("answers", "answer_type", "question_type") if key not in annotation]
+        if missing:
+            raise UserError(f"{path}: the annotation of question {annotation.get('question_id')} has no "
+                            f"{' or '.join(missing)}; VQAv2 annotation files give every question all three.")
+        answers = [a["answer"] for a in annotation["answers"]]
+        annotations[annotation["question_id"]] = (answers, annotation["answer_type"], annotation["question_type"])
+    return annotations
 
 
 def normalize_word(answer: str) -> str:
