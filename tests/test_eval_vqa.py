@@ -15,6 +15,9 @@ VQA_VLMO = FIXTURES / "reference" / "vqa-vlmo"
 
 
 def test_reference_dataset_reproduces_expected_json_exactly(tmp_path):
+    # expected.json's accuracies are vqaEval.py's: its HEAD (a013f00, run under Python 2.7 on expected.json's
+    # predictions) gives every per-question value here, and so does the version before it (every prediction
+    # is "yes", which neither version's normalisation changes). OFFICIAL_CASES below tells the two apart.
     out, predictions = tmp_path / "out.json", tmp_path / "p.jsonl"
     vqa.main(["--model", "vlmo", "--checkpoint", str(VQA_VLMO / "vqa_checkpoint.pt"), "--data", str(VQA_VLMO),
               "--device", "cpu", "--batch-size", "8", "--num-workers", "0", "--output", str(out),
