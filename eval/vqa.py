@@ -25,7 +25,7 @@ from tqdm import tqdm
 import npu_models
 from eval import metrics
 from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, bert_uncased_vocab, demo_banner,
-                         find_beside, pad_rows, run_eval, run_metadata, write_json_atomic)
+                         content_hash, find_beside, pad_rows, run_eval, run_metadata, run_record, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.region_features import (RegionFeatureDataset, collate_regions, extract_missing_features,
                                        feature_path)
@@ -125,7 +125,8 @@ def evaluate(args) -> dict:
     config = model.config
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
 
-    store = PredictionStore(args.predictions, key="question_id")
+    run = run_record(args, dtype, split=args.split, vocab=content_hash(vocab), answers=content_hash(answers))
+    store = PredictionStore(args.predictions, key="question_id", run=run)
     todo = store.pending(examples, field="question")
     text = config.text_input
     text_ids, text_masks = text.encode(vocab, [e.question for e in todo])
