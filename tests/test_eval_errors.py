@@ -64,3 +64,22 @@ def test_malformed_sst2_and_retrieval_files_name_the_place(tmp_path, capsys):
                                                              {"image": "val2014/b.jpg"}]))
     err = run(capsys, "retrieval", ["--data", str(data), "--vocab", str(FIXTURES / "reference" / "vqa-vlmo" / "vocab.txt")])
     assert "coco_karpathy_test.json: entry 1 has no 'caption'" in err
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda q, a: q["questions"][2].pop("image_id"), "v2_OpenEnded_mscoco_val2014_questions.json: question 2 has no 'image_id'"),
+    (lambda q, a: a["annotations"][1].pop("question_id"), "v2_mscoco_val2014_annotations.json: annotation 1 has no 'question_id'"),
+    (lambda q, a: a.pop("annotations"), "v2_mscoco_val2014_annotations.json: the file has no 'annotations'"),
+])
+def test_a_damaged_vqa_file_names_the_entry(tmp_path, capsys, damage, message):
+    import shutil
+    data = tmp_path / "vqa"
+    shutil.copytree(FIXTURES / "reference" / "vqa-vlmo", data)
+    questions_path, annotations_path = (data / "v2_OpenEnded_mscoco_val2014_questions.json",
+                                        data / "v2_mscoco_val2014_annotations.json")
+    questions, annotations = json.loads(questions_path.read_text()), json.loads(annotations_path.read_text())
+    damage(questions, annotations)
+    questions_path.write_text(json.dumps(questions))
+    annotations_path.write_text(json.dumps(annotations))
+    err = run(capsys, "vqa", ["--checkpoint", str(data / "vqa_checkpoint.pt"), "--data", str(data), "--num-workers", "0"])
+    assert message in err

@@ -2,6 +2,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval.data.fields import required
 from npu_models.checkpoints.io import read_json
 from npu_models.errors import UserError
 
@@ -19,14 +20,6 @@ class RetrievalSplit:
             self.image_to_texts[image].append(text)
 
 
-def required(entry, name: str, path: Path, number: int):
-    """entry[name], or one paragraph naming the file, the entry and the missing key."""
-    if not isinstance(entry, dict) or name not in entry:
-        raise UserError(f"{path}: entry {number} has no '{name}' ({str(entry)[:80]}); the file is not in the expected "
-                        "format or is damaged.")
-    return entry[name]
-
-
 def caption_list(value) -> list[str]:
     return value if isinstance(value, list) else [value]
 
@@ -39,12 +32,12 @@ def read_retrieval(root, split: str = "test") -> RetrievalSplit:
         entries = read_json(per_split)
         if not isinstance(entries, list):
             raise UserError(f"{per_split} must hold a list of {{\"image\", \"caption\"}} entries.")
-        records = [(root / required(e, "image", per_split, n), caption_list(required(e, "caption", per_split, n)))
+        records = [(root / required(e, "image", per_split, f"entry {n}"), caption_list(required(e, "caption", per_split, f"entry {n}")))
                    for n, e in enumerate(entries)]
     elif karpathy.is_file():
         images = read_json(karpathy).get("images", [])
-        records = [(root / e.get("filepath", "") / required(e, "filename", karpathy, n),
-                    [required(s, "raw", karpathy, n) for s in required(e, "sentences", karpathy, n)])
+        records = [(root / e.get("filepath", "") / required(e, "filename", karpathy, f"image {n}"),
+                    [required(s, "raw", karpathy, f"image {n}") for s in required(e, "sentences", karpathy, f"image {n}")])
                    for n, e in enumerate(images) if e.get("split") == split]
     else:
         raise UserError(f"no retrieval annotations in {root}: expected coco_karpathy_{split}.json (BLIP) or "

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.vqa_normalize import normalize_answer
+from eval.data.fields import required
 from npu_models.checkpoints.io import read_json
 from npu_models.errors import UserError
 
@@ -46,11 +47,13 @@ def read_vqa(root, split: str = "val2014") -> list[VQAExample]:
     annotations = read_annotations(annotations_file(root, split))
     folder = IMAGE_FOLDER.get(split, split)
     examples = []
-    for q in questions:
-        if annotations and q["question_id"] not in annotations:
-            raise UserError(f"question {q['question_id']} has no entry in {annotations_file(root, split)}.")
-        path = root / folder / f"COCO_{folder}_{q['image_id']:012d}.jpg"
-        example = VQAExample(q["question_id"], q["image_id"], q["question"], path, None)
+    for number, q in enumerate(questions):
+        question_id, image_id, text = (required(q, key, questions_file(root, split), f"question {number}")
+                                       for key in ("question_id", "image_id", "question"))
+        if annotations and question_id not in annotations:
+            raise UserError(f"question {question_id} has no entry in {annotations_file(root, split)}.")
+        path = root / folder / f"COCO_{folder}_{image_id:012d}.jpg"
+        example = VQAExample(question_id, image_id, text, path, None)
         if annotations:
             example.answers, example.answer_type, example.question_type = annotations[q["question_id"]]
         examples.append(example)
@@ -63,13 +66,14 @@ def read_annotations(path: Path) -> dict[int, tuple[list[str], str, str]]:
     if not path.is_file():
         return {}
     annotations = {}
-    for annotation in read_json(path)["annotations"]:
+    for number, annotation in enumerate(required(read_json(path), "annotations", path, "the file")):
+        question_id = required(annotation, "question_id", path, f"annotation {number}")
         missing = [key for key in ("answers", "answer_type", "question_type") if key not in annotation]
         if missing:
-            raise UserError(f"{path}: the annotation of question {annotation.get('question_id')} has no "
+            raise UserError(f"{path}: the annotation of question {question_id} has no "
                             f"{' or '.join(missing)}; VQAv2 annotation files give every question all three.")
-        answers = [a["answer"] for a in annotation["answers"]]
-        annotations[annotation["question_id"]] = (answers, annotation["answer_type"], annotation["question_type"])
+        answers = [required(a, "answer", path, f"an answer of question {question_id}") for a in annotation["answers"]]
+        annotations[question_id] = (answers, annotation["answer_type"], annotation["question_type"])
     return annotations
 
 
