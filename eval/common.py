@@ -31,8 +31,10 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_common_args(parser: argparse.ArgumentParser, task: str, default_batch_size: int = 32):
-    parser.set_defaults(task=task)
+def add_common_args(parser: argparse.ArgumentParser, task: str, default_batch_size: int = 32,
+                    prediction_key: str | None = None):
+    """The shared options; `prediction_key` names the field that keys the command's --predictions lines."""
+    parser.set_defaults(task=task, prediction_key=prediction_key)
     default_model = registry.default_entry(task).name
     runs = ", ".join(f"{e.name} ({e.short_name})" for e in registry.REGISTRY.values() if e.task == task)
     parser.add_argument("--model", default=default_model, help=f"short or registry name: {runs} (default {default_model})")
@@ -281,6 +283,16 @@ def check_before_work(args) -> None:
     registry.get_entry(args.model, task=args.task)  # names the models that can do the task
     check_writable(args.output, "--output")
     check_writable(args.predictions, "--predictions")
+    if args.predictions is not None and args.prediction_key is not None and args.predictions.is_file():
+        with open(args.predictions, "rb") as handle:
+            first = handle.readline()
+        try:
+            record = json.loads(first) if first.endswith(b"\n") else {args.prediction_key: None}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        if not isinstance(record, dict) or args.prediction_key not in record:
+            raise UserError(f"{args.predictions} line 1 has no '{args.prediction_key}': it is not a predictions file "
+                            f"of eval.{args.task}. Pass another --predictions file.")
 
 
 def run_eval(parse_args, evaluate, shown: list[str], argv) -> int:

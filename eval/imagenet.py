@@ -28,7 +28,7 @@ SAMPLE = SAMPLES_DIR / "imagenet"
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m eval.imagenet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, "imagenet", default_batch_size=64)
+    add_common_args(parser, "imagenet", default_batch_size=64, prediction_key="file")
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="DataLoader workers decoding and transforming images")
     return parser.parse_args(argv)
@@ -48,7 +48,7 @@ def evaluate(args) -> dict:
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     top_k = min(5, config.num_classes)
 
-    store = PredictionStore(args.predictions, key="file", run=run_record(args, dtype, image_size=config.image_size))
+    store = PredictionStore(args.predictions, key=args.prediction_key, run=run_record(args, dtype, image_size=config.image_size))
     todo = store.pending(examples, field="label")
     loader = torch.utils.data.DataLoader(ImageDataset([e.path for e in todo], config.transform), batch_size=args.batch_size,
                                          num_workers=args.num_workers, collate_fn=collate,

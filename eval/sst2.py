@@ -27,7 +27,7 @@ SAMPLE = SAMPLES_DIR / "sst2"
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m eval.sst2", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, "sst2")
+    add_common_args(parser, "sst2", prediction_key="index")
     parser.add_argument("--seq-len", type=int, default=128,
                         help="maximum tokens per sentence incl. [CLS]/[SEP] (default 128, as ModelZoo); "
                              "capped at the model's maximum positions")
@@ -65,7 +65,7 @@ def evaluate(args) -> dict:
         print(f"note: --seq-len {args.seq_len} capped at the model's {config.max_positions} positions", file=sys.stderr)
 
     vocab = resolve_vocab(args)
-    store = PredictionStore(args.predictions, run=run_record(args, dtype, seq_len=seq_len, vocab=content_hash(vocab)))
+    store = PredictionStore(args.predictions, key=args.prediction_key, run=run_record(args, dtype, seq_len=seq_len, vocab=content_hash(vocab)))
     todo = store.pending(examples, field="sentence")
 
     tokenizer = bert_tokenizer(vocab, config.do_lower_case, seq_len)

@@ -40,7 +40,7 @@ SAMPLE = SAMPLES_DIR / "vqa"
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m eval.vqa", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, "vqa")
+    add_common_args(parser, "vqa", prediction_key="question_id")
     parser.add_argument("--split", default="val2014", help="question split (default val2014; test-dev2015 ...)")
     parser.add_argument("--answers", type=Path, help="answer2label.txt (JSON lines); default: the one in --data or "
                         "beside the checkpoint, else rebuilt from the train2014+val2014 annotations in --data")
@@ -126,7 +126,7 @@ def evaluate(args) -> dict:
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
 
     run = run_record(args, dtype, split=args.split, vocab=content_hash(vocab), answers=content_hash(answers))
-    store = PredictionStore(args.predictions, key="question_id", run=run)
+    store = PredictionStore(args.predictions, key=args.prediction_key, run=run)
     todo = store.pending(examples, field="question")
     text = config.text_input
     text_ids, text_masks = text.encode(vocab, [e.question for e in todo])

@@ -47,11 +47,11 @@ def test_an_unwritable_result_path_is_refused_before_the_work(tmp_path, capsys, 
     assert f"{option} {blocker / 'results.json'} cannot be written" in err
 
 
-def test_a_predictions_file_of_another_command_is_named(tmp_path, capsys):
+def test_a_predictions_file_of_another_command_is_named(tmp_path, capsys, no_model):
     predictions = tmp_path / "p.jsonl"
     predictions.write_text(json.dumps({"question_id": 1, "answer": "yes"}) + "\n")
     err = run(capsys, "sst2", ["--predictions", str(predictions)])
-    assert "line 1 has no 'index': it is not a predictions file of this command" in err
+    assert "line 1 has no 'index': it is not a predictions file of eval.sst2" in err
 
 
 def test_malformed_sst2_and_retrieval_files_name_the_place(tmp_path, capsys):
