@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from npu_models import registry, runtime
+from npu_models import parallel, registry, runtime
 from npu_models.checkpoints.io import read_json
 from npu_models.errors import UserError
 
@@ -71,7 +71,15 @@ def bert_uncased_vocab(args, data: Path) -> Path:
     return vocab
 
 
+def progress(iterable, **options):
+    """A progress bar on the main process (none under tensor parallelism's other ranks, none when not a terminal)."""
+    from tqdm import tqdm
+    return tqdm(iterable, disable=None if parallel.is_main_process() else True, **options)
+
+
 def demo_banner(what: str) -> None:
+    if not parallel.is_main_process():
+        return
     bar = "=" * 78
     print(f"{bar}\nDEMO RUN: {what}\nThe weights are RANDOM, so the metrics below are meaningless. Pass --checkpoint "
           f"and --data\nfor a real evaluation (see README).\n{bar}", file=sys.stderr, flush=True)
@@ -114,6 +122,8 @@ class PredictionStore:
         self._file = None
         if path is None:
             return
+        # Under tensor parallelism every rank skips the same finished examples; only the main one writes.
+        writer = parallel.is_main_process()
         if path.exists():
             good_bytes = 0
             with open(path, "rb") as handle:
@@ -129,25 +139,28 @@ class PredictionStore:
                                         "this command. Pass another --predictions file.")
                     self.done[record[self.key]] = record
                     good_bytes += len(raw)
-            os.truncate(path, good_bytes)
-        else:
+            if writer:
+                os.truncate(path, good_bytes)
+        elif writer:
             path.parent.mkdir(parents=True, exist_ok=True)
         if run is not None:
-            self._check_run(run)
-        self._file = open(path, "a", encoding="utf-8")
+            self._check_run(run, writer)
+        if writer:
+            self._file = open(path, "a", encoding="utf-8")
 
     @property
     def run_path(self) -> Path:
         return self.path.with_name(self.path.name + ".run.json")
 
-    def _check_run(self, run: dict) -> None:
+    def _check_run(self, run: dict, writer: bool) -> None:
         run = json.loads(json.dumps(run))  # as it reads back from JSON
         if not self.done or not self.run_path.is_file():
             if self.done:
                 raise UserError(f"{self.path} holds {len(self.done)} predictions but no record of the run that made "
                                 f"them ({self.run_path.name}); they cannot be trusted for this run. Delete it or pass "
                                 "another --predictions file.")
-            write_json_atomic(self.run_path, run)
+            if writer:
+                write_json_atomic(self.run_path, run)
             return
         recorded = read_json(self.run_path)
         differences = [f"{key}: {recorded.get(key)!r} then, {run.get(key)!r} now"
@@ -170,7 +183,7 @@ class PredictionStore:
             for example in examples:
                 self.check_matches(getattr(example, self.key), field, getattr(example, field))
         todo = [e for e in examples if getattr(e, self.key) not in self.done]
-        if len(todo) < len(examples):
+        if len(todo) < len(examples) and parallel.is_main_process():
             print(f"resuming: {len(examples) - len(todo)} of {len(examples)} predictions already in {self.path}",
                   file=sys.stderr)
         return todo
@@ -281,6 +294,10 @@ def check_writable(path: Path | None, option: str) -> None:
 def check_before_work(args) -> None:
     """Everything that can be checked before data is read and a model is built."""
     registry.get_entry(args.model, task=args.task)  # names the models that can do the task
+    if parallel.world_size() != args.tp:
+        raise UserError(f"{parallel.world_size()} processes for --tp {args.tp}: the eval commands split one model "
+                        f"over all of them; launch torchrun --nproc_per_node {args.tp} (data parallelism over more "
+                        "processes is not available yet).")
     check_writable(args.output, "--output")
     check_writable(args.predictions, "--predictions")
     if args.predictions is not None and args.prediction_key is not None and args.predictions.is_file():
@@ -301,9 +318,10 @@ def run_eval(parse_args, evaluate, shown: list[str], argv) -> int:
     args = parse_args(argv)
     check_before_work(args)
     results = evaluate(args)
-    if args.output:
-        write_json_atomic(args.output, results)
-    print_results(results, shown)
+    if parallel.is_main_process():
+        if args.output:
+            write_json_atomic(args.output, results)
+        print_results(results, shown)
     return 0
 
 

@@ -12,11 +12,10 @@ import os
 import sys
 
 import torch
-from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, demo_banner, pad_rows, run_eval,
+from eval.common import (SAMPLES_DIR, LatencyMeter, progress, PredictionStore, add_common_args, demo_banner, pad_rows, run_eval,
                          run_metadata, run_record)
 from eval.data.imagenet import read_imagenet
 from eval.data.images import ImageDataset, collate
@@ -55,7 +54,7 @@ def evaluate(args) -> dict:
                                          pin_memory=device.type != "cpu")
     meter, unreadable = LatencyMeter(device), []
     try:
-        for positions, pixels, failed in tqdm(loader, desc="imagenet", unit="batch", disable=None):
+        for positions, pixels, failed in progress(loader, desc="imagenet", unit="batch"):
             for position, error in failed:
                 unreadable.append({"file": todo[position].file, "error": error})
                 print(f"skipped unreadable image {todo[position].path}: {error}", file=sys.stderr)

@@ -15,11 +15,10 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, bert_uncased_vocab, demo_banner, run_eval,
+from eval.common import (SAMPLES_DIR, LatencyMeter, progress, PredictionStore, add_common_args, bert_uncased_vocab, demo_banner, run_eval,
                          content_hash, run_metadata, run_record, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.retrieval import read_retrieval
@@ -48,7 +47,7 @@ def image_pass(encode, split, batch_size, num_workers, transform, device, dtype,
     loader = torch.utils.data.DataLoader(ImageDataset(split.image_paths, transform), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=collate)
     embeds, memory = [], []
-    for positions, pixels, failed in tqdm(loader, desc="images", unit="batch", disable=None):
+    for positions, pixels, failed in progress(loader, desc="images", unit="batch"):
         if failed:  # every image has a row in the score matrices: a missing one cannot be skipped
             position, error = failed[0]
             raise UserError(f"image {split.image_paths[position]} cannot be read ({error}); retrieval needs every "
@@ -63,7 +62,7 @@ def image_pass(encode, split, batch_size, num_workers, transform, device, dtype,
 
 def text_pass(encode, ids, masks, batch_size, device, meter) -> torch.Tensor:
     outputs = []
-    for start in tqdm(range(0, len(ids), batch_size), desc="texts", unit="batch", disable=None):
+    for start in progress(range(0, len(ids), batch_size), desc="texts", unit="batch"):
         with meter, torch.no_grad():
             outputs.append(encode(ids[start:start + batch_size].to(device), masks[start:start + batch_size].to(device)))
         meter.samples += len(ids[start:start + batch_size])
@@ -79,7 +78,7 @@ def rerank_pass(rerank, model, sims, memory, ids, masks, k, batch_size, store, m
     for direction, num_rows in (("i2t", sims.shape[0]), ("t2i", sims.shape[1])):
         todo = [row for row in range(num_rows) if f"{direction}:{row}" not in store.done]
         chunk = max(1, batch_size // k)
-        for start in tqdm(range(0, len(todo), chunk), desc=f"rerank {direction}", unit="chunk", disable=None):
+        for start in progress(range(0, len(todo), chunk), desc=f"rerank {direction}", unit="chunk"):
             rows = todo[start:start + chunk]
             with meter:
                 indices, scores = rerank(model, sims, memory, ids, masks, direction, rows, k)

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, content_hash, demo_banner,
+from eval.common import (SAMPLES_DIR, LatencyMeter, progress, PredictionStore, add_common_args, content_hash, demo_banner,
                          pad_rows, plan_batches, run_eval, run_metadata, run_record)
 from eval.data.sst2 import read_sst2
 from npu_models import registry, runtime
@@ -80,7 +79,7 @@ def evaluate(args) -> dict:
             with torch.no_grad():
                 model(*pad_rows(make_batch([[0]], length, device), rows))  # compile every shape before timing
     try:
-        for positions, length in tqdm(batches, desc="sst2", unit="batch", disable=None):
+        for positions, length in progress(batches, desc="sst2", unit="batch"):
             batch = make_batch([encoded[i] for i in positions], length, device)
             if rows:
                 batch = pad_rows(batch, rows)

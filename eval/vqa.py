@@ -20,11 +20,10 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, add_common_args, bert_uncased_vocab, demo_banner,
+from eval.common import (SAMPLES_DIR, LatencyMeter, progress, PredictionStore, add_common_args, bert_uncased_vocab, demo_banner,
                          content_hash, find_beside, pad_rows, run_eval, run_metadata, run_record, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.region_features import (RegionFeatureDataset, collate_regions, extract_missing_features,
@@ -134,7 +133,7 @@ def evaluate(args) -> dict:
     meter, unreadable = LatencyMeter(device), []
     batches = visual_batches(args, task, config, todo, data, device)
     try:
-        for positions, visual, failed in tqdm(batches, desc="vqa", unit="batch", disable=None,
+        for positions, visual, failed in progress(batches, desc="vqa", unit="batch",
                                               total=-(-len(todo) // args.batch_size)):
             for position, error in failed:
                 unreadable.append({"question_id": todo[position].question_id, "error": error})

@@ -21,15 +21,14 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
         reproducible random weights of the full size.
     device: auto | npu[:N] | cuda[:N] | cpu.  dtype: None/'auto' for the device default, or fp32/fp16/bf16.
     graph: compile with torchair on NPU, torch.compile elsewhere (static shapes).
+    tp: tensor-parallel degree; under torchrun each of the `tp` processes holds its share of every split layer.
     task: picks among models sharing a short name ('vlmo' -> 'vqa' or 'retrieval').
     config: the model config for random weights (no checkpoint); default: the registry's full-size one.
     config_file: replaces the config.json a converter reads beside an official checkpoint (--config).
     """
-    from npu_models import registry, runtime
+    from npu_models import parallel, registry, runtime
     from npu_models.checkpoints.io import is_converted_dir, read_json
 
-    if tp != 1:
-        raise UserError(f"tp={tp}: tensor parallelism is not available yet in this release; use tp=1.")
     if checkpoint is None and Path(str(name_or_path)).is_dir() and is_converted_dir(name_or_path):
         checkpoint, name_or_path = name_or_path, read_json(Path(name_or_path) / "config.json")["model"]
     entry = registry.get_entry(str(name_or_path), task)
@@ -43,7 +42,8 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     if task is not None and served.task != task:
         raise UserError(f"{checkpoint} is a {served.task} checkpoint ({served.name}); {task} needs a {task} "
                         f"fine-tune such as {entry.name}'s.")
-    model = runtime.prepare_model(model, device, dtype)
+    model = parallel.apply_plan(model, served.tp_plan, parallel.init_tensor_parallel(tp, device.type))
+    model = runtime.prepare_model(model, parallel.local_device(device), dtype)
     return runtime.compile_model(model, device) if graph else model
 
 

@@ -36,6 +36,18 @@ class ModelEntry:
     retrieval: RetrievalTask | None = None
     # what eval.bench times, by part name ("" for the whole model): npu_models.benchmarks
     benchmarks: dict[str, Benchmark] = dataclasses.field(default_factory=dict)
+    # tensor-parallel plan: module path pattern -> "heads" | "mlp" | "head_columns" (npu_models.parallel);
+    # everything it does not name (embeddings, norms, poolers, heads) is replicated
+    tp_plan: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+BERT_TP = {"blocks.*.attn": "heads", "blocks.*.cross_attn": "heads", "blocks.*.mlp": "mlp"}
+VIT_TP = {"blocks.*.attn": "heads", "blocks.*.mlp": "mlp"}
+VLMO_TP = {"blocks.*.attn": "heads", "blocks.*.ffn.mlps.*": "mlp", "relative_position_bias_table": "head_columns"}
+BLIP_TP = {**{f"visual_encoder.{k}": v for k, v in VIT_TP.items()},
+           **{f"text_encoder.{k}": v for k, v in BERT_TP.items()}}
+VILBERT_TP = {"text_layers.*.attn": "heads", "text_layers.*.mlp": "mlp", "image_layers.*.attn": "heads",
+              "image_layers.*.mlp": "mlp", "co_layers.*.*.cross_attn": "heads", "co_layers.*.*.mlp": "mlp"}
 
 
 def blip_encode_images(model, pixels):
@@ -58,19 +70,21 @@ REGISTRY = {
     entry.name: entry
     for entry in [
         ModelEntry("bert-base-cased-sst2", "bert", bert.BertConfig, bert.bert_base_cased_sst2, bert.Bert,
-                   hf_bert.read_hf_bert, "sst2", assets=("vocab.txt",), benchmarks=benchmarks.BERT),
+                   hf_bert.read_hf_bert, "sst2", assets=("vocab.txt",), benchmarks=benchmarks.BERT, tp_plan=BERT_TP),
         ModelEntry("vit-base-patch32-224", "vit", vit.ViTConfig, vit.vit_base_patch32_224, vit.ViT,
-                   vit_weights.read_vit, "imagenet", benchmarks=benchmarks.VIT),
+                   vit_weights.read_vit, "imagenet", benchmarks=benchmarks.VIT, tp_plan=VIT_TP),
         ModelEntry("vlmo-base-vqa", "vlmo", vlmo.VLMoConfig, vlmo.vlmo_base_vqa, vlmo.VLMo,
-                   vlmo_weights.read_vlmo, "vqa", assets=("vocab.txt",), vqa=VLMO_VQA, benchmarks=benchmarks.VLMO_VQA),
+                   vlmo_weights.read_vlmo, "vqa", assets=("vocab.txt",), vqa=VLMO_VQA, benchmarks=benchmarks.VLMO_VQA,
+                   tp_plan=VLMO_TP),
         ModelEntry("vlmo-base-coco-retrieval", "vlmo", vlmo.VLMoConfig, vlmo.vlmo_base_coco_retrieval, vlmo.VLMo,
                    vlmo_weights.read_vlmo, "retrieval", assets=("vocab.txt",), retrieval=VLMO_RETRIEVAL,
-                   benchmarks=benchmarks.VLMO_RETRIEVAL),
+                   benchmarks=benchmarks.VLMO_RETRIEVAL, tp_plan=VLMO_TP),
         ModelEntry("blip-retrieval-coco", "blip", blip.BlipConfig, blip.blip_retrieval_coco, blip.Blip,
                    blip_weights.read_blip, "retrieval", assets=("vocab.txt",), retrieval=BLIP_RETRIEVAL,
-                   benchmarks=benchmarks.BLIP),
+                   benchmarks=benchmarks.BLIP, tp_plan=BLIP_TP),
         ModelEntry("vilbert-vqa", "vilbert", vilbert.ViLBERTConfig, vilbert.vilbert_vqa, vilbert.ViLBERT,
-                   vilbert_weights.read_vilbert, "vqa", vqa=VILBERT_VQA, benchmarks=benchmarks.VILBERT),
+                   vilbert_weights.read_vilbert, "vqa", vqa=VILBERT_VQA, benchmarks=benchmarks.VILBERT,
+                   tp_plan=VILBERT_TP),
     ]
 }  # the first entry of each task is its eval command's default --model
 

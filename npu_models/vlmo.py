@@ -160,7 +160,7 @@ class VLMo(nn.Module):
         Gathered per layer: the whole [n, n, depth * heads] gather would be 0.5 GB for VLMo-Base at 480 px.
         """
         index = getattr(self, f"{kind}_position_index")
-        heads = self.config.num_heads
+        heads = self.relative_position_bias_table.shape[1] // self.config.depth  # this rank's, under TP
         columns = self.relative_position_bias_table[:, layer * heads:(layer + 1) * heads]
         return columns[index].permute(2, 0, 1)
 

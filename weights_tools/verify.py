@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from npu_models import registry, runtime
+from npu_models import parallel, registry, runtime
+from npu_models.parallel import gather_heads
 from npu_models.checkpoints.io import is_converted_dir, read_state_dict
 from npu_models.errors import UserError, cli_main
 
@@ -79,7 +80,7 @@ def vlmo_outputs(model, image, text_ids, text_masks):
     out.update(joint)
     out[f"{p}.joint.raw_cls_feats"] = joint[f"{p}.joint.final_norm"][:, 0]
     for layer in (0, len(model.blocks) - 1):
-        out[f"{p}.joint.rel_pos_bias.layer{layer}"] = model.position_bias("joint", layer)
+        out[f"{p}.joint.rel_pos_bias.layer{layer}"] = gather_heads(model.position_bias("joint", layer), model)
     out.update({"debug.relative_position_index": model.image_position_index,
                 "debug.text_relative_position_index": model.text_position_index,
                 "debug.text_imag_relative_position_index": model.joint_position_index})
@@ -91,7 +92,7 @@ def vlmo_outputs(model, image, text_ids, text_masks):
         with recording(model, {**points, f"irtr.{kind}.final_norm": "norm"}) as encoded:
             out[f"irtr.{kind}_embeds"] = embed(*args)
         out.update(encoded)
-        out[f"irtr.{kind}.rel_pos_bias.layer0"] = model.position_bias(kind, 0)
+        out[f"irtr.{kind}.rel_pos_bias.layer0"] = gather_heads(model.position_bias(kind, 0), model)
     out["irtr.similarity"] = out["irtr.image_embeds"] @ out["irtr.text_embeds"].T
     out["irtr.logits_per_image"] = out["irtr.similarity"] * model.logit_scale.exp()
     return out
@@ -175,7 +176,7 @@ def compare(name: str, ours: torch.Tensor, reference: torch.Tensor, atol: float,
     return {**row, "max_abs_diff": diff.max().item() if diff.numel() else 0.0, "ok": ok, "note": ""}
 
 
-def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rtol=None) -> list[dict]:
+def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rtol=None, tp=1) -> list[dict]:
     """One row per compared tensor (per checkpoint); raises UserError when nothing can be compared.
     atol/rtol default to DEFAULT_TOLERANCE for the dtype."""
     directory = Path(directory)
@@ -191,11 +192,14 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
                         f"({', '.join(WEIGHT_SUFFIXES)}).")
     device = runtime.resolve_device(device)
     dtype = runtime.parse_dtype(dtype, device)
+    group = parallel.init_tensor_parallel(tp, device.type)
     default_atol, default_rtol = DEFAULT_TOLERANCE[dtype]
     atol, rtol = default_atol if atol is None else atol, default_rtol if rtol is None else rtol
     rows = []
     for checkpoint in checkpoints:
-        model = runtime.prepare_model(registry.build_model(entry, checkpoint), device, dtype)
+        model = registry.build_model(entry, checkpoint)
+        model = parallel.apply_plan(model, registry.entry_for_config(entry, model.config).tp_plan, group)
+        model = runtime.prepare_model(model, parallel.local_device(device), dtype)
         outputs_of = FIXTURE_OUTPUTS[entry.short_name]
         accepted = inspect.signature(outputs_of).parameters
         with torch.no_grad():  # fixtures may carry extra inputs (raw images for preprocessing checks)
@@ -233,9 +237,12 @@ def main(argv=None):
     parser.add_argument("--dtype", default="fp32", help="fp32 (default) | fp16 | bf16")
     parser.add_argument("--atol", type=float, help="absolute tolerance (default: 1e-5 fp32, 5e-2 bf16, 1e-2 fp16)")
     parser.add_argument("--rtol", type=float, help="relative tolerance (default: as --atol)")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (run under torchrun "
+                        "--nproc_per_node N); every rank checks the full outputs")
     args = parser.parse_args(argv)
-    rows = verify(args.model, args.directory, args.device, args.dtype, args.atol, args.rtol)
-    print(format_rows(rows))
+    rows = verify(args.model, args.directory, args.device, args.dtype, args.atol, args.rtol, args.tp)
+    if parallel.is_main_process():
+        print(format_rows(rows))
     return 0 if all(r["ok"] for r in rows) else 1
 
 

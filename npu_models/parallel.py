@@ -1,0 +1,185 @@
+"""Tensor parallelism: the process group from torchrun's environment, and the one function that applies a
+model's plan (declared as data in its registry entry).
+
+Megatron's scheme: attention splits by heads (q/k/v rows of the rank's heads, the output projection by its
+input columns) and the MLP by its hidden units (fc1 rows, fc2 input columns); each block's two row-parallel
+linears end in an all-reduce, after which their bias is added once. Everything else is replicated. Heads
+are shared out as evenly as possible (3 heads over 2 ranks: 2 + 1), so every fixture splits; a layer with
+fewer heads than ranks is refused by name. The all-reduce is a functional collective, which torch.compile
+traces, so graph mode works under TP. This module is the only one that knows ranks.
+"""
+import datetime
+import fnmatch
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from npu_models.errors import UserError
+
+BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
+# A rank that dies makes the others fail within this many seconds instead of hanging.
+TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("NPU_MODELS_DIST_TIMEOUT", "300")))
+
+
+@dataclass(frozen=True)
+class TensorParallel:
+    """This process's place in its tensor-parallel group."""
+    rank: int
+    size: int
+    group: object = None  # torch.distributed ProcessGroup; None when size is 1
+
+    def share(self, total: int) -> slice:
+        """This rank's part of `total` units (heads, hidden units), as even as the division allows."""
+        return slice(total * self.rank // self.size, total * (self.rank + 1) // self.size)
+
+
+SINGLE = TensorParallel(0, 1)
+
+
+def init_tensor_parallel(tp: int, device_type: str) -> TensorParallel:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT): tensor-parallel
+    groups of `tp` consecutive ranks; the world is tp x data-parallel."""
+    if tp < 1:
+        raise UserError(f"--tp must be at least 1, got {tp}.")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if tp == 1 and world == 1:
+        return SINGLE
+    if world == 1:
+        raise UserError(f"--tp {tp} needs {tp} processes: run under torchrun --standalone --nproc_per_node {tp}.")
+    if world % tp:
+        raise UserError(f"--tp {tp} does not divide the {world} processes torchrun started; launch "
+                        f"torchrun --nproc_per_node {tp} (or a multiple of it).")
+    if not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            raise UserError(f"--tp {tp} needs {tp} processes: run under torchrun --standalone --nproc_per_node {tp}.")
+        dist.init_process_group(BACKENDS.get(device_type, "gloo"), timeout=TIMEOUT)
+    rank = dist.get_rank()
+    groups = [dist.new_group(list(range(start, start + tp)), timeout=TIMEOUT) for start in range(0, world, tp)]
+    return TensorParallel(rank % tp, tp, groups[rank // tp]) if tp > 1 else SINGLE
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun each process drives the accelerator of its LOCAL_RANK."""
+    if device.type in ("npu", "cuda") and "LOCAL_RANK" in os.environ:
+        return torch.device(device.type, int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+def world_size() -> int:
+    """How many processes torchrun started (1 without torchrun)."""
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 prints progress and writes results (torchrun's RANK before the group is joined)."""
+    return (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))) == 0
+
+
+# ---- the layers after splitting ------------------------------------------------------------------------
+
+
+def all_reduce(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
+    from torch.distributed import _functional_collectives as funcol
+    return funcol.all_reduce(x, "sum", tp.group)
+
+
+class RowParallelLinear(nn.Module):
+    """A linear whose input features are split over the ranks: partial products are summed across the
+    group, then the (replicated) bias is added once."""
+
+    def __init__(self, linear: nn.Linear, columns: torch.Tensor, tp: TensorParallel):
+        super().__init__()
+        self.tp = tp
+        self.weight = nn.Parameter(linear.weight.detach()[:, columns].clone(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x):
+        out = all_reduce(F.linear(x, self.weight), self.tp)
+        return out if self.bias is None else out + self.bias
+
+
+def rows_of(linear: nn.Linear, rows: torch.Tensor) -> nn.Linear:
+    """The linear restricted to some output features (column parallel)."""
+    part = nn.Linear(linear.in_features, len(rows), bias=linear.bias is not None, device=linear.weight.device,
+                     dtype=linear.weight.dtype)
+    with torch.no_grad():
+        part.weight.copy_(linear.weight[rows])
+        if linear.bias is not None:
+            part.bias.copy_(linear.bias[rows])
+    return part.requires_grad_(False)
+
+
+def head_units(heads: slice, head_dim: int, parts: int, inner: int) -> torch.Tensor:
+    """Indices of the rank's heads in a fused projection of `parts` stacked [inner] blocks (q, k, v)."""
+    return torch.cat([torch.arange(p * inner + heads.start * head_dim, p * inner + heads.stop * head_dim)
+                      for p in range(parts)])
+
+
+def split_attention(attention: nn.Module, tp: TensorParallel, path: str) -> None:
+    heads = attention.num_heads
+    if heads < tp.size:
+        raise UserError(f"{path} has {heads} attention heads, fewer than --tp {tp.size}: each rank needs at least "
+                        f"one; use --tp {heads} or less.")
+    mine, dim = tp.share(heads), attention.head_dim
+    inner = heads * dim
+    if hasattr(attention, "qkv"):
+        attention.qkv = rows_of(attention.qkv, head_units(mine, dim, 3, inner))
+    else:
+        attention.q = rows_of(attention.q, head_units(mine, dim, 1, inner))
+        attention.kv = rows_of(attention.kv, head_units(mine, dim, 2, inner))
+    for name in ("q_bias", "v_bias"):  # BEiT/VLMo: separate q and v biases, split like q and v
+        if hasattr(attention, name):
+            setattr(attention, name, nn.Parameter(getattr(attention, name).detach()[head_units(mine, dim, 1, inner)],
+                                                  requires_grad=False))
+    attention.proj = RowParallelLinear(attention.proj, head_units(mine, dim, 1, inner), tp)
+    attention.num_heads = mine.stop - mine.start
+
+
+def split_mlp(mlp: nn.Module, tp: TensorParallel, path: str) -> None:
+    units = torch.arange(mlp.fc1.out_features)[tp.share(mlp.fc1.out_features)]
+    mlp.fc1 = rows_of(mlp.fc1, units)
+    mlp.fc2 = RowParallelLinear(mlp.fc2, units, tp)
+
+
+def split_head_columns(owner: nn.Module, name: str, tp: TensorParallel, heads: int, path: str) -> None:
+    """A per-head table whose columns are layer-major, head-minor (VLMo's relative-position bias)."""
+    table = getattr(owner, name)
+    mine = tp.share(heads)
+    columns = torch.cat([torch.arange(layer * heads + mine.start, layer * heads + mine.stop)
+                         for layer in range(table.shape[1] // heads)])
+    setattr(owner, name, nn.Parameter(table.detach()[:, columns].clone(), requires_grad=False))
+
+
+def apply_plan(model: nn.Module, plan: dict[str, str], tp: TensorParallel) -> nn.Module:
+    """Split `model` in place as `plan` says: {module path pattern ('*' is one name): style}, styles
+    "heads" (an Attention), "mlp" (an Mlp) and "head_columns" (a parameter of per-head columns)."""
+    if tp.size == 1:
+        return model
+    model.tensor_parallel = tp  # what per-head outputs need to be gathered (gather_heads)
+    modules = dict(model.named_modules())
+    parameters = dict(model.named_parameters())
+    for pattern, style in plan.items():
+        depth = pattern.count(".")
+        if style == "head_columns":
+            for path in [p for p in parameters if fnmatch.fnmatchcase(p, pattern)]:
+                owner, _, name = path.rpartition(".")
+                split_head_columns(modules[owner] if owner else model, name, tp, model.config.num_heads, path)
+            continue
+        matched = [p for p in modules if p.count(".") == depth and fnmatch.fnmatchcase(p, pattern)]
+        for path in matched:
+            {"heads": split_attention, "mlp": split_mlp}[style](modules[path], tp, path)
+    return model
+
+
+def gather_heads(tensor: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """A per-head tensor [heads, ...] of a split model, gathered from every rank (for fixture checks)."""
+    tp = getattr(model, "tensor_parallel", SINGLE)
+    if tp.size == 1:
+        return tensor
+    parts = [None] * tp.size
+    dist.all_gather_object(parts, tensor.detach().cpu(), group=tp.group)
+    return torch.cat(parts).to(tensor.device)
