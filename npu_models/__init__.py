@@ -37,12 +37,12 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
                       "checkpoint= an official checkpoint or a converted directory.", RandomWeightsWarning, stacklevel=2)
     device = runtime.resolve_device(device)
     dtype = runtime.parse_dtype(dtype, device)
-    model = registry.build_model(entry, checkpoint, config, config_file)
+    tensor_parallel = parallel.init_tensor_parallel(tp, device.type)
+    model = registry.build_model(entry, checkpoint, config, config_file, tensor_parallel)
     served = registry.entry_for_config(entry, model.config)
     if task is not None and served.task != task:
         raise UserError(f"{checkpoint} is a {served.task} checkpoint ({served.name}); {task} needs a {task} "
                         f"fine-tune such as {entry.name}'s.")
-    model = parallel.apply_plan(model, served.tp_plan, parallel.init_tensor_parallel(tp, device.type))
     model = runtime.prepare_model(model, parallel.local_device(device), dtype)
     return runtime.compile_model(model, device) if graph else model
 

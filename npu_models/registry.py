@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import torch
 
-from npu_models import benchmarks, bert, blip, vilbert, vit, vlmo
+from npu_models import benchmarks, bert, blip, parallel, vilbert, vit, vlmo
 from npu_models.benchmarks import Benchmark
 from npu_models.checkpoints import blip as blip_weights
 from npu_models.checkpoints import hf_bert
@@ -15,6 +15,7 @@ from npu_models.checkpoints import vit as vit_weights
 from npu_models.checkpoints import vlmo as vlmo_weights
 from npu_models.checkpoints.io import Converted, check_state_dict, expected_shapes, is_converted_dir, read_converted
 from npu_models.errors import UserError
+from npu_models.parallel import SINGLE, TensorParallel
 from npu_models.tasks import RetrievalTask, VQATask
 
 
@@ -130,34 +131,45 @@ def config_from_dict(entry: ModelEntry, values: dict, source):
     return entry.config_class(**values)
 
 
-def load_weights(entry: ModelEntry, checkpoint, config_file=None) -> Converted:
+def load_weights(entry: ModelEntry, checkpoint, config_file=None, tp: TensorParallel = SINGLE) -> Converted:
     """An official artifact or our converted directory in our layout, its keys and shapes checked
-    against the model its config builds."""
+    against the model its config builds (split as `tp` says, for a directory of pre-cut shards)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise UserError(f"checkpoint {checkpoint} does not exist; check the path.")
     if is_converted_dir(checkpoint):
-        name, values, state = read_converted(checkpoint)
-        if name != entry.name:
-            raise UserError(f"{checkpoint} holds a converted '{name}' model, not '{entry.name}'; "
-                            f"pass --model {name} or another checkpoint.")
+        _, values, state = read_converted(checkpoint, tp.rank, tp.size, model=entry.name)
         converted = Converted(config_from_dict(entry, values, checkpoint / "config.json"), state, str, [])
+        shapes = expected_shapes(meta_model(entry, converted.config, tp))
     else:
         if config_file is not None and not Path(config_file).is_file():
             raise UserError(f"config file {config_file} does not exist; check the --config path.")
         converted = entry.convert(checkpoint, config_file)
-    with torch.device("meta"):
-        shapes = expected_shapes(entry.build(converted.config))
+        shapes = expected_shapes(meta_model(entry, converted.config))
     check_state_dict(converted.state, shapes, converted.official_name, converted.unexpected, checkpoint)
     return converted
 
 
-def build_model(entry: ModelEntry, checkpoint=None, config=None, config_file=None) -> torch.nn.Module:
-    """The model on CPU in fp32: converted weights, or reproducible random ones when no checkpoint."""
-    if checkpoint is None:
-        return entry.build(config or entry.default_config()).init_weights()
-    converted = load_weights(entry, checkpoint, config_file)
+def meta_model(entry: ModelEntry, config, tp: TensorParallel = SINGLE) -> torch.nn.Module:
+    """The model's structure without memory, split as `tp` says."""
     with torch.device("meta"):
-        model = entry.build(converted.config)
-    model.load_state_dict({k: v.float() for k, v in converted.state.items()}, assign=True)
-    return model
+        return parallel.apply_plan(entry.build(config), entry_for_config(entry, config).tp_plan, tp)
+
+
+def build_model(entry: ModelEntry, checkpoint=None, config=None, config_file=None,
+                tp: TensorParallel = SINGLE) -> torch.nn.Module:
+    """The model on CPU in fp32, holding this rank's share when `tp` splits it: converted weights (a full
+    checkpoint is cut here, a directory of shards gives each rank its own file), or reproducible random
+    ones when no checkpoint."""
+    if checkpoint is None:
+        model = entry.build(config or entry.default_config()).init_weights()
+        return parallel.apply_plan(model, entry_for_config(entry, model.config).tp_plan, tp)
+    converted = load_weights(entry, checkpoint, config_file, tp)
+    state = {k: v.float() for k, v in converted.state.items()}
+    if is_converted_dir(checkpoint):  # already this rank's share
+        model = meta_model(entry, converted.config, tp)
+        model.load_state_dict(state, assign=True)
+        return model
+    model = meta_model(entry, converted.config)
+    model.load_state_dict(state, assign=True)
+    return parallel.apply_plan(model, entry_for_config(entry, converted.config).tp_plan, tp)

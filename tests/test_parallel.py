@@ -120,3 +120,68 @@ def test_eval_refuses_more_processes_than_tp(monkeypatch, capsys):
     with pytest.raises(SystemExit) as info:
         sst2.main(["--device", "cpu"])
     assert info.value.code == 2 and "2 processes for --tp 1" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def vlmo_shards(tmp_path_factory):
+    from weights_tools.shard import main as shard_main
+    out = tmp_path_factory.mktemp("shards") / "vlmo-tp2"
+    assert shard_main(["--model", "vlmo", "--tp", "2", "--checkpoint",
+                       str(FIXTURES / "reference" / "vqa-vlmo" / "vqa_checkpoint.pt"), "--out", str(out)]) == 0
+    return out
+
+
+def test_shards_hold_each_ranks_half_and_record_the_cut(vlmo_shards):
+    import json
+    config = json.loads((vlmo_shards / "config.json").read_text())
+    assert (config["model"], config["tp"], config["source"]["name"]) == ("vlmo-base-vqa", 2, "vqa_checkpoint.pt")
+    ranks = [load_file(str(vlmo_shards / f"model-rank{r}-of-2.safetensors")) for r in range(2)]
+    full = npu_models.load_model("vlmo", FIXTURES / "reference" / "vqa-vlmo" / "vqa_checkpoint.pt", device="cpu",
+                                 task="vqa").state_dict()
+    for key, tensor in full.items():
+        sizes = [rank[key].numel() for rank in ranks]
+        if any(part in key for part in ("attn.qkv.weight", "q_bias", "v_bias", "fc1", "attn.proj.weight", "fc2.weight",
+                                        "relative_position_bias_table")):
+            assert sizes == [tensor.numel() // 2] * 2, key
+        else:
+            assert sizes == [tensor.numel()] * 2, key
+
+
+def test_shards_of_another_degree_or_model_are_refused(vlmo_shards):
+    with pytest.raises(UserError, match="cut for --tp 2, and this run uses --tp 1: cut it again"):
+        npu_models.load_model("vlmo", vlmo_shards, device="cpu", task="vqa")
+    with pytest.raises(UserError, match="holds a converted 'vlmo-base-vqa' model, not 'bert-base-cased-sst2'"):
+        npu_models.load_model("bert", vlmo_shards, device="cpu")
+
+
+def test_eval_vqa_on_pre_cut_shards_reproduces_the_reference_metrics(tmp_path, vlmo_shards):
+    import json
+    data = FIXTURES / "reference" / "vqa-vlmo"
+    out = tmp_path / "out.json"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "eval.vqa", "--model", "vlmo", "--tp", "2", "--checkpoint", str(vlmo_shards),
+                             "--data", str(data), "--device", "cpu", "--num-workers", "0", "--output", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results, expected = json.loads(out.read_text()), json.loads((data / "expected.json").read_text())
+    assert (results["vqa_accuracy"], results["vqa_score"]) == (expected["vqa_accuracy"], expected["vqa_score"])
+
+
+def test_a_rank_that_dies_ends_the_job_instead_of_hanging(tmp_path):
+    import time
+    script = tmp_path / "die.py"
+    script.write_text(
+        "import os, torch, npu_models\n"
+        "from safetensors.torch import load_file\n"
+        "from tests.conftest import BERT_FIXTURE\n"
+        "model = npu_models.load_model('bert', BERT_FIXTURE / 'checkpoint', device='cpu', tp=2)\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    os._exit(3)  # rank 1 dies before the first all-reduce\n"
+        "inputs = load_file(str(BERT_FIXTURE / 'inputs.safetensors'))\n"
+        "model(inputs['input_ids'], inputs['attention_mask'], inputs['token_type_ids'])\n")
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": ROOT, "NPU_MODELS_DIST_TIMEOUT": "30"})
+    assert result.returncode != 0 and time.monotonic() - start < 100
+    assert "exitcode  : 3" in result.stderr  # torchrun names the rank that failed

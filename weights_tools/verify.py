@@ -197,8 +197,7 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
     atol, rtol = default_atol if atol is None else atol, default_rtol if rtol is None else rtol
     rows = []
     for checkpoint in checkpoints:
-        model = registry.build_model(entry, checkpoint)
-        model = parallel.apply_plan(model, registry.entry_for_config(entry, model.config).tp_plan, group)
+        model = registry.build_model(entry, checkpoint, tp=group)
         model = runtime.prepare_model(model, parallel.local_device(device), dtype)
         outputs_of = FIXTURE_OUTPUTS[entry.short_name]
         accepted = inspect.signature(outputs_of).parameters

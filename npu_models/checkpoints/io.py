@@ -130,15 +130,25 @@ def is_converted_dir(path) -> bool:
         return False
 
 
-def save_converted(out_dir, model_name: str, config, state_dict: dict, assets: dict[str, Path]) -> None:
-    """Write config.json + model.safetensors (+ assets such as vocab.txt) atomically into `out_dir`."""
+def shard_file(rank: int, tp: int) -> str:
+    """The weights file of one tensor-parallel rank (tp = 1: the whole model)."""
+    return WEIGHTS_FILE if tp == 1 else f"model-rank{rank}-of-{tp}.safetensors"
+
+
+def save_converted(out_dir, model_name: str, config, state_dicts: list[dict], assets: dict[str, Path],
+                   source: dict | None = None) -> None:
+    """Write config.json + one weights file per tensor-parallel rank (model.safetensors when there is one)
+    (+ assets such as vocab.txt) atomically into `out_dir`; `source` identifies what they were cut from."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tp = len(state_dicts)
     try:
-        document = {"format": OUR_FORMAT, "model": model_name, "config": dataclasses.asdict(config)}
+        document = {"format": OUR_FORMAT, "model": model_name, "config": dataclasses.asdict(config), "tp": tp,
+                    "source": source}
         (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
-        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(staging / WEIGHTS_FILE))
+        for rank, state_dict in enumerate(state_dicts):
+            save_file({k: v.contiguous() for k, v in state_dict.items()}, str(staging / shard_file(rank, tp)))
         for name, source in assets.items():
             shutil.copyfile(source, staging / name)
         if out_dir.exists():
@@ -148,10 +158,31 @@ def save_converted(out_dir, model_name: str, config, state_dict: dict, assets: d
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def read_converted(path) -> tuple[str, dict, dict[str, torch.Tensor]]:
-    """(registry name, config dict, state dict) from a directory written by save_converted."""
+def read_converted(path, rank: int = 0, tp: int = 1, model: str | None = None) -> tuple[str, dict, dict]:
+    """(registry name, config dict, this rank's state dict) from a directory written by save_converted; a
+    directory of another model (when `model` is given) or cut for another tensor-parallel degree is
+    refused. Each rank reads its own file only."""
     path = Path(path)
     document = read_json(path / CONFIG_FILE)
     if "model" not in document or "config" not in document:
         raise UserError(f"{path / CONFIG_FILE} lacks 'model' or 'config'; convert the checkpoint again.")
-    return document["model"], document["config"], read_state_dict(path / WEIGHTS_FILE)
+    if model is not None and document["model"] != model:
+        raise UserError(f"{path} holds a converted '{document['model']}' model, not '{model}'; "
+                        f"pass --model {document['model']} or another checkpoint.")
+    cut_for = document.get("tp", 1)
+    if cut_for != tp:
+        raise UserError(f"{path} holds {document['model']} cut for --tp {cut_for}, and this run uses --tp {tp}: cut it "
+                        f"again with python -m weights_tools.shard --tp {tp}, or pass the full checkpoint (it is cut "
+                        "on the fly).")
+    return document["model"], document["config"], read_state_dict(path / shard_file(rank, tp))
+
+
+def file_identity(path) -> dict | None:
+    """What identifies a checkpoint cheaply: its name and, for it or every file under it, size and
+    modification time (hashing gigabytes would cost more than the run); None for random weights."""
+    if path is None:
+        return None
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {"name": path.name, "files": {str(p.relative_to(path)) if path.is_dir() else p.name:
+                                         [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
