@@ -20,12 +20,12 @@ import torch
 
 from eval.common import latency_percentiles, write_json_atomic
 from eval.data.region_features import MAX_BOXES, RegionFeatureExtractor, pad_regions
-from npu_models import registry, runtime
+from npu_models import parallel, registry, runtime
 from npu_models.benchmarks import Benchmark
 from npu_models.errors import UserError, cli_main
 
 COLUMNS = ["model", "impl", "mode", "batch_size", "seq_len", "samples_per_second", "latency_ms_p50",
-           "latency_ms_p90", "device", "dtype", "max_abs_diff_vs_peer", "date"]
+           "latency_ms_p90", "device", "dtype", "tp", "param_mb_per_rank", "max_abs_diff_vs_peer", "date"]
 
 
 @dataclass
@@ -96,6 +96,8 @@ def parse_args(argv):
     parser.add_argument("--seq-len", type=int, default=128, help="text models: tokens per sequence (default 128)")
     parser.add_argument("--modes", default="eager,graph", help="eager, graph or both (default)")
     parser.add_argument("--no-peer", action="store_true", help="time only our implementation")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree for ours (run under torchrun "
+                        "--nproc_per_node N); the peer runs whole on every rank")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
@@ -138,12 +140,14 @@ def plot(rows, path: Path):
 
 
 def format_table(rows) -> str:
-    header = f"{'impl':<5} {'mode':<6} {'batch':>5} {'seq':>4} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} {'diff vs peer':>12}"
+    header = (f"{'impl':<5} {'mode':<6} {'tp':>2} {'batch':>5} {'seq':>4} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} "
+              f"{'MiB/rank':>9} {'diff vs peer':>12}")
     lines = [header]
     for r in rows:
         diff = "" if r["max_abs_diff_vs_peer"] is None else f"{r['max_abs_diff_vs_peer']:.1e}"
-        lines.append(f"{r['impl']:<5} {r['mode']:<6} {r['batch_size']:>5} {r['seq_len']:>4} {r['samples_per_second']:>10.1f} "
-                     f"{r['latency_ms_p50']:>9.2f} {r['latency_ms_p90']:>9.2f} {diff:>12}")
+        lines.append(f"{r['impl']:<5} {r['mode']:<6} {r['tp']:>2} {r['batch_size']:>5} {r['seq_len']:>4} "
+                     f"{r['samples_per_second']:>10.1f} {r['latency_ms_p50']:>9.2f} {r['latency_ms_p90']:>9.2f} "
+                     f"{r['param_mb_per_rank']:>9.1f} {diff:>12}")
     return "\n".join(lines)
 
 
@@ -166,18 +170,22 @@ def main(argv=None):
         raise UserError(f"--modes takes eager and/or graph, got '{args.modes}'.")
     device = runtime.resolve_device(args.device)
     dtype = runtime.parse_dtype(args.dtype, device)
+    tp = parallel.init_tensor_parallel(args.tp, device.type)
+    device = parallel.local_device(device)
     rows = []
-    build_ours = functools.cache(lambda: registry.build_model(entry, args.checkpoint))  # once for all parts
+    build_ours = functools.cache(lambda: registry.build_model(entry, args.checkpoint, tp=tp))  # once for all parts
     for name in names:
-        rows += run_benchmark(name, entry, available[name], args, batch_sizes, modes, device, dtype, rows, build_ours)
-    if args.plot:
+        rows += run_benchmark(name, entry, available[name], args, batch_sizes, modes, device, dtype, rows, build_ours, tp)
+    if args.plot and parallel.is_main_process():
         plot(rows, args.plot)
     return 0
 
 
-def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, earlier_rows, build_ours) -> list[dict]:
+def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, earlier_rows, build_ours,
+                  tp) -> list[dict]:
+    say = print if parallel.is_main_process() else (lambda *a, **k: None)  # rank 0 reports for all
     if bench.make_peer is None and not args.no_peer:
-        print(f"note: {name} has no peer implementation to run beside ours; timing ours alone", file=sys.stderr)
+        say(f"note: {name} has no peer implementation to run beside ours; timing ours alone", file=sys.stderr)
     if args.no_peer or bench.make_peer is None:
         ours = build_ours()
         config, contenders = ours.config, [Contender("ours", ours, bench.timed_part(ours))]
@@ -185,15 +193,16 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
         peer, peer_fn, config, state = bench.make_peer(args.checkpoint)
         ours = entry.build(config)
         ours.load_state_dict(state)
+        ours = parallel.apply_plan(ours, registry.entry_for_config(entry, config).tp_plan, tp)  # the peer runs whole
         contenders = [Contender("ours", ours, bench.timed_part(ours)), Contender("peer", peer, peer_fn)]
     if args.checkpoint is None:
-        print("note: random full-size weights (no --checkpoint); speed does not depend on their values",
+        say("note: random full-size weights (no --checkpoint); speed does not depend on their values",
               file=sys.stderr)
     for contender in contenders:
         runtime.prepare_model(contender.module, device, dtype)
     rows = []
     if "graph" in modes and not bench.graph:
-        print(f"note: {name} has data-dependent shapes (detections); timing it in eager mode only", file=sys.stderr)
+        say(f"note: {name} has data-dependent shapes (detections); timing it in eager mode only", file=sys.stderr)
     for mode in [m for m in modes if bench.graph or m == "eager"]:
         fns = {c.impl: runtime.compile_model(c.fn, device) if mode == "graph" else c.fn for c in contenders}
         for batch_size in batch_sizes:
@@ -210,12 +219,19 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
                 rows.append({"model": name, "impl": contender.impl, "mode": mode, "batch_size": batch_size,
                              "seq_len": seq_len, "samples_per_second": batch_size * len(seconds) / sum(seconds),
                              **latency_percentiles(seconds), "device": runtime.device_description(device),
-                             "dtype": runtime.dtype_name(dtype), "max_abs_diff_vs_peer": diff,
+                             "dtype": runtime.dtype_name(dtype), "tp": tp.size if contender.impl == "ours" else 1,
+                             "param_mb_per_rank": parameter_megabytes(contender.module), "max_abs_diff_vs_peer": diff,
                              "date": datetime.date.today().isoformat()})
-                print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-                write_outputs(earlier_rows + rows, args)
-    print(f"\n{name} on {rows[0]['device']}, {rows[0]['dtype']}\n{format_table(rows)}")
+                say(format_table(rows[-1:]).splitlines()[-1], flush=True)
+                if parallel.is_main_process():
+                    write_outputs(earlier_rows + rows, args)
+    say(f"\n{name} on {rows[0]['device']}, {rows[0]['dtype']}\n{format_table(rows)}")
     return rows
+
+
+def parameter_megabytes(module: torch.nn.Module) -> float:
+    """Parameter memory this process holds (its share under tensor parallelism), in MiB."""
+    return sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
 
 
 if __name__ == "__main__":

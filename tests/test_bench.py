@@ -97,3 +97,22 @@ def test_every_model_benches_in_bf16(tmp_path, model, checkpoint):
     for row in rows:
         if row["impl"] == "peer":  # the peer gets the same bf16 inputs and weights
             assert row["max_abs_diff_vs_peer"] < 0.5
+
+
+def test_bench_with_tp2_reports_each_ranks_share_beside_the_peer(tmp_path):
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "tp2.json"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "eval.bench", "--tp", "2", "--checkpoint", str(BERT_FIXTURE / "checkpoint"),
+                             "--device", "cpu", "--batch-sizes", "2", "--seq-len", "16", "--modes", "eager",
+                             "--warmup", "0", "--iters", "1", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours, peer = json.loads(out.read_text())
+    assert (ours["impl"], ours["tp"], peer["impl"], peer["tp"]) == ("ours", 2, "peer", 1)
+    assert peer["max_abs_diff_vs_peer"] < 1e-5  # the split model computes what the whole peer does
+    assert 0.5 * peer["param_mb_per_rank"] < ours["param_mb_per_rank"] < 0.75 * peer["param_mb_per_rank"]
+    assert result.stdout.count("bert-base-cased-sst2 on cpu") == 1  # rank 0 alone reports
