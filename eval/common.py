@@ -216,6 +216,38 @@ def pad_rows(tensors: tuple, rows: int) -> tuple:
     return tuple(torch.cat([t, t[:1].expand(rows - len(t), *t.shape[1:])]) if len(t) < rows else t for t in tensors)
 
 
+def batch_positions(count: int, batch_size: int) -> list[list[int]]:
+    """Positions 0..count-1 cut into batches in order (the batches one process would run)."""
+    return [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
+
+
+class StepGather:
+    """Data parallelism's collection point: after each step (one batch per rank) every rank's records and
+    unreadable items are gathered and stored in data-parallel rank order, which is the order one process
+    would produce them in (each rank runs every dp-th batch). Rank 0 appends them to --predictions as they
+    arrive, so an interrupted run resumes as a single-process one does; every rank keeps them, so every rank
+    computes the same metrics."""
+
+    def __init__(self, dp: parallel.DataParallel, store: PredictionStore, num_batches: int):
+        self.dp, self.store, self.unreadable = dp, store, []
+        self.remaining = dp.steps(num_batches)
+        # Ranks that read different finished examples would cut different batches and wait on each other.
+        planned = dp.gather(num_batches)
+        if len(set(planned)) > 1:
+            raise RuntimeError(f"the data-parallel ranks planned different numbers of batches: {planned}")
+
+    def add(self, records: list[dict], unreadable: list[dict]) -> None:
+        for rank_records, rank_unreadable in self.dp.gather((records, unreadable)):
+            self.store.add(rank_records)
+            self.unreadable.extend(rank_unreadable)
+        self.remaining -= 1
+
+    def finish(self) -> None:
+        """Take part in the gathers of the steps this rank has no batch for (a rank with fewer batches)."""
+        while self.remaining > 0:
+            self.add([], [])
+
+
 def plan_batches(lengths: list[int], batch_size: int, buckets: list[int]) -> list[tuple[list[int], int]]:
     """Sort by length and cut into batches, each padded to the smallest bucket that holds its longest.
 
@@ -236,6 +268,7 @@ class LatencyMeter:
 
     def __init__(self, device: torch.device):
         self.device, self.seconds, self.samples = device, [], 0
+        self.busy_seconds = None  # set by gather(): the busiest data-parallel rank's time in the model
 
     def __enter__(self):
         runtime.synchronize(self.device)
@@ -246,10 +279,20 @@ class LatencyMeter:
         runtime.synchronize(self.device)
         self.seconds.append(time.perf_counter() - self._start)
 
+    def gather(self, dp: parallel.DataParallel) -> None:
+        """Take in every data-parallel rank's batches (a collective: every rank calls it). The ranks run side
+        by side, so samples_per_second becomes all ranks' samples over the busiest rank's seconds in the
+        model; the latencies are those of every rank's batches."""
+        parts = dp.gather((self.samples, self.seconds))
+        self.samples = sum(samples for samples, _ in parts)
+        self.seconds = [s for _, seconds in parts for s in seconds]
+        self.busy_seconds = max(sum(seconds) for _, seconds in parts)
+
     def summary(self) -> dict:
         if not self.seconds:
             return {"samples_per_second": None, "latency_ms_p50": None, "latency_ms_p90": None}
-        return {"samples_per_second": self.samples / sum(self.seconds), **latency_percentiles(self.seconds)}
+        busy = self.busy_seconds or sum(self.seconds)
+        return {"samples_per_second": self.samples / busy, **latency_percentiles(self.seconds)}
 
 
 def latency_percentiles(seconds: list[float]) -> dict:
@@ -294,10 +337,7 @@ def check_writable(path: Path | None, option: str) -> None:
 def check_before_work(args) -> None:
     """Everything that can be checked before data is read and a model is built."""
     registry.get_entry(args.model, task=args.task)  # names the models that can do the task
-    if parallel.world_size() != args.tp:
-        raise UserError(f"{parallel.world_size()} processes for --tp {args.tp}: the eval commands split one model "
-                        f"over all of them; launch torchrun --nproc_per_node {args.tp} (data parallelism over more "
-                        "processes is not available yet).")
+    parallel.check_world(args.tp)
     check_writable(args.output, "--output")
     check_writable(args.predictions, "--predictions")
     if args.predictions is not None and args.prediction_key is not None and args.predictions.is_file():

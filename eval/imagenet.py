@@ -15,10 +15,11 @@ import torch
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, progress, PredictionStore, add_common_args, demo_banner, pad_rows, run_eval,
-                         run_metadata, run_record)
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, StepGather, add_common_args, batch_positions,
+                         demo_banner, pad_rows, progress, run_eval, run_metadata, run_record)
 from eval.data.imagenet import read_imagenet
 from eval.data.images import ImageDataset, collate
+from npu_models import parallel
 from npu_models.errors import UserError, cli_main
 
 SAMPLE = SAMPLES_DIR / "imagenet"
@@ -49,28 +50,23 @@ def evaluate(args) -> dict:
 
     store = PredictionStore(args.predictions, key=args.prediction_key, run=run_record(args, dtype, image_size=config.image_size))
     todo = store.pending(examples, field="label")
-    loader = torch.utils.data.DataLoader(ImageDataset([e.path for e in todo], config.transform), batch_size=args.batch_size,
-                                         num_workers=args.num_workers, collate_fn=collate,
-                                         pin_memory=device.type != "cpu")
-    meter, unreadable = LatencyMeter(device), []
+    dp = parallel.data_parallel(args.tp)
+    batches = batch_positions(len(todo), args.batch_size)
+    loader = torch.utils.data.DataLoader(ImageDataset([e.path for e in todo], config.transform),
+                                         batch_sampler=dp.share(batches), num_workers=args.num_workers,
+                                         collate_fn=collate, pin_memory=device.type != "cpu")
+    meter, gathered = LatencyMeter(device), StepGather(dp, store, len(batches))
     try:
         for positions, pixels, failed in progress(loader, desc="imagenet", unit="batch"):
             for position, error in failed:
-                unreadable.append({"file": todo[position].file, "error": error})
                 print(f"skipped unreadable image {todo[position].path}: {error}", file=sys.stderr)
-            if pixels is None:
-                continue
-            if args.graph:  # one static shape for the compiled graph
-                (pixels,) = pad_rows((pixels,), args.batch_size)
-            with meter, torch.no_grad():
-                logits = model(pixels.to(device, dtype, non_blocking=True))
-                probs, ranked = logits.float().softmax(dim=-1)[: len(positions)].topk(top_k, dim=-1)
-                probs, ranked = probs.cpu(), ranked.cpu()
-            meter.samples += len(positions)
-            store.add([{"file": todo[p].file, "label": todo[p].label, "prediction": r[0], "top5": r,
-                        "top5_probs": pr} for p, r, pr in zip(positions, ranked.tolist(), probs.tolist())])
+            gathered.add(predict(model, pixels, positions, todo, args, meter, top_k),
+                         [{"file": todo[position].file, "error": error} for position, error in failed])
+        gathered.finish()
     finally:
         store.close()
+    meter.gather(dp)
+    unreadable = gathered.unreadable
 
     scored = [e for e in examples if e.label is not None and e.file in store.done]
     ranked = [store.done[e.file]["top5"] for e in scored]
@@ -82,6 +78,22 @@ def evaluate(args) -> dict:
         "num_unreadable": len(unreadable), "unreadable": unreadable, "data": str(data),
         "image_size": config.image_size, **meter.summary(), **run_metadata(args, device, dtype),
     }
+
+
+def predict(model, pixels, positions: list[int], todo, args, meter: LatencyMeter, top_k: int) -> list[dict]:
+    """The prediction records of one batch (none when every image of it was unreadable)."""
+    if pixels is None:
+        return []
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    if args.graph:  # one static shape for the compiled graph
+        (pixels,) = pad_rows((pixels,), args.batch_size)
+    with meter, torch.no_grad():
+        logits = model(pixels.to(device, dtype, non_blocking=True))
+        probs, ranked = logits.float().softmax(dim=-1)[: len(positions)].topk(top_k, dim=-1)
+        probs, ranked = probs.cpu(), ranked.cpu()
+    meter.samples += len(positions)
+    return [{"file": todo[p].file, "label": todo[p].label, "prediction": r[0], "top5": r, "top5_probs": pr}
+            for p, r, pr in zip(positions, ranked.tolist(), probs.tolist())]
 
 
 @cli_main

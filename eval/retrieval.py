@@ -22,7 +22,7 @@ from eval.common import (SAMPLES_DIR, LatencyMeter, progress, PredictionStore, a
                          content_hash, run_metadata, run_record, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.retrieval import read_retrieval
-from npu_models import registry
+from npu_models import parallel, registry
 from npu_models.tasks import score_matrix
 from npu_models.errors import UserError, cli_main
 
@@ -95,6 +95,10 @@ def rerank_pass(rerank, model, sims, memory, ids, masks, k, batch_size, store, m
 
 
 def evaluate(args) -> dict:
+    if parallel.world_size() > args.tp:  # its passes would need every rank's embeddings gathered in order
+        raise UserError(f"eval.retrieval does not split data over processes: launch torchrun --nproc_per_node "
+                        f"{args.tp} for --tp {args.tp}, not {parallel.world_size()} processes (data parallelism is "
+                        "available in eval.sst2, eval.imagenet and eval.vqa).")
     entry = registry.get_entry(args.model, task="retrieval")
     task = entry.retrieval
     if args.checkpoint is None:

@@ -13,10 +13,10 @@ import torch
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, progress, PredictionStore, add_common_args, content_hash, demo_banner,
-                         pad_rows, plan_batches, run_eval, run_metadata, run_record)
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, StepGather, add_common_args, content_hash, demo_banner,
+                         pad_rows, plan_batches, progress, run_eval, run_metadata, run_record)
 from eval.data.sst2 import read_sst2
-from npu_models import registry, runtime
+from npu_models import parallel, registry, runtime
 from npu_models.errors import UserError, cli_main
 from npu_models.tokenizer import bert_tokenizer
 
@@ -70,16 +70,18 @@ def evaluate(args) -> dict:
     tokenizer = bert_tokenizer(vocab, config.do_lower_case, seq_len)
     encoded = [e.ids for e in tokenizer.encode_batch([e.sentence for e in todo])]
     batches = plan_batches([len(ids) for ids in encoded], args.batch_size, runtime.length_buckets(seq_len))
+    dp = parallel.data_parallel(args.tp)
+    mine = dp.share(batches)
     # Graph mode compiles one graph per shape: every batch is padded to the full batch size.
     rows = args.batch_size if args.graph else None
 
-    meter = LatencyMeter(device)
-    if args.graph and batches:
-        for length in sorted({length for _, length in batches}):
+    meter, gathered = LatencyMeter(device), StepGather(dp, store, len(batches))
+    if args.graph and mine:
+        for length in sorted({length for _, length in mine}):
             with torch.no_grad():
                 model(*pad_rows(make_batch([[0]], length, device), rows))  # compile every shape before timing
     try:
-        for positions, length in progress(batches, desc="sst2", unit="batch"):
+        for positions, length in progress(mine, desc="sst2", unit="batch"):
             batch = make_batch([encoded[i] for i in positions], length, device)
             if rows:
                 batch = pad_rows(batch, rows)
@@ -93,9 +95,11 @@ def evaluate(args) -> dict:
                 records.append({"index": example.index, "sentence": example.sentence, "label": example.label,
                                 "prediction": prediction, "prediction_label": config.labels[prediction],
                                 "probs": row})
-            store.add(records)
+            gathered.add(records, [])
+        gathered.finish()
     finally:
         store.close()
+    meter.gather(dp)
 
     labelled = [e for e in examples if e.label is not None]
     results = {

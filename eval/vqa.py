@@ -23,13 +23,14 @@ import torch
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, progress, PredictionStore, add_common_args, bert_uncased_vocab, demo_banner,
-                         content_hash, find_beside, pad_rows, run_eval, run_metadata, run_record, write_json_atomic)
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, StepGather, add_common_args, batch_positions,
+                         bert_uncased_vocab, content_hash, demo_banner, find_beside, pad_rows, progress, run_eval,
+                         run_metadata, run_record, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.region_features import (RegionFeatureDataset, collate_regions, extract_missing_features,
                                        feature_path)
 from eval.data.vqa import annotations_file, build_answer_vocabulary, read_answer2label, read_vqa
-from npu_models import registry, runtime
+from npu_models import parallel, registry, runtime
 from npu_models.checkpoints.io import read_json
 from npu_models.errors import UserError, cli_main
 
@@ -76,19 +77,21 @@ def load_vqa_model(args, entry, num_answers: int):
     return model
 
 
-def visual_batches(args, task, config, todo, data: Path, device):
-    """(positions, visual tensors, failures) per batch: decoded images, or cached region features."""
+def visual_batches(args, task, config, todo, batches: list[list[int]], data: Path, device):
+    """(positions into todo, visual tensors, failures) for each of `batches`: decoded images, or cached region
+    features."""
     if task.visual == "pixels":
         dataset, collate_fn = ImageDataset([e.path for e in todo], config.transform), collate
     else:
         features_dir = args.features or data / "features"
-        if args.detector_weights is not None:
-            unreadable = extract_missing_features([e.path for e in todo], features_dir, args.detector_weights, device)
+        if args.detector_weights is not None:  # this rank's images only: ranks never write the same file
+            mine = [todo[position].path for batch in batches for position in batch]
+            unreadable = extract_missing_features(mine, features_dir, args.detector_weights, device)
             if unreadable:
                 print(f"{len(unreadable)} image(s) could not be read; their questions are skipped", file=sys.stderr)
         dataset = RegionFeatureDataset([feature_path(features_dir, e.path) for e in todo])
         collate_fn = collate_regions
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.num_workers,
                                          collate_fn=collate_fn)
     for positions, visual, failed in loader:  # visual is None when every example of the batch failed
         yield positions, (visual,) if isinstance(visual, torch.Tensor) else visual, failed
@@ -130,15 +133,18 @@ def evaluate(args) -> dict:
     text = config.text_input
     text_ids, text_masks = text.encode(vocab, [e.question for e in todo])
     buckets = runtime.length_buckets(text_ids.shape[1], smallest=min(16, text_ids.shape[1]))
-    meter, unreadable = LatencyMeter(device), []
-    batches = visual_batches(args, task, config, todo, data, device)
+    dp = parallel.data_parallel(args.tp)
+    batches = batch_positions(len(todo), args.batch_size)
+    mine = dp.share(batches)
+    meter, gathered = LatencyMeter(device), StepGather(dp, store, len(batches))
     try:
-        for positions, visual, failed in progress(batches, desc="vqa", unit="batch",
-                                              total=-(-len(todo) // args.batch_size)):
+        for positions, visual, failed in progress(visual_batches(args, task, config, todo, mine, data, device),
+                                                  desc="vqa", unit="batch", total=len(mine)):
             for position, error in failed:
-                unreadable.append({"question_id": todo[position].question_id, "error": error})
                 print(f"skipped question {todo[position].question_id}: {error}", file=sys.stderr)
+            unreadable = [{"question_id": todo[position].question_id, "error": error} for position, error in failed]
             if visual is None:
+                gathered.add([], unreadable)
                 continue
             ids, masks = text_ids[positions], text_masks[positions]
             if not text.pad_to_max:  # pad the batch to the bucket of its longest question
@@ -160,9 +166,12 @@ def evaluate(args) -> dict:
                 elif task.multi_label:
                     record["positive_labels"] = [i for i in (row > 0.5).nonzero().flatten().tolist() if i > 1]
                 records.append(record)
-            store.add(records)
+            gathered.add(records, unreadable)
+        gathered.finish()
     finally:
         store.close()
+    meter.gather(dp)
+    unreadable = gathered.unreadable
 
     done = [store.done[e.question_id] for e in examples if e.question_id in store.done]
     scored = [r for r in done if "accuracy" in r]
@@ -180,7 +189,7 @@ def evaluate(args) -> dict:
         results["precision"], results["recall"], results["fscore"] = metrics.micro_precision_recall_f1(
             sum(len(p & g) for p, g in zip(predicted, gold)), sum(map(len, predicted)), sum(map(len, gold)))
     submission = args.submission or (Path(f"vqa_submission_{args.split}.json") if not scored and done else None)
-    if submission is not None:
+    if submission is not None and parallel.is_main_process():
         write_json_atomic(submission, [{"question_id": r["question_id"], "answer": r["answer"]} for r in done])
         results["submission"] = str(submission)
         print(f"wrote the EvalAI answer file {submission} ({len(done)} answers)", file=sys.stderr)

@@ -7,6 +7,9 @@ linears end in an all-reduce, after which their bias is added once. Everything e
 are shared out as evenly as possible (3 heads over 2 ranks: 2 + 1), so every fixture splits; a layer with
 fewer heads than ranks is refused by name. The all-reduce is a functional collective, which torch.compile
 traces, so graph mode works under TP. This module is the only one that knows ranks.
+
+Data parallelism: more processes than --tp form tp x dp; each data-parallel rank evaluates its share of
+the batches and gathers Python objects (prediction records) over a gloo group of the whole world.
 """
 import datetime
 import fnmatch
@@ -77,6 +80,60 @@ def world_size() -> int:
 def is_main_process() -> bool:
     """Rank 0 prints progress and writes results (torchrun's RANK before the group is joined)."""
     return (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))) == 0
+
+
+# ---- data parallelism ----------------------------------------------------------------------------------
+# The world is tp x dp: global rank r is tensor-parallel rank r % tp of data-parallel rank r // tp, so the tp
+# ranks of one data-parallel rank hold one model together and see the same batches.
+
+
+def check_world(tp: int) -> None:
+    """Refuse, before any work, a launch whose process count is not --tp x data-parallel ranks."""
+    world = world_size()
+    if tp >= 1 and world % tp:
+        raise UserError(f"{world} processes for --tp {tp}: the processes are --tp x data-parallel ranks; launch "
+                        f"torchrun --nproc_per_node {tp} (or a multiple of it for data parallelism).")
+    if world > 1 and "MASTER_ADDR" not in os.environ:
+        raise UserError(f"WORLD_SIZE is {world} but torchrun did not start this process: run under torchrun "
+                        f"--standalone --nproc_per_node {world}.")
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """This process's data-parallel rank and how many there are; `group` spans the whole world (gloo, so
+    Python objects travel on the CPU whatever the accelerator's backend)."""
+    rank: int
+    size: int
+    tp: int = 1
+    group: object = None
+
+    def share(self, batches: list) -> list:
+        """This rank's batches: every size-th, from its rank, so step s of all ranks is batches
+        s*size ... s*size+size-1, in the order one process would run them."""
+        return batches[self.rank::self.size]
+
+    def steps(self, num_batches: int) -> int:
+        """How many batches the busiest rank runs: every rank gathers this often."""
+        return -(-num_batches // self.size)
+
+    def gather(self, value) -> list:
+        """Every data-parallel rank's `value`, in rank order, on every process. A collective over the whole
+        world: every process must call it as often as the others."""
+        if self.size == 1:
+            return [value]
+        parts = [None] * (self.size * self.tp)
+        dist.all_gather_object(parts, value, group=self.group)
+        return parts[::self.tp]  # the tensor-parallel ranks of one data-parallel rank hold the same value
+
+
+def data_parallel(tp: int) -> DataParallel:
+    """This process's data-parallel place (rank = global rank // tp, size = world // tp); call it on every
+    rank after the process group is joined (load_model does that)."""
+    world = world_size()
+    if world == tp:
+        return DataParallel(0, 1, tp)
+    group = dist.new_group(backend="gloo", timeout=TIMEOUT)
+    return DataParallel(dist.get_rank() // tp, world // tp, tp, group)
 
 
 # ---- the layers after splitting ------------------------------------------------------------------------

@@ -114,12 +114,12 @@ def test_eval_vqa_with_tp2_reproduces_the_reference_metrics(tmp_path):
     assert result.stdout.count("vqa_accuracy") == 1
 
 
-def test_eval_refuses_more_processes_than_tp(monkeypatch, capsys):
+def test_eval_refuses_processes_that_are_not_tp_times_data_parallel(monkeypatch, capsys):
     from eval import sst2
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(SystemExit) as info:
-        sst2.main(["--device", "cpu"])
-    assert info.value.code == 2 and "2 processes for --tp 1" in capsys.readouterr().err
+        sst2.main(["--device", "cpu", "--tp", "2"])
+    assert info.value.code == 2 and "3 processes for --tp 2" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

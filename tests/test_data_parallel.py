@@ -1,0 +1,149 @@
+"""Data parallelism: two gloo processes under torchrun, each evaluating every other batch, give the results
+and the predictions file of one process; an interrupted two-process run resumes to the same results."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from eval import imagenet, sst2, vqa
+from npu_models import parallel
+from tests.conftest import BERT_FIXTURE, FIXTURES
+from tests.imagenet_layout import make_flat_layout
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VIT_CHECKPOINT = FIXTURES / "reference" / "vit" / "checkpoint_timm.safetensors"
+VQA_FIXTURE = FIXTURES / "reference" / "vqa-vlmo"
+# What differs between runs that computed the same predictions: timing, how many were computed, the machine.
+RUN_FIELDS = {"samples_per_second", "latency_ms_p50", "latency_ms_p90", "num_computed", "device", "date"}
+
+
+def torchrun(module: str, args: list[str]) -> str:
+    env = {**os.environ, "NPU_MODELS_DIST_TIMEOUT": "60"}  # a rank left waiting fails the test within a minute
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", module, *args], capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def outcome(path) -> dict:
+    return {k: v for k, v in json.loads(path.read_text()).items() if k not in RUN_FIELDS}
+
+
+def interrupt(predictions, keep: int) -> None:
+    """What an interruption leaves: `keep` finished lines and the next one cut off mid-write."""
+    lines = predictions.read_text().splitlines(keepends=True)
+    predictions.write_text("".join(lines[:keep]) + lines[keep][:10])
+
+
+def records(predictions) -> list[dict]:
+    return [json.loads(line) for line in predictions.read_text().splitlines()]
+
+
+def same_predictions(found: list[dict], expected: list[dict], probabilities: str) -> None:
+    """The same records in the same order; probabilities agree to float rounding (torchrun gives each process
+    one thread, and a resumed example may be batched with others: both change the kernels' summation order)."""
+    assert [{k: v for k, v in r.items() if k != probabilities} for r in found] == [
+        {k: v for k, v in r.items() if k != probabilities} for r in expected]
+    for a, b in zip(found, expected):
+        assert a[probabilities] == pytest.approx(b[probabilities], abs=1e-6)
+
+
+def test_data_parallel_ranks_take_every_other_batch_and_gather_in_rank_order():
+    batches = [[0, 1], [2, 3], [4, 5], [6, 7], [8]]
+    ranks = [parallel.DataParallel(rank, 2) for rank in range(2)]
+    assert [dp.share(batches) for dp in ranks] == [[[0, 1], [4, 5], [8]], [[2, 3], [6, 7]]]
+    assert ranks[0].steps(len(batches)) == 3
+    assert parallel.DataParallel(0, 1).gather("x") == ["x"]
+
+
+def test_imagenet_with_two_processes_equals_one_and_resumes(tmp_path):
+    images = tmp_path / "val"
+    make_flat_layout(images, [i % 10 for i in range(9)])
+    # Batches of 2: [0 1] [2 3] [4 5] [6 7] [8]; rank 1 runs [2 3] and [6 7], so it has one batch fewer, one
+    # unreadable image beside a good one and a batch with no readable image at all.
+    for number in (3, 7, 8):
+        (images / f"ILSVRC2012_val_{number:08d}.JPEG").write_bytes(b"not a jpeg")
+    args = ["--checkpoint", str(VIT_CHECKPOINT), "--data", str(images), "--device", "cpu", "--batch-size", "2",
+            "--num-workers", "0"]
+    imagenet.main(args + ["--output", str(tmp_path / "one.json"), "--predictions", str(tmp_path / "one.jsonl")])
+    stdout = torchrun("eval.imagenet", args + ["--output", str(tmp_path / "two.json"),
+                                               "--predictions", str(tmp_path / "two.jsonl")])
+    assert stdout.count("top1") == 1  # rank 0 alone prints
+    one, two = outcome(tmp_path / "one.json"), outcome(tmp_path / "two.json")
+    assert one == two
+    assert (two["num_examples"], two["num_unreadable"]) == (6, 3)
+    assert [u["file"] for u in two["unreadable"]] == [f"ILSVRC2012_val_{n:08d}.JPEG" for n in (3, 7, 8)]
+    same_predictions(records(tmp_path / "two.jsonl"), records(tmp_path / "one.jsonl"), "top5_probs")
+    full = json.loads((tmp_path / "two.json").read_text())
+    assert full["num_computed"] == 6 and full["samples_per_second"] > 0  # both ranks' samples
+
+    interrupt(tmp_path / "two.jsonl", keep=2)
+    torchrun("eval.imagenet", args + ["--output", str(tmp_path / "resumed.json"),
+                                      "--predictions", str(tmp_path / "two.jsonl")])
+    assert outcome(tmp_path / "resumed.json") == one
+    assert json.loads((tmp_path / "resumed.json").read_text())["num_computed"] == 4
+    same_predictions(records(tmp_path / "two.jsonl"), records(tmp_path / "one.jsonl"), "top5_probs")
+
+
+def test_sst2_with_two_processes_equals_one_and_resumes(tmp_path):
+    sentences = json.loads((BERT_FIXTURE / "inputs.json").read_text())["sentences"] + [
+        "A tour de force .", "the film is long , and it feels longer .", "Bleak .", "never finds its heart",
+        "Hollywood never made a funnier film .", "smart , sharp and surprisingly moving", "dull", "Too long .",
+        "an affecting , charming film that never stops being funny , smart , and astounding ."]
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(sentences)))
+    args = ["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--data", str(dev), "--device", "cpu",
+            "--batch-size", "3"]  # 14 sentences: 5 batches, rank 1 has one fewer
+    sst2.main(args + ["--output", str(tmp_path / "one.json"), "--predictions", str(tmp_path / "one.jsonl")])
+    torchrun("eval.sst2", args + ["--output", str(tmp_path / "two.json"), "--predictions", str(tmp_path / "two.jsonl")])
+    one = outcome(tmp_path / "one.json")
+    assert outcome(tmp_path / "two.json") == one and one["num_examples"] == len(sentences)
+    same_predictions(records(tmp_path / "two.jsonl"), records(tmp_path / "one.jsonl"), "probs")
+
+    interrupt(tmp_path / "two.jsonl", keep=4)
+    torchrun("eval.sst2", args + ["--output", str(tmp_path / "resumed.json"),
+                                  "--predictions", str(tmp_path / "two.jsonl")])
+    assert outcome(tmp_path / "resumed.json") == one
+    assert json.loads((tmp_path / "resumed.json").read_text())["num_computed"] == len(sentences) - 4
+    # The resumed examples are batched anew (sorted by length), so the lines follow in another order.
+    resumed = sorted(records(tmp_path / "two.jsonl"), key=lambda r: r["index"])
+    same_predictions(resumed, sorted(records(tmp_path / "one.jsonl"), key=lambda r: r["index"]), "probs")
+
+
+def test_vqa_with_two_processes_reproduces_the_reference_and_resumes(tmp_path):
+    args = ["--model", "vlmo", "--checkpoint", str(VQA_FIXTURE / "vqa_checkpoint.pt"), "--data", str(VQA_FIXTURE),
+            "--device", "cpu", "--num-workers", "0", "--batch-size", "5"]  # 28 questions: 6 batches, 3 per rank
+    predictions = tmp_path / "two.jsonl"
+    torchrun("eval.vqa", args + ["--output", str(tmp_path / "two.json"), "--predictions", str(predictions)])
+    results, expected = json.loads((tmp_path / "two.json").read_text()), json.loads((VQA_FIXTURE / "expected.json").read_text())
+    assert (results["vqa_accuracy"], results["vqa_score"], results["num_examples"]) == (
+        expected["vqa_accuracy"], expected["vqa_score"], expected["num_examples"])
+    full = records(predictions)
+    assert {str(r["question_id"]): r["answer"] for r in full} == expected["predictions"]
+    vqa.main(args + ["--output", str(tmp_path / "one.json"), "--predictions", str(tmp_path / "one.jsonl")])
+    assert predictions.read_text() == (tmp_path / "one.jsonl").read_text()
+
+    interrupt(predictions, keep=7)
+    torchrun("eval.vqa", args + ["--output", str(tmp_path / "resumed.json"), "--predictions", str(predictions)])
+    assert outcome(tmp_path / "resumed.json") == outcome(tmp_path / "two.json")
+    assert [r["question_id"] for r in records(predictions)] == [r["question_id"] for r in full]
+
+
+def test_retrieval_refuses_data_parallelism_and_names_the_commands_that_have_it(monkeypatch, capsys):
+    from eval import retrieval
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    with pytest.raises(SystemExit) as info:
+        retrieval.main(["--device", "cpu"])
+    assert info.value.code == 2
+    assert "data parallelism is available in eval.sst2, eval.imagenet and eval.vqa" in capsys.readouterr().err
+
+
+def test_a_world_size_without_torchrun_says_how_to_launch(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(SystemExit) as info:
+        sst2.main(["--device", "cpu"])
+    assert info.value.code == 2 and "run under torchrun --standalone --nproc_per_node 2" in capsys.readouterr().err
