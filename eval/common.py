@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from npu_models import parallel, registry, runtime
-from npu_models.checkpoints.io import read_json
+from npu_models.checkpoints.io import file_identity, read_json
 from npu_models.errors import UserError
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
@@ -83,17 +83,6 @@ def demo_banner(what: str) -> None:
     bar = "=" * 78
     print(f"{bar}\nDEMO RUN: {what}\nThe weights are RANDOM, so the metrics below are meaningless. Pass --checkpoint "
           f"and --data\nfor a real evaluation (see README).\n{bar}", file=sys.stderr, flush=True)
-
-
-def file_identity(path) -> dict | None:
-    """What identifies a checkpoint cheaply: its name and, for it or every file under it, size and
-    modification time (hashing gigabytes would cost more than the run); None for random weights."""
-    if path is None:
-        return None
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return {"name": path.name, "files": {str(p.relative_to(path)) if path.is_dir() else p.name:
-                                         [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
 
 
 def content_hash(path_or_values) -> str | None:
