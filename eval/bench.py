@@ -7,6 +7,7 @@ loaded with the same weights), it runs warm-up iterations, then times --iters it
 synchronised, and reports samples/s and the median and p90 latency. Rows are written as they arrive.
 """
 import argparse
+import copy
 import csv
 import datetime
 import functools
@@ -33,6 +34,11 @@ class Contender:
     impl: str                      # "ours" or "peer"
     module: torch.nn.Module        # moved to the device and dtype
     fn: Callable                   # (*inputs) -> output tensor: the part that is timed
+    tp: int = 1                    # the tensor-parallel degree it runs at
+
+    @property
+    def key(self) -> str:
+        return f"{self.impl}@tp{self.tp}"
 
 
 def with_detection(task) -> Benchmark:
@@ -186,15 +192,25 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
     say = print if parallel.is_main_process() else (lambda *a, **k: None)  # rank 0 reports for all
     if bench.make_peer is None and not args.no_peer:
         say(f"note: {name} has no peer implementation to run beside ours; timing ours alone", file=sys.stderr)
+    whole = None  # ours unsplit, timed beside the split one under --tp
     if args.no_peer or bench.make_peer is None:
         ours = build_ours()
-        config, contenders = ours.config, [Contender("ours", ours, bench.timed_part(ours))]
+        config = ours.config
+        if tp.size > 1:
+            try:
+                whole = registry.build_model(entry, args.checkpoint)
+            except UserError as err:  # pre-cut shards hold no whole model
+                say(f"note: no tp=1 row for {name}: {err}", file=sys.stderr)
+        contenders = [Contender("ours", ours, bench.timed_part(ours), tp.size)]
     else:
         peer, peer_fn, config, state = bench.make_peer(args.checkpoint)
         ours = entry.build(config)
         ours.load_state_dict(state)
+        whole = copy.deepcopy(ours) if tp.size > 1 else None
         ours = parallel.apply_plan(ours, registry.entry_for_config(entry, config).tp_plan, tp)  # the peer runs whole
-        contenders = [Contender("ours", ours, bench.timed_part(ours)), Contender("peer", peer, peer_fn)]
+        contenders = [Contender("ours", ours, bench.timed_part(ours), tp.size), Contender("peer", peer, peer_fn)]
+    if whole is not None:
+        contenders.insert(1, Contender("ours", whole, bench.timed_part(whole)))
     if args.checkpoint is None:
         say("note: random full-size weights (no --checkpoint); speed does not depend on their values",
               file=sys.stderr)
@@ -204,22 +220,23 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
     if "graph" in modes and not bench.graph:
         say(f"note: {name} has data-dependent shapes (detections); timing it in eager mode only", file=sys.stderr)
     for mode in [m for m in modes if bench.graph or m == "eager"]:
-        fns = {c.impl: runtime.compile_model(c.fn, device) if mode == "graph" else c.fn for c in contenders}
+        fns = {c.key: runtime.compile_model(c.fn, device) if mode == "graph" else c.fn for c in contenders}
         for batch_size in batch_sizes:
             inputs, seq_len = bench.make_inputs(config, batch_size, args.seq_len, device)
             inputs = tuple(runtime.to_model_input(t, device, dtype) for t in inputs)
             outputs = {}
             for contender in contenders:
-                fn = fns[contender.impl]
+                fn = fns[contender.key]
                 with torch.no_grad():
-                    outputs[contender.impl] = fn(*inputs).float()
+                    outputs[contender.key] = fn(*inputs).float()
                 seconds = time_iterations(fn, inputs, device, args.warmup, args.iters)
-                diff = ((outputs["ours"] - outputs["peer"]).abs().max().item()
-                        if contender.impl == "peer" and "ours" in outputs else None)
+                ours_output = outputs.get(f"ours@tp{tp.size}")
+                diff = ((ours_output - outputs[contender.key]).abs().max().item()
+                        if contender.impl == "peer" and ours_output is not None else None)
                 rows.append({"model": name, "impl": contender.impl, "mode": mode, "batch_size": batch_size,
                              "seq_len": seq_len, "samples_per_second": batch_size * len(seconds) / sum(seconds),
                              **latency_percentiles(seconds), "device": runtime.device_description(device),
-                             "dtype": runtime.dtype_name(dtype), "tp": tp.size if contender.impl == "ours" else 1,
+                             "dtype": runtime.dtype_name(dtype), "tp": contender.tp,
                              "param_mb_per_rank": parameter_megabytes(contender.module), "max_abs_diff_vs_peer": diff,
                              "date": datetime.date.today().isoformat()})
                 say(format_table(rows[-1:]).splitlines()[-1], flush=True)
