@@ -8,6 +8,10 @@
 formed on the device. VLMo ranks by that similarity (ITC); BLIP then re-ranks each query's top --k-test
 candidates with its ITM head in both directions (score = ITM logit + ITC similarity), the slow part, which
 is batched across queries, streamed to --predictions and resumed from there.
+
+Under torchrun with more processes than --tp, each data-parallel rank embeds its share of the image and
+caption batches and re-ranks its share of each step's query chunks; every rank gathers all of them in one
+process's order, so each holds the whole similarity matrix and computes the same metrics.
 """
 import argparse
 import os
@@ -18,8 +22,9 @@ import torch
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, progress, PredictionStore, add_common_args, bert_uncased_vocab, demo_banner, run_eval,
-                         content_hash, run_metadata, run_record, write_json_atomic)
+from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, StepGather, add_common_args, batch_positions,
+                         bert_uncased_vocab, content_hash, demo_banner, progress, run_eval, run_metadata, run_record,
+                         write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.retrieval import read_retrieval
 from npu_models import parallel, registry
@@ -41,50 +46,72 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def image_pass(encode, split, batch_size, num_workers, transform, device, dtype, meter):
-    """`encode` (pixels -> (embeddings, memory or None)) over every image of the split, in DataLoader
-    batches; the results stay on the device."""
-    loader = torch.utils.data.DataLoader(ImageDataset(split.image_paths, transform), batch_size=batch_size,
+def for_gather(tensor, dp):
+    """gloo carries CPU tensors (a device tensor would arrive on the sender's device); one process keeps them
+    where they are."""
+    return tensor.cpu() if dp.size > 1 and tensor is not None else tensor
+
+
+def image_pass(encode, split, dp, batch_size, num_workers, transform, device, dtype, meter):
+    """`encode` (pixels -> (embeddings, memory or None)) over every image of the split: each data-parallel rank
+    embeds its share of the batches and every rank gets all of them, in image order, on the device."""
+    batches = batch_positions(len(split.image_paths), batch_size)
+    loader = torch.utils.data.DataLoader(ImageDataset(split.image_paths, transform), batch_sampler=dp.share(batches),
                                          num_workers=num_workers, collate_fn=collate)
+
+    def mine():
+        for positions, pixels, failed in progress(loader, desc="images", unit="batch"):
+            if failed:  # sent to every rank, which all stop at the same step instead of waiting on this one
+                yield None, None, failed[0]
+                return
+            with meter, torch.no_grad():
+                embeds, memory = encode(pixels.to(device, dtype))
+            meter.samples += len(positions)
+            yield for_gather(embeds, dp), for_gather(memory, dp), None
+
     embeds, memory = [], []
-    for positions, pixels, failed in progress(loader, desc="images", unit="batch"):
+    for batch_embeds, batch_memory, failed in dp.in_order(mine(), len(batches)):
         if failed:  # every image has a row in the score matrices: a missing one cannot be skipped
-            position, error = failed[0]
+            position, error = failed
             raise UserError(f"image {split.image_paths[position]} cannot be read ({error}); retrieval needs every "
                             "image of the split.")
-        with meter, torch.no_grad():
-            batch_embeds, batch_memory = encode(pixels.to(device, dtype))
         embeds.append(batch_embeds)
         memory.append(batch_memory)
-        meter.samples += len(positions)
-    return torch.cat(embeds), None if memory[0] is None else torch.cat(memory)
+    return torch.cat(embeds).to(device), None if memory[0] is None else torch.cat(memory).to(device)
 
 
-def text_pass(encode, ids, masks, batch_size, device, meter) -> torch.Tensor:
-    outputs = []
-    for start in progress(range(0, len(ids), batch_size), desc="texts", unit="batch"):
-        with meter, torch.no_grad():
-            outputs.append(encode(ids[start:start + batch_size].to(device), masks[start:start + batch_size].to(device)))
-        meter.samples += len(ids[start:start + batch_size])
-    return torch.cat(outputs)
+def text_pass(encode, ids, masks, dp, batch_size, device, meter) -> torch.Tensor:
+    """Like image_pass, for the captions."""
+    batches = batch_positions(len(ids), batch_size)
+
+    def mine():
+        for positions in progress(dp.share(batches), desc="texts", unit="batch"):
+            with meter, torch.no_grad():
+                embeds = encode(ids[positions].to(device), masks[positions].to(device))
+            meter.samples += len(positions)
+            yield for_gather(embeds, dp)
+
+    return torch.cat(list(dp.in_order(mine(), len(batches)))).to(device)
 
 
-def rerank_pass(rerank, model, sims, memory, ids, masks, k, batch_size, store, meter):
-    """Both directions, a chunk of query rows per re-ranking pass; rows already in the store are not recomputed.
-    Returns {direction: (candidate indices, scores)}."""
+def rerank_pass(rerank, model, sims, memory, ids, masks, k, dp, batch_size, store, meter):
+    """Both directions, a chunk of query rows per re-ranking pass, the chunks shared over the data-parallel
+    ranks; rows already in the store are not recomputed. Returns {direction: (candidate indices, scores)}."""
     device = sims.device
     ids, masks = ids.to(device), masks.to(device)
     ranked = {}
     for direction, num_rows in (("i2t", sims.shape[0]), ("t2i", sims.shape[1])):
         todo = [row for row in range(num_rows) if f"{direction}:{row}" not in store.done]
         chunk = max(1, batch_size // k)
-        for start in progress(range(0, len(todo), chunk), desc=f"rerank {direction}", unit="chunk"):
-            rows = todo[start:start + chunk]
+        chunks = [todo[start:start + chunk] for start in range(0, len(todo), chunk)]
+        gathered = StepGather(dp, store, len(chunks))
+        for rows in progress(dp.share(chunks), desc=f"rerank {direction}", unit="chunk"):
             with meter:
                 indices, scores = rerank(model, sims, memory, ids, masks, direction, rows, k)
             meter.samples += len(rows) * k
-            store.add([{"key": f"{direction}:{row}", "indices": i, "scores": s}
-                       for row, i, s in zip(rows, indices.tolist(), scores.tolist())])
+            gathered.add([{"key": f"{direction}:{row}", "indices": i, "scores": s}
+                          for row, i, s in zip(rows, indices.tolist(), scores.tolist())], [])
+        gathered.finish()
         records = [store.done[f"{direction}:{row}"] for row in range(num_rows)]
         expected_top = (sims if direction == "i2t" else sims.T).topk(k, dim=1).indices.tolist()
         if any(r["indices"] != top for r, top in zip(records, expected_top)):
@@ -95,10 +122,6 @@ def rerank_pass(rerank, model, sims, memory, ids, masks, k, batch_size, store, m
 
 
 def evaluate(args) -> dict:
-    if parallel.world_size() > args.tp:  # its passes would need every rank's embeddings gathered in order
-        raise UserError(f"eval.retrieval does not split data over processes: launch torchrun --nproc_per_node "
-                        f"{args.tp} for --tp {args.tp}, not {parallel.world_size()} processes (data parallelism is "
-                        "available in eval.sst2, eval.imagenet and eval.vqa).")
     entry = registry.get_entry(args.model, task="retrieval")
     task = entry.retrieval
     if args.checkpoint is None:
@@ -119,10 +142,12 @@ def evaluate(args) -> dict:
     vocab = bert_uncased_vocab(args, data)
     ids, masks = config.text_input.encode(vocab, split.texts)
 
+    dp = parallel.data_parallel(args.tp)
     meter = LatencyMeter(device)
-    image_embeds, memory = image_pass(lambda pixels: task.encode_images(model, pixels), split, args.batch_size,
+    image_embeds, memory = image_pass(lambda pixels: task.encode_images(model, pixels), split, dp, args.batch_size,
                                       args.num_workers, config.transform, device, dtype, meter)
-    text_embeds = text_pass(lambda i, m: task.encode_texts(model, i, m), ids, masks, args.batch_size, device, meter)
+    text_embeds = text_pass(lambda i, m: task.encode_texts(model, i, m), ids, masks, dp, args.batch_size, device,
+                            meter)
     sims = image_embeds.float() @ text_embeds.float().T
     results = {}
     if task.rerank is not None:
@@ -130,7 +155,7 @@ def evaluate(args) -> dict:
         run = run_record(args, dtype, split=args.split, vocab=content_hash(vocab), k_test=k)
         store = PredictionStore(args.predictions, key="key", run=run)
         try:
-            ranked = rerank_pass(task.rerank, model, sims, memory, ids, masks, k, args.batch_size, store, meter)
+            ranked = rerank_pass(task.rerank, model, sims, memory, ids, masks, k, dp, args.batch_size, store, meter)
         finally:
             store.close()
         scores_i2t = score_matrix(ranked["i2t"], tuple(sims.shape), task.unselected_score)
@@ -138,9 +163,10 @@ def evaluate(args) -> dict:
         results["k_test"] = k
     else:
         scores_i2t, scores_t2i = sims, sims.T
-        if args.predictions:
+        if args.predictions and parallel.is_main_process():
             write_json_atomic(args.predictions, {"i2t_top10": sims.topk(min(10, sims.shape[1]), dim=1).indices.tolist(),
                                                  "t2i_top10": sims.T.topk(min(10, sims.shape[0]), dim=1).indices.tolist()})
+    meter.gather(dp)
     results.update(metrics.retrieval_recall(scores_i2t.cpu(), scores_t2i.cpu(), split.image_to_texts, split.text_to_image))
     results.update({"num_images": len(split.image_paths), "num_texts": len(split.texts), "data": str(data),
                     **meter.summary(), **run_metadata(args, device, dtype)})

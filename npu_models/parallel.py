@@ -9,7 +9,7 @@ fewer heads than ranks is refused by name. The all-reduce is a functional collec
 traces, so graph mode works under TP. This module is the only one that knows ranks.
 
 Data parallelism: more processes than --tp form tp x dp; each data-parallel rank evaluates its share of
-the batches and gathers Python objects (prediction records) over a gloo group of the whole world.
+the batches and gathers Python objects (prediction records, CPU tensors) over a gloo group of the whole world.
 """
 import datetime
 import fnmatch
@@ -124,6 +124,16 @@ class DataParallel:
         parts = [None] * (self.size * self.tp)
         dist.all_gather_object(parts, value, group=self.group)
         return parts[::self.tp]  # the tensor-parallel ranks of one data-parallel rank hold the same value
+
+    def in_order(self, outputs, num_batches: int):
+        """Every rank's per-batch `outputs` (this rank's from its share of `num_batches` batches), gathered
+        after each step and yielded in the order one process would produce them. Every rank takes part in
+        steps(num_batches) gathers; a rank out of batches sends None."""
+        outputs = iter(outputs)
+        for _ in range(self.steps(num_batches)):
+            for output in self.gather(next(outputs, None)):
+                if output is not None:
+                    yield output
 
 
 def data_parallel(tp: int) -> DataParallel:

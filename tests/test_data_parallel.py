@@ -7,24 +7,27 @@ import sys
 
 import pytest
 
-from eval import imagenet, sst2, vqa
+from eval import imagenet, retrieval, sst2, vqa
 from npu_models import parallel
 from tests.conftest import BERT_FIXTURE, FIXTURES
 from tests.imagenet_layout import make_flat_layout
+from tests.test_eval_retrieval import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIT_CHECKPOINT = FIXTURES / "reference" / "vit" / "checkpoint_timm.safetensors"
 VQA_FIXTURE = FIXTURES / "reference" / "vqa-vlmo"
+RETRIEVAL_BLIP = FIXTURES / "reference" / "retrieval-blip"
 # What differs between runs that computed the same predictions: timing, how many were computed, the machine.
 RUN_FIELDS = {"samples_per_second", "latency_ms_p50", "latency_ms_p90", "num_computed", "device", "date"}
 
 
-def torchrun(module: str, args: list[str]) -> str:
+def torchrun(module: str, args: list[str], succeed: bool = True) -> str:
+    """Rank 0's stdout of a run that succeeds; both ranks' output of one that must fail."""
     env = {**os.environ, "NPU_MODELS_DIST_TIMEOUT": "60"}  # a rank left waiting fails the test within a minute
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              "-m", module, *args], capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+    assert (result.returncode == 0) == succeed, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout if succeed else result.stdout + result.stderr
 
 
 def outcome(path) -> dict:
@@ -131,14 +134,60 @@ def test_vqa_with_two_processes_reproduces_the_reference_and_resumes(tmp_path):
     assert [r["question_id"] for r in records(predictions)] == [r["question_id"] for r in full]
 
 
-def test_retrieval_refuses_data_parallelism_and_names_the_commands_that_have_it(monkeypatch, capsys):
-    from eval import retrieval
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    with pytest.raises(SystemExit) as info:
-        retrieval.main(["--device", "cpu"])
-    assert info.value.code == 2
-    assert "data parallelism is available in eval.sst2, eval.imagenet and eval.vqa" in capsys.readouterr().err
+def top1(predictions, direction: str, num_rows: int) -> list[int]:
+    """Each query's best re-ranked candidate, as the reference's expected.json lists them."""
+    by_key = {r["key"]: r for r in records(predictions)}
+    rows = [by_key[f"{direction}:{row}"] for row in range(num_rows)]
+    return [r["indices"][max(range(len(r["scores"])), key=r["scores"].__getitem__)] for r in rows]
+
+
+def test_blip_retrieval_with_two_processes_reproduces_the_reference_and_resumes(tmp_path):
+    args = ["--model", "blip", "--checkpoint", str(RETRIEVAL_BLIP / "checkpoint.pth"), "--vocab",
+            str(RETRIEVAL_BLIP / "vocab.txt"), "--data", str(RETRIEVAL_BLIP), "--k-test", "4", "--device", "cpu",
+            "--num-workers", "0", "--batch-size", "8"]  # 10 images, 50 captions, re-ranking chunks of 2 queries
+    predictions = tmp_path / "two.jsonl"
+    stdout = torchrun("eval.retrieval", args + ["--output", str(tmp_path / "two.json"),
+                                                "--predictions", str(predictions)])
+    assert stdout.count("num_images") == 1  # rank 0 alone prints
+    results = json.loads((tmp_path / "two.json").read_text())
+    expected = json.loads((RETRIEVAL_BLIP / "expected.json").read_text())
+    for key in ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "txt_r_mean", "img_r_mean", "r_mean"):
+        assert results[key] == pytest.approx(expected[key] / 100, abs=1e-12), key  # the reference prints percent
+    assert (results["num_images"], results["num_texts"], results["k_test"]) == (10, 50, 4)
+    assert results["samples_per_second"] > 0
+    assert (top1(predictions, "i2t", 10), top1(predictions, "t2i", 50)) == (expected["i2t_top1"], expected["t2i_top1"])
+
+    retrieval.main(args + ["--output", str(tmp_path / "one.json"), "--predictions", str(tmp_path / "one.jsonl")])
+    assert outcome(tmp_path / "two.json") == outcome(tmp_path / "one.json")
+    full = records(predictions)
+    same_predictions(full, records(tmp_path / "one.jsonl"), "scores")
+
+    interrupt(predictions, keep=25)  # all 10 image queries and 15 of the 50 caption queries
+    torchrun("eval.retrieval", args + ["--output", str(tmp_path / "resumed.json"), "--predictions", str(predictions)])
+    assert outcome(tmp_path / "resumed.json") == outcome(tmp_path / "two.json")
+    resumed = records(predictions)
+    assert resumed[:25] == full[:25]
+    same_predictions(resumed, full, "scores")
+
+
+def test_vlmo_retrieval_with_two_processes_equals_one(tmp_path):
+    write_dataset(tmp_path, karpathy=False)
+    # Batches of 2: 3 images (rank 1 has one batch fewer) and 15 captions (8 batches).
+    args = ["--model", "vlmo", "--checkpoint", str(tmp_path / "retrieval.pt"), "--data", str(tmp_path), "--device",
+            "cpu", "--batch-size", "2", "--num-workers", "0"]
+    retrieval.main(args + ["--output", str(tmp_path / "one.json"), "--predictions", str(tmp_path / "one.json.top")])
+    torchrun("eval.retrieval", args + ["--output", str(tmp_path / "two.json"),
+                                       "--predictions", str(tmp_path / "two.json.top")])
+    assert outcome(tmp_path / "two.json") == outcome(tmp_path / "one.json")
+    top = [json.loads((tmp_path / name).read_text()) for name in ("one.json.top", "two.json.top")]
+    assert top[0] == top[1]
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["samples_per_second"] > 0 and (two["num_images"], two["num_texts"]) == (3, 15)
+
+    # Rank 1 embeds image 2 alone: when it cannot be read, both ranks stop with the reason (none is left waiting).
+    (tmp_path / "val2014" / "COCO_val2014_000000000002.jpg").unlink()
+    output = torchrun("eval.retrieval", args, succeed=False)
+    assert output.count("COCO_val2014_000000000002.jpg cannot be read") == 2
 
 
 def test_a_world_size_without_torchrun_says_how_to_launch(monkeypatch, capsys):
