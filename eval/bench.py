@@ -11,6 +11,7 @@ import copy
 import csv
 import datetime
 import functools
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from npu_models.benchmarks import Benchmark
 from npu_models.errors import UserError, cli_main
 
 COLUMNS = ["model", "impl", "mode", "batch_size", "seq_len", "samples_per_second", "latency_ms_p50",
-           "latency_ms_p90", "device", "dtype", "tp", "param_mb_per_rank", "max_abs_diff_vs_peer", "date"]
+           "latency_ms_p90", "gflop_per_batch", "tflops", "fraction_of_peak", "device", "dtype", "tp",
+           "param_mb_per_rank", "max_abs_diff_vs_peer", "date"]
 
 
 @dataclass
@@ -74,6 +76,24 @@ def benchmarks_of(entry) -> dict[str, Benchmark]:
     if entry.vqa is not None and entry.vqa.visual == "regions":
         parts[f"{entry.name}/with-detection"] = with_detection(entry.vqa)
     return parts
+
+
+def counted_flops(fn, inputs) -> int:
+    """Floating-point operations of one call, counted by torch (matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(*inputs)
+    return counter.get_total_flops()
+
+
+def matmul_peak(device, dtype, size: int | None = None, iters: int = 5) -> float:
+    """FLOP/s of a dense square matmul in `dtype` on `device`, measured now: the yardstick for
+    fraction_of_peak (a model cannot beat the matmul it is made of by much)."""
+    size = size or (2048 if device.type == "cpu" else 8192)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    seconds = time_iterations(torch.matmul, (a, b), device, warmup=2, iters=iters)
+    return 2 * size ** 3 / statistics.median(seconds)
 
 
 def time_iterations(fn, inputs, device, warmup, iters) -> list[float]:
@@ -147,13 +167,13 @@ def plot(rows, path: Path):
 
 def format_table(rows) -> str:
     header = (f"{'impl':<5} {'mode':<6} {'tp':>2} {'batch':>5} {'seq':>4} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} "
-              f"{'MiB/rank':>9} {'diff vs peer':>12}")
+              f"{'% peak':>7} {'MiB/rank':>9} {'diff vs peer':>12}")
     lines = [header]
     for r in rows:
         diff = "" if r["max_abs_diff_vs_peer"] is None else f"{r['max_abs_diff_vs_peer']:.1e}"
         lines.append(f"{r['impl']:<5} {r['mode']:<6} {r['tp']:>2} {r['batch_size']:>5} {r['seq_len']:>4} "
                      f"{r['samples_per_second']:>10.1f} {r['latency_ms_p50']:>9.2f} {r['latency_ms_p90']:>9.2f} "
-                     f"{r['param_mb_per_rank']:>9.1f} {diff:>12}")
+                     f"{100 * r['fraction_of_peak']:>7.1f} {r['param_mb_per_rank']:>9.1f} {diff:>12}")
     return "\n".join(lines)
 
 
@@ -178,17 +198,21 @@ def main(argv=None):
     dtype = runtime.parse_dtype(args.dtype, device)
     tp = parallel.init_tensor_parallel(args.tp, device.type)
     device = parallel.local_device(device)
+    peak = matmul_peak(device, dtype)
+    print(f"dense {runtime.dtype_name(dtype)} matmul on {runtime.device_description(device)}: "
+          f"{peak / 1e12:.2f} TFLOP/s (the peak fraction_of_peak is measured against)", file=sys.stderr)
     rows = []
     build_ours = functools.cache(lambda: registry.build_model(entry, args.checkpoint, tp=tp))  # once for all parts
     for name in names:
-        rows += run_benchmark(name, entry, available[name], args, batch_sizes, modes, device, dtype, rows, build_ours, tp)
+        rows += run_benchmark(name, entry, available[name], args, batch_sizes, modes, device, dtype, rows, build_ours, tp,
+                              peak)
     if args.plot and parallel.is_main_process():
         plot(rows, args.plot)
     return 0
 
 
 def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, earlier_rows, build_ours,
-                  tp) -> list[dict]:
+                  tp, peak: float) -> list[dict]:
     say = print if parallel.is_main_process() else (lambda *a, **k: None)  # rank 0 reports for all
     if bench.make_peer is None and not args.no_peer:
         say(f"note: {name} has no peer implementation to run beside ours; timing ours alone", file=sys.stderr)
@@ -230,12 +254,16 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
                 with torch.no_grad():
                     outputs[contender.key] = fn(*inputs).float()
                 seconds = time_iterations(fn, inputs, device, args.warmup, args.iters)
+                flops = counted_flops(contender.fn, inputs)  # eager: the same work graph mode does
+                achieved = flops / statistics.median(seconds)
                 ours_output = outputs.get(f"ours@tp{tp.size}")
                 diff = ((ours_output - outputs[contender.key]).abs().max().item()
                         if contender.impl == "peer" and ours_output is not None else None)
                 rows.append({"model": name, "impl": contender.impl, "mode": mode, "batch_size": batch_size,
                              "seq_len": seq_len, "samples_per_second": batch_size * len(seconds) / sum(seconds),
-                             **latency_percentiles(seconds), "device": runtime.device_description(device),
+                             **latency_percentiles(seconds), "gflop_per_batch": flops / 1e9,
+                             "tflops": achieved / 1e12, "fraction_of_peak": achieved / peak,
+                             "device": runtime.device_description(device),
                              "dtype": runtime.dtype_name(dtype), "tp": contender.tp,
                              "param_mb_per_rank": parameter_megabytes(contender.module), "max_abs_diff_vs_peer": diff,
                              "date": datetime.date.today().isoformat()})

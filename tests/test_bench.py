@@ -117,3 +117,18 @@ def test_bench_with_tp2_reports_each_ranks_share_beside_the_peer(tmp_path):
     assert whole["param_mb_per_rank"] == peer["param_mb_per_rank"]
     assert 0.5 * whole["param_mb_per_rank"] < ours["param_mb_per_rank"] < 0.75 * whole["param_mb_per_rank"]
     assert result.stdout.count("bert-base-cased-sst2 on cpu") == 1  # rank 0 alone reports
+
+
+def test_flops_are_counted_and_set_against_a_measured_matmul_peak(tmp_path):
+    import torch
+    linear = torch.nn.Linear(64, 32)
+    assert bench.counted_flops(linear, (torch.randn(8, 64),)) == 2 * 8 * 64 * 32
+    assert bench.matmul_peak(torch.device("cpu"), torch.float32, size=256, iters=2) > 0
+    out = tmp_path / "flops.json"
+    bench.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--batch-sizes", "4",
+                "--seq-len", "16", "--modes", "eager", "--warmup", "0", "--iters", "2", "--json", str(out)])
+    ours, peer = json.loads(out.read_text())
+    # the same model on the same inputs does the same work, whoever implements it
+    assert ours["gflop_per_batch"] == pytest.approx(peer["gflop_per_batch"], rel=0.02)
+    for row in (ours, peer):
+        assert row["tflops"] > 0 and 0 < row["fraction_of_peak"] < 2
