@@ -132,7 +132,7 @@ def evaluate(args) -> dict:
     todo = store.pending(examples, field="question")
     text = config.text_input
     text_ids, text_masks = text.encode(vocab, [e.question for e in todo])
-    buckets = runtime.length_buckets(text_ids.shape[1], smallest=min(16, text_ids.shape[1]))
+    buckets = runtime.length_buckets(text_ids.shape[1])
     dp = parallel.data_parallel(args.tp)
     batches = batch_positions(len(todo), args.batch_size)
     mine = dp.share(batches)

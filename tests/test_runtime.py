@@ -61,11 +61,11 @@ def test_dtype_policy_cpu_cuda_and_explicit_names(monkeypatch):
 
 
 def test_length_buckets_are_bounded_and_cover_the_maximum():
-    assert runtime.length_buckets(128) == [16, 32, 64, 128]
-    assert runtime.length_buckets(100) == [16, 32, 64, 100]
+    assert runtime.length_buckets(128) == [16, 32, 48, 64, 80, 96, 112, 128]
+    assert runtime.length_buckets(100) == [16, 32, 48, 64, 80, 96, 100]
     assert runtime.length_buckets(8) == [8]
     buckets = runtime.length_buckets(128)
-    assert [runtime.bucket_for(n, buckets) for n in (1, 16, 17, 64, 65, 128)] == [16, 16, 32, 64, 128, 128]
+    assert [runtime.bucket_for(n, buckets) for n in (1, 16, 17, 64, 65, 128)] == [16, 16, 32, 64, 80, 128]
     with pytest.raises(ValueError):
         runtime.bucket_for(129, buckets)
 

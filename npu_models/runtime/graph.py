@@ -25,14 +25,11 @@ def compile_model(model, device: torch.device):
     return torch.compile(model, fullgraph=True, dynamic=False)
 
 
-def length_buckets(max_length: int, smallest: int = 16) -> list[int]:
-    """Sequence-length buckets: powers of two from `smallest` up to and including `max_length`."""
-    buckets, length = [], smallest
-    while length < max_length:
-        buckets.append(length)
-        length *= 2
-    buckets.append(max_length)
-    return buckets
+def length_buckets(max_length: int, step: int = 16) -> list[int]:
+    """Sequence-length buckets: multiples of `step` up to and including `max_length`. A batch then pads
+    fewer than `step` tokens per sequence (powers of two padded a 65-token batch to 128), and graph mode
+    compiles at most max_length / step graphs."""
+    return list(range(step, max_length, step)) + [max_length]
 
 
 def bucket_for(length: int, buckets: list[int]) -> int:
