@@ -97,12 +97,11 @@ def visual_batches(args, task, config, todo, batches: list[list[int]], data: Pat
         yield positions, (visual,) if isinstance(visual, torch.Tensor) else visual, failed
 
 
-def score(record: dict, label: int, logits: torch.Tensor, gold: list[str], answers, answer_index, multi_label):
+def score(record: dict, label: int, gold: list[str], answers, answer_index, multi_label):
     """The official VQA accuracy, and the reference repository's own score for its kind of head."""
     answer = answers[label]
     record["accuracy"] = metrics.vqa_accuracy(answer, gold)
-    if multi_label:  # every answer whose logit passes 0.5, PAD and UNK left out; the label-weight score
-        record["positive_labels"] = [i for i in (logits > 0.5).nonzero().flatten().tolist() if i > 1]
+    if multi_label:  # the label-weight score
         weights = metrics.answer_label_weights(gold, answer_index)
         record["score"] = weights.get(label, 0.0)
         record["gold_labels"] = sorted(w for w in weights if w > 1)
@@ -161,10 +160,10 @@ def evaluate(args) -> dict:
                 example, label = todo[position], int(row.argmax())
                 record = {"question_id": example.question_id, "question": example.question, "answer": answers[label],
                           "label": label}
-                if example.answers is not None:
-                    score(record, label, row, example.answers, answers, answer_index, task.multi_label)
-                elif task.multi_label:
+                if task.multi_label:  # every answer whose logit passes 0.5, PAD and UNK left out
                     record["positive_labels"] = [i for i in (row > 0.5).nonzero().flatten().tolist() if i > 1]
+                if example.answers is not None:
+                    score(record, label, example.answers, answers, answer_index, task.multi_label)
                 records.append(record)
             gathered.add(records, unreadable)
         gathered.finish()
