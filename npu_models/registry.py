@@ -122,6 +122,13 @@ def entry_for_config(entry: ModelEntry, config) -> ModelEntry:
     return next((e for e in REGISTRY.values() if e.build is entry.build and e.task == task), entry)
 
 
+def assets_beside(entry: ModelEntry, checkpoint) -> dict[str, Path]:
+    """The files that travel with a converted checkpoint (entry.assets) found beside `checkpoint`."""
+    checkpoint = Path(checkpoint)
+    source_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    return {name: source_dir / name for name in entry.assets if (source_dir / name).is_file()}
+
+
 def config_from_dict(entry: ModelEntry, values: dict, source):
     fields = {f.name for f in dataclasses.fields(entry.config_class)}
     unknown = sorted(set(values) - fields)
@@ -137,15 +144,16 @@ def load_weights(entry: ModelEntry, checkpoint, config_file=None, tp: TensorPara
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise UserError(f"checkpoint {checkpoint} does not exist; check the path.")
-    if is_converted_dir(checkpoint):
+    ours = is_converted_dir(checkpoint)
+    if ours:
         _, values, state = read_converted(checkpoint, tp.rank, tp.size, model=entry.name)
         converted = Converted(config_from_dict(entry, values, checkpoint / "config.json"), state, str, [])
-        shapes = expected_shapes(meta_model(entry, converted.config, tp))
     else:
         if config_file is not None and not Path(config_file).is_file():
             raise UserError(f"config file {config_file} does not exist; check the --config path.")
         converted = entry.convert(checkpoint, config_file)
-        shapes = expected_shapes(meta_model(entry, converted.config))
+    # our directories hold the share of the --tp they were cut for (read_converted refuses another degree)
+    shapes = expected_shapes(meta_model(entry, converted.config, tp if ours else SINGLE))
     check_state_dict(converted.state, shapes, converted.official_name, converted.unexpected, checkpoint)
     return converted
 
@@ -165,11 +173,9 @@ def build_model(entry: ModelEntry, checkpoint=None, config=None, config_file=Non
         model = entry.build(config or entry.default_config()).init_weights()
         return parallel.apply_plan(model, entry_for_config(entry, model.config).tp_plan, tp)
     converted = load_weights(entry, checkpoint, config_file, tp)
-    state = {k: v.float() for k, v in converted.state.items()}
-    if is_converted_dir(checkpoint):  # already this rank's share
-        model = meta_model(entry, converted.config, tp)
-        model.load_state_dict(state, assign=True)
+    cut_on_disk = is_converted_dir(checkpoint)  # our directories already hold this rank's share
+    model = meta_model(entry, converted.config, tp if cut_on_disk else SINGLE)
+    model.load_state_dict({k: v.float() for k, v in converted.state.items()}, assign=True)
+    if cut_on_disk:
         return model
-    model = meta_model(entry, converted.config)
-    model.load_state_dict(state, assign=True)
-    return parallel.apply_plan(model, entry_for_config(entry, converted.config).tp_plan, tp)
+    return parallel.apply_plan(model, entry_for_config(entry, converted.config).tp_plan, tp)  # cut the whole model

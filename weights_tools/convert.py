@@ -19,9 +19,7 @@ def convert(model_name: str, checkpoint, out_dir) -> Path:
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     converted = registry.load_weights(entry, checkpoint)
     entry = registry.entry_for_config(entry, converted.config)
-    source_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    assets = {name: source_dir / name for name in entry.assets if (source_dir / name).is_file()}
-    save_converted(out_dir, entry.name, converted.config, [converted.state], assets)
+    save_converted(out_dir, entry.name, converted.config, [converted.state], registry.assets_beside(entry, checkpoint))
     return out_dir
 
 

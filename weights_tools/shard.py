@@ -26,9 +26,8 @@ def shard(model_name: str, checkpoint, tp: int, out_dir, config_file=None) -> Pa
     entry = registry.entry_for_config(entry, full.config)
     states = [parallel.apply_plan(copy.deepcopy(full), entry.tp_plan, parallel.TensorParallel(rank, tp)).state_dict()
               for rank in range(tp)]  # the same plan and head shares a run with --tp applies
-    source_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    assets = {name: source_dir / name for name in entry.assets if (source_dir / name).is_file()}
-    save_converted(out_dir, entry.name, full.config, states, assets, source=file_identity(checkpoint))
+    save_converted(out_dir, entry.name, full.config, states, registry.assets_beside(entry, checkpoint),
+                   source=file_identity(checkpoint))
     return out_dir
 
 
