@@ -90,20 +90,21 @@ def vit_npz_without(tmp_path, *keys):
     return tmp_path / "model.npz"
 
 
+def torch_checkpoint_without(tmp_path, fixture: str, file: str, wrapper: str, keys):
+    """A fixture's torch checkpoint ({wrapper: state dict}) again, without `keys`, its config.json beside it."""
+    checkpoint = torch.load(REFERENCE / fixture / file, weights_only=True)
+    checkpoint[wrapper] = {k: v for k, v in checkpoint[wrapper].items() if k not in keys}
+    torch.save(checkpoint, tmp_path / file)
+    shutil.copy(REFERENCE / fixture / "config.json", tmp_path / "config.json")
+    return tmp_path / file
+
+
 def vlmo_without(tmp_path, *keys):
-    checkpoint = torch.load(REFERENCE / "vlmo" / "vqa_checkpoint.pt", weights_only=True)
-    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in keys}
-    torch.save(checkpoint, tmp_path / "vqa.pt")
-    shutil.copy(REFERENCE / "vlmo" / "config.json", tmp_path / "config.json")
-    return tmp_path / "vqa.pt"
+    return torch_checkpoint_without(tmp_path, "vlmo", "vqa_checkpoint.pt", "state_dict", keys)
 
 
 def blip_without(tmp_path, *keys):
-    checkpoint = torch.load(REFERENCE / "blip" / "checkpoint.pth", weights_only=True)
-    checkpoint["model"] = {k: v for k, v in checkpoint["model"].items() if k not in keys}
-    torch.save(checkpoint, tmp_path / "blip.pth")
-    shutil.copy(REFERENCE / "blip" / "config.json", tmp_path / "config.json")
-    return tmp_path / "blip.pth"
+    return torch_checkpoint_without(tmp_path, "blip", "checkpoint.pth", "model", keys)
 
 
 def vilbert_without(tmp_path, *keys):
