@@ -24,7 +24,7 @@ import torch
 import npu_models
 from eval import metrics
 from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, StepGather, add_common_args, batch_positions,
-                         bert_uncased_vocab, content_hash, demo_banner, find_beside, pad_rows, progress, run_eval,
+                         bert_uncased_vocab, content_hash, demo_banner, find_beside, pad_rows, plan_batches, progress, run_eval,
                          run_metadata, run_record, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.region_features import (RegionFeatureDataset, collate_regions, extract_missing_features,
@@ -131,14 +131,17 @@ def evaluate(args) -> dict:
     todo = store.pending(examples, field="question")
     text = config.text_input
     text_ids, text_masks = text.encode(vocab, [e.question for e in todo])
-    buckets = runtime.length_buckets(text_ids.shape[1])
     dp = parallel.data_parallel(args.tp)
-    batches = batch_positions(len(todo), args.batch_size)
+    buckets = runtime.length_buckets(text_ids.shape[1], runtime.length_step(args.graph))
+    if text.pad_to_max:
+        batches = batch_positions(len(todo), args.batch_size)
+    else:  # questions of one length together: most batches then have no padding at all
+        batches = [positions for positions, _ in plan_batches(text_masks.sum(dim=1).tolist(), args.batch_size, buckets)]
     mine = dp.share(batches)
     meter, gathered = LatencyMeter(device), StepGather(dp, store, len(batches))
     try:
-        for positions, visual, failed in progress(visual_batches(args, task, config, todo, mine, data, device),
-                                                  desc="vqa", unit="batch", total=len(mine)):
+        batches_in = visual_batches(args, task, config, todo, mine, data, device)
+        for positions, visual, failed in progress(batches_in, desc="vqa", unit="batch", total=len(mine)):
             for position, error in failed:
                 print(f"skipped question {todo[position].question_id}: {error}", file=sys.stderr)
             unreadable = [{"question_id": todo[position].question_id, "error": error} for position, error in failed]
@@ -152,6 +155,8 @@ def evaluate(args) -> dict:
             inputs = tuple(runtime.to_model_input(t, device, dtype) for t in (*visual, ids, masks))
             if args.graph:  # one static batch shape for the compiled graph
                 inputs = pad_rows(inputs, args.batch_size)
+            elif bool(masks.all()):  # no padded key in the batch: attention runs without a mask
+                inputs = (*inputs[:-1], None)
             with meter, torch.no_grad():
                 logits = task.answer_logits(model, *inputs).float()[: len(positions)].cpu()
             meter.samples += len(positions)

@@ -49,14 +49,16 @@ class Bert(nn.Module):
     def init_weights(self, seed: int = 0) -> "Bert":
         return init_weights_(self, seed)
 
-    def forward_features(self, input_ids, attention_mask=None, token_type_ids=None, context=None):
+    def forward_features(self, input_ids, attention_mask=None, token_type_ids=None, context=None,
+                         cls_only: bool = False):
         """Token ids [B, S] -> last hidden state [B, S, H]; padded keys (mask 0) are not attended to.
-        With a context [B, N, C] (cross-attention models) every block also attends to all of its tokens."""
+        With a context [B, N, C] (cross-attention models) every block also attends to all of its tokens.
+        cls_only: the last block computes only the [CLS] row, all a pooler reads: [B, 1, H]."""
         # Key padding mask [B, 1, 1, S], True = attend; padded query rows are still computed.
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         x = self.embeddings(input_ids, token_type_ids)
-        for block in self.blocks:
-            x = block(x, mask, context)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, context, cls_only=cls_only and i == len(self.blocks) - 1)
         return x
 
     def forward_head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -66,7 +68,7 @@ class Bert(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         """Logits [B, num_labels] (the pooled vector [B, H] for an encoder without labels)."""
-        return self.forward_head(self.forward_features(input_ids, attention_mask, token_type_ids))
+        return self.forward_head(self.forward_features(input_ids, attention_mask, token_type_ids, cls_only=True))
 
 
 def bert_base_cased_sst2() -> BertConfig:

@@ -92,14 +92,15 @@ class Blip(nn.Module):
 
     def text_embeds(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """Unimodal text encoder (cross-attention skipped) -> L2-normalised ITC embedding."""
-        return F.normalize(self.text_proj(self.text_encoder.forward_features(text_ids, text_mask)[:, 0]), dim=-1)
+        return F.normalize(self.text_proj(self.text_encoder.forward_features(text_ids, text_mask, cls_only=True)[:, 0]), dim=-1)
 
     def with_enc_token(self, text_ids: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.full_like(text_ids[:, :1], self.config.enc_token_id), text_ids[:, 1:]], dim=1)
 
     def itm_logits(self, image_feat: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """Pairs (image_feat[i], text i) -> [B, 2] match logits; [CLS] is replaced by [ENC] here."""
-        hidden = self.text_encoder.forward_features(self.with_enc_token(text_ids), text_mask, context=image_feat)
+        hidden = self.text_encoder.forward_features(self.with_enc_token(text_ids), text_mask, context=image_feat,
+                                                    cls_only=True)
         return self.itm_head(hidden[:, 0])
 
     def forward(self, image_feat, text_ids, text_mask):

@@ -58,7 +58,7 @@ def blip_encode_images(model, pixels):
 
 VLMO_VQA = VQATask("pixels", lambda model, pixels, ids, masks: model(pixels, ids, masks))
 VILBERT_VQA = VQATask("regions", lambda model, features, boxes, box_mask, ids, masks: model(
-    features, boxes, box_mask, ids, masks.bool(), torch.zeros_like(ids)), multi_label=True,
+    features, boxes, box_mask, ids, None if masks is None else masks.bool(), torch.zeros_like(ids)), multi_label=True,
     answers_in_checkpoint=vilbert_weights.read_answers)
 VLMO_RETRIEVAL = RetrievalTask(lambda model, pixels: (model.image_embeds(pixels), None),
                                lambda model, ids, masks: model.text_embeds(ids, masks))

@@ -19,7 +19,8 @@ class VQATask:
 
     visual: "pixels" (images through config.transform, one tensor) or "regions" (detected boxes: region
         features [B, R, F], box coordinates [B, R, 4], box mask [B, R]).
-    answer_logits(model, visual tensors, token ids, attention mask) -> logits; `model` may be compiled.
+    answer_logits(model, visual tensors, token ids, attention mask) -> logits; `model` may be compiled. The
+        mask is None when no question of the batch is padded (attention then runs without one).
     multi_label: the head was trained with a multi-label loss: every answer whose logit passes 0.5 is a
         positive, and the reference scores by the answer's label weight (precision/recall/F1 over answers).
     answers_in_checkpoint: reads the answer list a checkpoint carries (else --answers / answer2label.txt).

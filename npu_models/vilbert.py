@@ -101,7 +101,8 @@ class ViLBERT(nn.Module):
         not run at all."""
         text = self.text_embeddings(token_ids, type_ids)
         image = self.image_embeddings(box_features, box_coordinates)
-        text_keys, image_keys = mask.bool()[:, None, None, :], box_mask.bool()[:, None, None, :]
+        text_keys = None if mask is None else mask.bool()[:, None, None, :]  # None: no padded token
+        image_keys = box_mask.bool()[:, None, None, :]
         start_text = start_image = 0
         for k, (end_image, end_text) in enumerate(zip(self.config.image_biattention_ids,
                                                       self.config.text_biattention_ids)):

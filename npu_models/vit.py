@@ -64,11 +64,12 @@ class ViT(nn.Module):
         tokens = torch.cat([self.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
         return tokens + self.pos_embed
 
-    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels [B, 3, S, S] -> final-norm tokens [B, N + 1, D] (class token first)."""
+    def forward_features(self, pixels: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        """Pixels [B, 3, S, S] -> final-norm tokens [B, N + 1, D] (class token first).
+        cls_only: the last block computes only the class token's row, all the head reads: [B, 1, D]."""
         x = self.embed(pixels)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cls_only=cls_only and i == len(self.blocks) - 1)
         return self.norm(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
@@ -76,7 +77,7 @@ class ViT(nn.Module):
         return self.head(pooled) if self.head is not None else pooled
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(pixels))
+        return self.forward_head(self.forward_features(pixels, cls_only=True))
 
 
 def vit_base_patch32_224() -> ViTConfig:

@@ -38,8 +38,9 @@ class VLMoConfig:
 
     @property
     def text_input(self) -> TextInput:
-        """Questions and captions padded to max_text_len: the joint sequence splits text from image there."""
-        return TextInput(self.do_lower_case, self.max_text_len)
+        """Questions and captions up to max_text_len tokens; batches pad only to a length bucket (a shorter text
+        keeps its relative positions: see position_index)."""
+        return TextInput(self.do_lower_case, self.max_text_len, pad_to_max=False)
 
     @property
     def window(self) -> int:
@@ -154,22 +155,39 @@ class VLMo(nn.Module):
         tokens = torch.cat([self.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
         return tokens + self.modality_embeddings.weight[IMAGE]
 
-    def position_bias(self, kind: str, layer: int) -> torch.Tensor:
-        """[heads, n, n] relative-position bias of one layer for the 'image', 'text' or 'joint' sequence.
+    def position_index(self, kind: str, text_len: int | None = None) -> torch.Tensor:
+        """[n, n] rows of the relative-position table for the 'image', 'text' or 'joint' sequence, with
+        text_len text tokens (default max_text_len). Text positions count from 0, so a shorter text keeps
+        the leading rows and columns of its text part: trimming padding changes no valid token's bias."""
+        index = getattr(self, f"{kind}_position_index")
+        full = self.config.max_text_len
+        if kind == "image" or text_len is None or text_len == full:
+            return index
+        if text_len > full:
+            raise ValueError(f"VLMo takes at most {full} text tokens, got {text_len}")
+        if kind == "text":
+            return index[:text_len, :text_len]
+        keep = torch.cat([torch.arange(text_len), torch.arange(full, index.shape[0])]).to(index.device)
+        return index[keep][:, keep]
+
+    def position_bias(self, index: torch.Tensor, layer: int) -> torch.Tensor:
+        """[heads, n, n] relative-position bias of one layer for the sequence `index` describes.
 
         Gathered per layer: the whole [n, n, depth * heads] gather would be 0.5 GB for VLMo-Base at 480 px.
         """
-        index = getattr(self, f"{kind}_position_index")
         heads = self.relative_position_bias_table.shape[1] // self.config.depth  # this rank's, under TP
         columns = self.relative_position_bias_table[:, layer * heads:(layer + 1) * heads]
         return columns[index].permute(2, 0, 1)
 
     # --- the three paths --------------------------------------------------------------------------------
-    def encode(self, x, kind: str, key_mask=None):
+    def encode(self, x, kind: str, key_mask=None, cls_only: bool = False):
         """Run the blocks on 'text' / 'image' tokens with their own expert everywhere, or on 'joint' tokens
         (text expert on the first max_text_len tokens and image expert on the rest, the VL expert from
-        vlffn_start_layer_index on). Returns the final-normed tokens."""
-        text_len, image_len = self.config.max_text_len, self.config.num_image_tokens
+        vlffn_start_layer_index on). Returns the final-normed tokens; with cls_only the last block computes
+        only the first token's row, all the heads read ([B, 1, D])."""
+        image_len = self.config.num_image_tokens
+        text_len = x.shape[1] - image_len if kind == "joint" else x.shape[1]
+        index = self.position_index(kind, None if kind == "image" else text_len)
         mask = None if key_mask is None else key_mask.bool()[:, None, None, :]
         for i, block in enumerate(self.blocks):
             if kind != "joint":
@@ -178,32 +196,36 @@ class VLMo(nn.Module):
                 route = (("text", text_len), ("image", image_len))
             else:
                 route = (("vl", text_len + image_len),)
-            x = block(x, route, mask, self.position_bias(kind, i))
+            last = cls_only and i == len(self.blocks) - 1
+            x = block(x, route, mask, self.position_bias(index, i), cls_only=last)
         return self.norm(x)
 
-    def joint_features(self, image, text_ids, text_masks):
+    def joint_features(self, image, text_ids, text_masks=None, cls_only: bool = False):
+        """Text [B, T] (T <= max_text_len) then image tokens through the joint path. text_masks None: every
+        text token is valid, and attention takes the bias alone (no [B, heads, n, n] bias + mask tensor)."""
         text = self.embed_text(text_ids)
         image_tokens = self.embed_image(image)
-        key_mask = torch.cat([text_masks, text_masks.new_ones(text_masks.shape[0], image_tokens.shape[1])], dim=1)
-        return self.encode(torch.cat([text, image_tokens], dim=1), "joint", key_mask)
+        key_mask = None if text_masks is None else torch.cat(
+            [text_masks, text_masks.new_ones(text_masks.shape[0], image_tokens.shape[1])], dim=1)
+        return self.encode(torch.cat([text, image_tokens], dim=1), "joint", key_mask, cls_only)
 
-    def joint_cls_feats(self, image, text_ids, text_masks):
+    def joint_cls_feats(self, image, text_ids, text_masks=None):
         """The pooled image-text representation: tanh(pooler(joint class token))."""
-        return torch.tanh(self.pooler(self.joint_features(image, text_ids, text_masks)[:, 0]))
+        return torch.tanh(self.pooler(self.joint_features(image, text_ids, text_masks, cls_only=True)[:, 0]))
 
-    def vqa_logits(self, image, text_ids, text_masks):
+    def vqa_logits(self, image, text_ids, text_masks=None):
         return self.vqa_head(self.joint_cls_feats(image, text_ids, text_masks))
 
     def image_embeds(self, image):
         """L2-normalised ITC embedding of the image class token (image expert in every block)."""
-        return F.normalize(self.image_proj(self.encode(self.embed_image(image), "image")[:, 0]), dim=-1)
+        return F.normalize(self.image_proj(self.encode(self.embed_image(image), "image", cls_only=True)[:, 0]), dim=-1)
 
     def text_embeds(self, text_ids, text_masks):
         """L2-normalised ITC embedding of the text class token (text expert in every block)."""
-        features = self.encode(self.embed_text(text_ids), "text", text_masks)
+        features = self.encode(self.embed_text(text_ids), "text", text_masks, cls_only=True)
         return F.normalize(self.text_proj(features[:, 0]), dim=-1)
 
-    def forward(self, image, text_ids, text_masks):
+    def forward(self, image, text_ids, text_masks=None):
         """VQA answer logits [B, num_answers] (the VQA head); retrieval models use image_embeds/text_embeds."""
         return self.vqa_logits(image, text_ids, text_masks)
 

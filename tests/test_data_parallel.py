@@ -18,7 +18,8 @@ VIT_CHECKPOINT = FIXTURES / "reference" / "vit" / "checkpoint_timm.safetensors"
 VQA_FIXTURE = FIXTURES / "reference" / "vqa-vlmo"
 RETRIEVAL_BLIP = FIXTURES / "reference" / "retrieval-blip"
 # What differs between runs that computed the same predictions: timing, how many were computed, the machine.
-RUN_FIELDS = {"samples_per_second", "latency_ms_p50", "latency_ms_p90", "num_computed", "device", "date"}
+RUN_FIELDS = {"samples_per_second", "latency_ms_p50", "latency_ms_p90", "num_computed", "token_rows", "device", "date",
+              "time_to_first_batch_s"}
 
 
 def torchrun(module: str, args: list[str], succeed: bool = True) -> str:
@@ -50,7 +51,7 @@ def same_predictions(found: list[dict], expected: list[dict], probabilities: str
     assert [{k: v for k, v in r.items() if k != probabilities} for r in found] == [
         {k: v for k, v in r.items() if k != probabilities} for r in expected]
     for a, b in zip(found, expected):
-        assert a[probabilities] == pytest.approx(b[probabilities], abs=1e-6)
+        assert a[probabilities] == pytest.approx(b[probabilities], abs=1e-5)  # ITM scores reach ~2
 
 
 def test_data_parallel_ranks_take_every_other_batch_and_gather_in_rank_order():

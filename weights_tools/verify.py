@@ -53,17 +53,20 @@ def recording(model: torch.nn.Module, points: dict[str, str]):
             hook.remove()
 
 
+# A classifier's last block computes only the [CLS] row; the fixtures' full last hidden states come from the
+# encoder method (forward_features), the logits and pooled vectors from the classifier path.
 def bert_outputs(model, input_ids, attention_mask, token_type_ids):
-    with recording(model, {"embeddings_output": "embeddings", "last_hidden_state": f"blocks.{len(model.blocks) - 1}",
-                           "pooler_output": "classifier:input"}) as out:
+    with recording(model, {"embeddings_output": "embeddings", "pooler_output": "classifier:input"}) as out:
         out["logits"] = model(input_ids, attention_mask, token_type_ids)
+    out["last_hidden_state"] = model.forward_features(input_ids, attention_mask, token_type_ids)
     out["probs"] = out["logits"].float().softmax(dim=-1)
     return out
 
 
 def vit_outputs(model, pixel_values):
-    with recording(model, {"patch_embed": "patch_embed", "features": "norm", "pooled": "head:input"}) as out:
+    with recording(model, {"patch_embed": "patch_embed", "pooled": "head:input"}) as out:
         out["logits"] = model(pixel_values)
+    out["features"] = model.forward_features(pixel_values)
     out["probs"] = out["logits"].float().softmax(dim=-1)
     return out
 
@@ -75,12 +78,13 @@ def vlmo_outputs(model, image, text_ids, text_masks):
         out[f"{p}.text_input_embeds"], out[f"{p}.image_input_embeds"] = model.embed_text(text_ids), model.embed_image(image)
     out[f"{p}.visual_embed"] = out[f"{p}.image_input_embeds"] - model.modality_embeddings.weight[1]  # before the modality
     blocks = {f"{p}.joint.hidden.layer{i}": f"blocks.{i}" for i in range(len(model.blocks))} if p == "vqa" else {}
-    with recording(model, {**blocks, f"{p}.joint.final_norm": "norm"}) as joint:
-        out[f"{p}.joint.cls_feats"] = model.joint_cls_feats(image, text_ids, text_masks)
+    with recording(model, blocks) as joint:
+        out[f"{p}.joint.final_norm"] = model.joint_features(image, text_ids, text_masks)
     out.update(joint)
-    out[f"{p}.joint.raw_cls_feats"] = joint[f"{p}.joint.final_norm"][:, 0]
+    out[f"{p}.joint.cls_feats"] = model.joint_cls_feats(image, text_ids, text_masks)
+    out[f"{p}.joint.raw_cls_feats"] = out[f"{p}.joint.final_norm"][:, 0]
     for layer in (0, len(model.blocks) - 1):
-        out[f"{p}.joint.rel_pos_bias.layer{layer}"] = gather_heads(model.position_bias("joint", layer), model)
+        out[f"{p}.joint.rel_pos_bias.layer{layer}"] = gather_heads(model.position_bias(model.position_index("joint"), layer), model)
     out.update({"debug.relative_position_index": model.image_position_index,
                 "debug.text_relative_position_index": model.text_position_index,
                 "debug.text_imag_relative_position_index": model.joint_position_index})
@@ -88,11 +92,13 @@ def vlmo_outputs(model, image, text_ids, text_masks):
         out["vqa.logits"] = model.vqa_logits(image, text_ids, text_masks)
         return out
     for kind, embed, args in (("image", model.image_embeds, (image,)), ("text", model.text_embeds, (text_ids, text_masks))):
+        out[f"irtr.{kind}_embeds"] = embed(*args)
         points = {f"irtr.{kind}.hidden.layer{i}": f"blocks.{i}" for i in range(len(model.blocks))}
-        with recording(model, {**points, f"irtr.{kind}.final_norm": "norm"}) as encoded:
-            out[f"irtr.{kind}_embeds"] = embed(*args)
+        tokens, key_mask = (model.embed_image(image), None) if kind == "image" else (model.embed_text(text_ids), text_masks)
+        with recording(model, points) as encoded:
+            out[f"irtr.{kind}.final_norm"] = model.encode(tokens, kind, key_mask)
         out.update(encoded)
-        out[f"irtr.{kind}.rel_pos_bias.layer0"] = gather_heads(model.position_bias(kind, 0), model)
+        out[f"irtr.{kind}.rel_pos_bias.layer0"] = gather_heads(model.position_bias(model.position_index(kind), 0), model)
     out["irtr.similarity"] = out["irtr.image_embeds"] @ out["irtr.text_embeds"].T
     out["irtr.logits_per_image"] = out["irtr.similarity"] * model.logit_scale.exp()
     return out
@@ -110,7 +116,8 @@ def blip_outputs(model, images, text_input_ids, text_attention_mask):
     out["image_embed"] = model.image_embeds(image_feat)
     points = {"text.embeddings_out": "embeddings", **{f"text.layer{i}_out": f"blocks.{i}" for i in range(len(bert.blocks))}}
     with recording(bert, points) as text:
-        out["text_embed"] = model.text_embeds(ids, mask)
+        bert.forward_features(ids, mask)
+    out["text_embed"] = model.text_embeds(ids, mask)
     out.update(text, text_last_hidden_state=text[f"text.layer{len(bert.blocks) - 1}_out"])
     sims = out["itc_sims"] = out["image_embed"] @ out["text_embed"].T
 
@@ -119,10 +126,10 @@ def blip_outputs(model, images, text_input_ids, text_attention_mask):
                           "itm.layer0_crossattn_out_img0": "blocks.0.mlp:input"}) as layer0:
         model.itm_logits(image_feat[:1].expand(texts, -1, -1), ids, mask)  # layer 0 for image 0, step by step
     out.update(layer0)
-    with recording(bert, {"last": f"blocks.{len(bert.blocks) - 1}"}) as last:
-        logits = model.itm_logits(image_feat.repeat_interleave(texts, dim=0), ids.repeat(images_n, 1),
-                                  mask.repeat(images_n, 1)).view(images_n, texts, 2)
-    out["itm.last_hidden_state"] = last["last"].view(images_n, texts, *last["last"].shape[1:])
+    pairs = image_feat.repeat_interleave(texts, dim=0), ids.repeat(images_n, 1), mask.repeat(images_n, 1)
+    logits = model.itm_logits(*pairs).view(images_n, texts, 2)
+    last = bert.forward_features(model.with_enc_token(pairs[1]), pairs[2], context=pairs[0])
+    out["itm.last_hidden_state"] = last.view(images_n, texts, *last.shape[1:])
     out["itm_logits"], out["itm_score"], out["itm_prob"] = logits, logits[..., 1], logits.softmax(dim=-1)[..., 1]
     k = min(model.config.k_test, texts, images_n)
     i2t = rerank(model, sims, image_feat, ids, mask, "i2t", range(images_n), k)

@@ -40,16 +40,29 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         return list(x.view(batch, length, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0))
 
+    def qkv_bias(self) -> torch.Tensor | None:
+        if hasattr(self, "q_bias"):
+            return torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        return self.qkv.bias
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                context: torch.Tensor | None = None):
-        """mask (bool, True = attend) and bias are over the keys: x's own tokens, or the context's."""
-        batch, length, _ = x.shape
+                context: torch.Tensor | None = None, cls_only: bool = False):
+        """mask (bool, True = attend) and bias are over the keys: x's own tokens, or the context's.
+
+        cls_only: only the first token queries (all keys still answer); returns [B, 1, dim]. A classifier's
+        last layer needs no other row, so neither their q projection nor their attention is computed.
+        """
+        queries = x[:, :1] if cls_only else x
         if context is not None:
-            (q,), (k, v) = self.split_heads(self.q(x), 1), self.split_heads(self.kv(context), 2)
-        elif hasattr(self, "q_bias"):
-            qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-            q, k, v = self.split_heads(F.linear(x, self.qkv.weight, qkv_bias), 3)
+            (q,), (k, v) = self.split_heads(self.q(queries), 1), self.split_heads(self.kv(context), 2)
+        elif cls_only:  # the fused weight's q rows for the first token, its k/v rows for all
+            inner, weight, qkv_bias = self.num_heads * self.head_dim, self.qkv.weight, self.qkv_bias()
+            (q,) = self.split_heads(F.linear(queries, weight[:inner], None if qkv_bias is None else qkv_bias[:inner]), 1)
+            k, v = self.split_heads(F.linear(x, weight[inner:], None if qkv_bias is None else qkv_bias[inner:]), 2)
         else:
-            q, k, v = self.split_heads(self.qkv(x), 3)
+            q, k, v = self.split_heads(F.linear(x, self.qkv.weight, self.qkv_bias()), 3)
+        if cls_only:  # a bias or mask given per query keeps the first query's row
+            bias = bias[..., :1, :] if bias is not None and bias.dim() > 1 else bias
+            mask = mask[..., :1, :] if mask is not None and mask.dim() > 1 else mask
         out = attention(q, k, v, mask, bias=bias, plan=self.kernel_plan)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim))
+        return self.proj(out.transpose(1, 2).reshape(queries.shape[0], queries.shape[1], self.num_heads * self.head_dim))

@@ -16,8 +16,9 @@ class PreNormBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, mlp_dim)
 
-    def forward(self, x, mask=None):
-        x = x + self.attn(self.attn_norm(x), mask)
+    def forward(self, x, mask=None, cls_only: bool = False):
+        """cls_only: compute only the first token's output row [B, 1, dim] (a classifier's last block)."""
+        x = (x[:, :1] if cls_only else x) + self.attn(self.attn_norm(x), mask, cls_only=cls_only)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -40,8 +41,10 @@ class PostNormBlock(nn.Module):
         self.mlp = Mlp(dim, mlp_dim)
         self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
 
-    def forward(self, x, mask=None, context=None, context_mask=None):
-        x = residual_norm(self.attn(x, mask), x, self.attn_norm, self.kernel_plan)
+    def forward(self, x, mask=None, context=None, context_mask=None, cls_only: bool = False):
+        """cls_only: compute only the first token's output row [B, 1, dim] (a classifier's last block)."""
+        x = residual_norm(self.attn(x, mask, cls_only=cls_only), x[:, :1] if cls_only else x, self.attn_norm,
+                          self.kernel_plan)
         if context is not None:
             x = residual_norm(self.cross_attn(x, context_mask, context=context), x, self.cross_attn_norm,
                               self.kernel_plan)

@@ -41,6 +41,7 @@ class MultiwayBlock(nn.Module):
         self.ffn = MultiwayFFN(dim, mlp_dim, experts, norm_eps)
         self.gamma_ffn = nn.Parameter(torch.full((dim,), layer_scale))
 
-    def forward(self, x, route: Route, mask=None, bias=None):
-        x = x + self.gamma_attn * self.attn(self.attn_norm(x), mask, bias)
-        return x + self.gamma_ffn * self.ffn(x, route)
+    def forward(self, x, route: Route, mask=None, bias=None, cls_only: bool = False):
+        """cls_only: compute only the first token's output row (it belongs to the route's first expert)."""
+        x = (x[:, :1] if cls_only else x) + self.gamma_attn * self.attn(self.attn_norm(x), mask, bias, cls_only=cls_only)
+        return x + self.gamma_ffn * self.ffn(x, ((route[0][0], 1),) if cls_only else route)
