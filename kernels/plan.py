@@ -67,11 +67,17 @@ def is_310p(chip_name: str) -> bool:
     return "310p" in chip_name.lower()  # torchair tells a 310P by the same substring
 
 
+def is_a2_or_a3(chip_name: str) -> bool:
+    """Atlas A2 / A3 training and inference chips ('Ascend910B2', 'Ascend910_9391'): fused infer attention,
+    bf16, and graph capture (aclgraph)."""
+    return chip_name.startswith(("Ascend910B", "Ascend910_93"))
+
+
 def plan_for_ascend_chip(chip_name: str) -> KernelPlan:
     """The kernels for an Ascend SoC name as torch.npu.get_device_name reports it ('Ascend310P3', 'Ascend910B2')."""
     if is_310p(chip_name):
         return KernelPlan("ascend", "ascend", "ascend", PROMPT_FLASH_310P, (torch.float16, torch.float32))
-    if chip_name.startswith(("Ascend910B", "Ascend910_93")):
+    if is_a2_or_a3(chip_name):
         return KernelPlan("ascend", "ascend", "ascend", FUSED_INFER_A2, (torch.float16, torch.bfloat16, torch.float32))
     # Other Ascend chips (910A, 310B, ...): neither fused attention nor the fused elementwise ops are
     # documented for them; torch's own ops run through torch_npu's aten kernels.

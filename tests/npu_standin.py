@@ -317,9 +317,23 @@ def _torchair_modules(state: StandIn):
     compiler_config = types.ModuleType("torchair.configs.compiler_config")
 
     class CompilerConfig:
+        """torchair 2.14's options that compile_model sets, with their defaults and accepted values."""
+        MODES = ("max-autotune", "reduce-overhead", "npugraph_ex")
+
         def __init__(self):
-            self.mode = "max-autotune"
+            self._mode = "max-autotune"
             self.experimental_config = types.SimpleNamespace(frozen_parameter=False)
+            self.debug = types.SimpleNamespace(aclgraph=types.SimpleNamespace(enable_output_clone=False))
+
+        @property
+        def mode(self):
+            return self._mode
+
+        @mode.setter
+        def mode(self, value):
+            if value not in self.MODES:
+                raise ValueError(f"mode must be one of {self.MODES}, got {value!r}")
+            self._mode = value
 
     def get_npu_backend(compiler_config=None):
         def backend(gm, example_inputs):

@@ -124,6 +124,10 @@ def test_model_on_ascend_kernels_matches_the_plain_math_eager_and_compiled(ascen
         assert in_graph == expected_calls(counts, profile), method
         torch.testing.assert_close(compiled, eager, **tolerance, msg=lambda m: f"{name}.{method} compiled: {m}")
     assert all(config.experimental_config.frozen_parameter for config in standin.compiler_configs)
+    # A2/A3 capture and replay the graph (outputs cloned out of its memory); the 310P keeps the GE graph
+    captured = profile == "910B"
+    assert all((config.mode == "npugraph_ex") == captured and config.debug.aclgraph.enable_output_clone == captured
+               for config in standin.compiler_configs)
 
 
 def test_a_model_on_an_unlisted_ascend_chip_calls_no_fused_op(ascend_chip):

@@ -88,3 +88,37 @@ def test_model_inputs_take_the_model_dtype_only_when_floating():
     pixels, ids = torch.rand(1, 3, 4, 4), torch.tensor([[1, 2]])
     assert runtime.to_model_input(pixels, torch.device("cpu"), torch.float16).dtype == torch.float16
     assert runtime.to_model_input(ids, torch.device("cpu"), torch.float16).dtype == torch.int64
+
+
+def test_graph_mode_on_cuda_captures_cuda_graphs_and_outputs_survive_the_next_replay(monkeypatch):
+    """No GPU here: torch.compile is replaced by a stand-in that behaves as a CUDA-graph replay does,
+    writing every output into the same static buffer."""
+    requested, steps = {}, []
+    static_output = torch.zeros(2)
+
+    def fake_compile(fn, **options):
+        requested.update(options)
+
+        def replay(x):
+            static_output.copy_(fn(x))
+            return {"logits": static_output}
+        return replay
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+    model = torch.nn.Identity()
+    model.config = "the model's config"
+    compiled = runtime.compile_model(model, torch.device("cuda"))
+    assert requested == {"fullgraph": True, "dynamic": False, "mode": "reduce-overhead"}
+    first = compiled(torch.tensor([1.0, 2.0]))["logits"]
+    second = compiled(torch.tensor([3.0, 4.0]))["logits"]
+    assert first.tolist() == [1.0, 2.0] and second.tolist() == [3.0, 4.0]  # the first is not overwritten
+    assert len(steps) == 2  # each call starts a new step of the graph tree
+    assert compiled.config == "the model's config"
+
+
+def test_graph_mode_on_cpu_compiles_without_capture(monkeypatch):
+    requested = {}
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: requested.update(options) or fn)
+    runtime.compile_model(torch.nn.Identity(), torch.device("cpu"))
+    assert requested == {"fullgraph": True, "dynamic": False}

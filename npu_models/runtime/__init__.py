@@ -11,11 +11,11 @@ from npu_models.runtime.device import (
     synchronize,
     to_model_input,
 )
-from npu_models.runtime.graph import bucket_for, compile_model, length_buckets
+from npu_models.runtime.graph import bucket_for, compile_model, length_buckets, length_step
 from npu_models.runtime.kernels import configure_kernels, kernel_plan, prepare_model
 
 __all__ = [
     "bucket_for", "compile_model", "configure_kernels", "default_dtype", "device_description", "dtype_name",
-    "import_torch_npu", "is_310p", "kernel_plan", "length_buckets", "npu_chip_name", "parse_dtype", "prepare_model",
+    "import_torch_npu", "is_310p", "kernel_plan", "length_buckets", "length_step", "npu_chip_name", "parse_dtype", "prepare_model",
     "resolve_device", "synchronize", "to_model_input",
 ]
