@@ -11,6 +11,7 @@ import copy
 import csv
 import datetime
 import functools
+import json
 import statistics
 import sys
 import time
@@ -78,10 +79,18 @@ def benchmarks_of(entry) -> dict[str, Benchmark]:
     return parts
 
 
+def attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """Q K^T and P V of a [B, H, Sq, D] query over Sk keys: torch's counter has this formula for the CUDA
+    attention kernels but none for the CPU one (it would count CPU attention as free)."""
+    batch, heads, q_len, head_dim = query_shape
+    return 2 * batch * heads * q_len * key_shape[-2] * (head_dim + value_shape[-1])
+
+
 def counted_flops(fn, inputs) -> int:
     """Floating-point operations of one call, counted by torch (matmuls, convolutions, attention)."""
     from torch.utils.flop_counter import FlopCounterMode
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention_flops}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
         fn(*inputs)
     return counter.get_total_flops()
 
@@ -97,16 +106,24 @@ def matmul_peak(device, dtype, size: int | None = None, iters: int = 5) -> float
 
 
 def time_iterations(fn, inputs, device, warmup, iters) -> list[float]:
+    return time_interleaved({"fn": fn}, inputs, device, warmup, iters)["fn"]
+
+
+def time_interleaved(fns: dict, inputs, device, warmup, iters) -> dict[str, list[float]]:
+    """Seconds per call of each function, the functions taking turns iteration by iteration, so that a
+    shared, noisy machine slows all of them alike instead of whichever ran during the disturbance."""
     with torch.no_grad():
         for _ in range(warmup):
-            fn(*inputs)
-        seconds = []
+            for fn in fns.values():
+                fn(*inputs)
+        seconds = {key: [] for key in fns}
         for _ in range(iters):
-            runtime.synchronize(device)
-            start = time.perf_counter()
-            fn(*inputs)
-            runtime.synchronize(device)
-            seconds.append(time.perf_counter() - start)
+            for key, fn in fns.items():
+                runtime.synchronize(device)
+                start = time.perf_counter()
+                fn(*inputs)
+                runtime.synchronize(device)
+                seconds[key].append(time.perf_counter() - start)
     return seconds
 
 
@@ -118,7 +135,7 @@ def parse_args(argv):
     parser.add_argument("--checkpoint", type=Path, help="official checkpoint; omitted: random full-size weights")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated (default 1,8,32)")
+    parser.add_argument("--batch-sizes", help="comma-separated (default 1,8,32; 32 with --end-to-end)")
     parser.add_argument("--seq-len", type=int, default=128, help="text models: tokens per sequence (default 128)")
     parser.add_argument("--modes", default="eager,graph", help="eager, graph or both (default)")
     parser.add_argument("--no-peer", action="store_true", help="time only our implementation")
@@ -129,6 +146,11 @@ def parse_args(argv):
     parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
     parser.add_argument("--csv", type=Path, help="write the rows as CSV here")
     parser.add_argument("--plot", type=Path, help="write a PNG of throughput against batch size here")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="SST-2 models: time `python -m eval.sst2`'s own code path over --data against the ModelZoo "
+                             "flow (every sentence padded to --seq-len, transformers' tokenizer and model)")
+    parser.add_argument("--data", type=Path, help="with --end-to-end: SST-2 dev.tsv (default: 872 sentences of "
+                        "random words with SST-2's length mix)")
     return parser.parse_args(argv)
 
 
@@ -188,7 +210,7 @@ def main(argv=None):
     if not names:
         raise UserError(f"no benchmark defined for {args.model}; available: {', '.join(available)}.")
     try:
-        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        batch_sizes = [int(b) for b in (args.batch_sizes or ("32" if args.end_to_end else "1,8,32")).split(",")]
     except ValueError:
         raise UserError(f"--batch-sizes must be comma-separated integers, got '{args.batch_sizes}'.") from None
     modes = args.modes.split(",")
@@ -198,6 +220,10 @@ def main(argv=None):
     dtype = runtime.parse_dtype(args.dtype, device)
     tp = parallel.init_tensor_parallel(args.tp, device.type)
     device = parallel.local_device(device)
+    if args.end_to_end:
+        rows = end_to_end(entry, args, batch_sizes, modes, device, dtype)
+        print(format_end_to_end(rows))
+        return 0
     peak = matmul_peak(device, dtype)
     print(f"dense {runtime.dtype_name(dtype)} matmul on {runtime.device_description(device)}: "
           f"{peak / 1e12:.2f} TFLOP/s (the peak fraction_of_peak is measured against)", file=sys.stderr)
@@ -249,12 +275,11 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
         for batch_size in batch_sizes:
             inputs, seq_len = bench.make_inputs(config, batch_size, args.seq_len, device)
             inputs = tuple(runtime.to_model_input(t, device, dtype) for t in inputs)
-            outputs = {}
+            with torch.no_grad():
+                outputs = {c.key: fns[c.key](*inputs).float() for c in contenders}
+            timings = time_interleaved(fns, inputs, device, args.warmup, args.iters)
             for contender in contenders:
-                fn = fns[contender.key]
-                with torch.no_grad():
-                    outputs[contender.key] = fn(*inputs).float()
-                seconds = time_iterations(fn, inputs, device, args.warmup, args.iters)
+                seconds = timings[contender.key]
                 if (contender.key, batch_size) not in flops:  # counted eagerly: the work graph mode does too
                     flops[contender.key, batch_size] = counted_flops(contender.fn, inputs)
                 achieved = flops[contender.key, batch_size] / statistics.median(seconds)
@@ -274,6 +299,122 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
                     write_outputs(earlier_rows + rows, args)
     say(f"\n{name} on {rows[0]['device']}, {rows[0]['dtype']}\n{format_table(rows)}")
     return rows
+
+
+def end_to_end(entry, args, batch_sizes, modes, device, dtype) -> list[dict]:
+    """SST-2 from sentences to predictions, both flows on the same weights in this process: eval.sst2's own
+    code path (our tokenizer, length-sorted batches padded to multiples of 8 or 16, [CLS]-only last layer)
+    against the ModelZoo flow (transformers' tokenizer padding every sentence to --seq-len, a static batch,
+    transformers' model). Each is run once untimed first (graph mode: over all the data, so every shape is
+    compiled), then timed; the rows say how many token rows each computed and whether predictions agree."""
+    import tempfile
+
+    from eval import sst2
+    from eval.data.sst2 import read_sst2, write_length_mix
+
+    if entry.task != "sst2":
+        raise UserError(f"--end-to-end times the SST-2 eval; {entry.name} is a {entry.task} model.")
+    if parallel.world_size() > 1:
+        raise UserError("--end-to-end runs in one process; drop torchrun and --tp.")
+    bench = benchmarks_of(entry)[entry.name]
+    peer, peer_fn, config, state = bench.make_peer(args.checkpoint)
+    ours = entry.build(config)
+    ours.load_state_dict(state)
+    for module in (ours, peer):
+        runtime.prepare_model(module, device, dtype)
+    scratch = Path(tempfile.mkdtemp(prefix="sst2-end-to-end-"))
+    vocab = sst2.resolve_vocab(argparse.Namespace(vocab=None, checkpoint=args.checkpoint))
+    if args.data is None:
+        words = [w for w in vocab.read_text(encoding="utf-8").split() if w.isalpha() and not w.startswith("[")]
+        data = write_length_mix(scratch / "dev.tsv", words)
+        print(f"note: {data}: 872 sentences of random words with SST-2's length mix; pass --data with SST-2's "
+              "dev.tsv for the real text", file=sys.stderr)
+    else:
+        data = args.data
+    sentences = [e.sentence for e in read_sst2(data)]
+    tokenizer = modelzoo_tokenizer(vocab, config.do_lower_case)
+    rows, runs = [], 0
+    for mode in modes:
+        ours_fn = runtime.compile_model(ours, device) if mode == "graph" else ours
+        peer_run = runtime.compile_model(peer_fn, device) if mode == "graph" else peer_fn
+        for batch_size in batch_sizes:
+            def run_ours(limit=None):
+                nonlocal runs
+                runs += 1
+                predictions = scratch / f"ours-{runs}.jsonl"
+                argv = ["--data", str(data), "--batch-size", str(batch_size), "--seq-len", str(args.seq_len),
+                        "--vocab", str(vocab), "--predictions", str(predictions), "--device", str(device),
+                        "--dtype", runtime.dtype_name(dtype)] + (["--graph"] if mode == "graph" else [])
+                results = sst2.evaluate(sst2.parse_args(argv + (["--limit", str(limit)] if limit else [])), ours_fn)
+                records = [json.loads(line) for line in predictions.read_text().splitlines()]
+                return [r["probs"] for r in sorted(records, key=lambda r: r["index"])], results["token_rows"]
+
+            def run_peer(limit=None):
+                return modelzoo_flow(peer_run, tokenizer, sentences[:limit], batch_size, args.seq_len, device)
+
+            timed = {}
+            for impl, flow in (("ours", run_ours), ("peer", run_peer)):
+                flow(None if mode == "graph" else batch_size)  # warm-up
+                runtime.synchronize(device)
+                start = time.perf_counter()
+                predictions, token_rows = flow()
+                runtime.synchronize(device)
+                timed[impl] = (time.perf_counter() - start, predictions, token_rows)
+            for impl, (seconds, probs, token_rows) in timed.items():
+                peer_probs = timed["peer"][1]
+                agree = sum(argmax(a) == argmax(b) for a, b in zip(probs, peer_probs))
+                diff = max(abs(x - y) for a, b in zip(probs, peer_probs) for x, y in zip(a, b))
+                rows.append({"model": entry.name, "impl": impl, "flow": "eval.sst2" if impl == "ours" else
+                             f"pad to {args.seq_len}", "mode": mode, "batch_size": batch_size,
+                             "sentences": len(sentences), "seconds": seconds,
+                             "sentences_per_second": len(sentences) / seconds, "token_rows": token_rows,
+                             "speedup_vs_peer": timed["peer"][0] / seconds, "agree_with_peer": agree,
+                             "max_abs_diff_vs_peer": diff,
+                             "device": runtime.device_description(device), "dtype": runtime.dtype_name(dtype),
+                             "data": str(data), "date": datetime.date.today().isoformat()})
+                print(format_end_to_end(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+            if args.json:
+                write_json_atomic(args.json, rows)
+    return rows
+
+
+def argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)
+
+
+def modelzoo_tokenizer(vocab: Path, lower_case: bool):
+    try:
+        import transformers
+    except ImportError:
+        raise UserError("--end-to-end runs the ModelZoo flow with transformers: `pip install -e .[test]`.") from None
+    return transformers.BertTokenizer(str(vocab), do_lower_case=lower_case)
+
+
+def modelzoo_flow(run, tokenizer, sentences, batch_size, seq_len, device):
+    """The ModelZoo SST-2 flow in one process: every sentence tokenised and padded to seq_len, batches of a
+    fixed size (the last one padded with empty rows, as a static-shape OM takes it), argmax of the logits.
+    Returns (class probabilities per sentence, token rows computed)."""
+    encoded = tokenizer(sentences, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+    predictions, token_rows = [], 0
+    with torch.no_grad():
+        for start in range(0, len(sentences), batch_size):
+            batch = [encoded[k][start:start + batch_size] for k in ("input_ids", "attention_mask", "token_type_ids")]
+            count = len(batch[0])
+            batch = [torch.cat([t, t.new_zeros(batch_size - count, seq_len)]).to(device) for t in batch]
+            predictions += run(*batch)[:count].float().softmax(dim=-1).tolist()
+            token_rows += batch_size * seq_len
+    return predictions, token_rows
+
+
+def format_end_to_end(rows) -> str:
+    header = (f"{'impl':<5} {'flow':<12} {'mode':<6} {'batch':>5} {'sentences':>9} {'seconds':>8} {'sent/s':>8} "
+              f"{'token rows':>10} {'speedup':>8} {'agree':>6} {'diff vs peer':>12}")
+    lines = [header]
+    for r in rows:
+        lines.append(f"{r['impl']:<5} {r['flow']:<12} {r['mode']:<6} {r['batch_size']:>5} {r['sentences']:>9} "
+                     f"{r['seconds']:>8.2f} {r['sentences_per_second']:>8.1f} {r['token_rows']:>10} "
+                     f"{r['speedup_vs_peer']:>7.2f}x {r['agree_with_peer']:>6} {r['max_abs_diff_vs_peer']:>12.1e}")
+    return "\n".join(lines)
 
 
 def parameter_megabytes(module: torch.nn.Module) -> float:

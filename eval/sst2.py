@@ -45,14 +45,16 @@ def resolve_vocab(args) -> Path:
     return directory / "vocab.txt"
 
 
-def evaluate(args) -> dict:
-    if args.checkpoint is None:
+def evaluate(args, model=None) -> dict:
+    """The command's work; `model` given (eval.bench --end-to-end) replaces loading --checkpoint."""
+    if args.checkpoint is None and model is None:
         demo_banner(f"{registry.get_entry(args.model, task='sst2').name} with random weights on "
                     + ("the bundled SST-2 sample." if args.data is None else f"{args.data}."))
     data = args.data or SAMPLE / "dev.tsv"
     examples = read_sst2(data)[: args.limit]
-    model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, args.graph, args.tp,
-                                  task="sst2", config_file=args.config)
+    if model is None:
+        model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, args.graph, args.tp,
+                                      task="sst2", config_file=args.config)
     config = model.config
     if not config.num_labels:
         raise UserError(f"{args.checkpoint} is a BERT encoder without a classification head; "
@@ -69,7 +71,7 @@ def evaluate(args) -> dict:
 
     tokenizer = bert_tokenizer(vocab, config.do_lower_case, seq_len)
     encoded = [e.ids for e in tokenizer.encode_batch([e.sentence for e in todo])]
-    batches = plan_batches([len(ids) for ids in encoded], args.batch_size, runtime.length_buckets(seq_len))
+    batches = plan_batches([len(ids) for ids in encoded], args.batch_size, runtime.length_buckets(seq_len, runtime.length_step(args.graph)))
     dp = parallel.data_parallel(args.tp)
     mine = dp.share(batches)
     # Graph mode compiles one graph per shape: every batch is padded to the full batch size.
@@ -85,6 +87,8 @@ def evaluate(args) -> dict:
             batch = make_batch([encoded[i] for i in positions], length, device)
             if rows:
                 batch = pad_rows(batch, rows)
+            elif all(len(encoded[i]) == length for i in positions):  # no padded token: attention needs no mask
+                batch = (batch[0], None, batch[2])
             with meter, torch.no_grad():
                 probs = model(*batch).float().softmax(dim=-1)[: len(positions)].cpu()
             meter.samples += len(positions)
@@ -106,6 +110,7 @@ def evaluate(args) -> dict:
         "accuracy": metrics.accuracy([store.done[e.index]["prediction"] for e in labelled],
                                      [e.label for e in labelled]) if labelled else None,
         "num_examples": len(examples), "num_computed": len(todo), "seq_len": seq_len,
+        "token_rows": sum((rows or len(positions)) * length for positions, length in batches),  # padding included
         "data": str(data), **meter.summary(), **run_metadata(args, device, dtype),
     }
     return results

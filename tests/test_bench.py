@@ -4,6 +4,7 @@ import pytest
 
 from eval import bench
 from eval.bench import COLUMNS
+from npu_models import registry
 from tests.conftest import BERT_FIXTURE, FIXTURES
 
 pytest.importorskip("transformers")
@@ -123,12 +124,38 @@ def test_flops_are_counted_and_set_against_a_measured_matmul_peak(tmp_path):
     import torch
     linear = torch.nn.Linear(64, 32)
     assert bench.counted_flops(linear, (torch.randn(8, 64),)) == 2 * 8 * 64 * 32
+    q, k = torch.randn(2, 4, 16, 8), torch.randn(2, 4, 32, 8)  # attention is counted on the CPU too
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    assert bench.counted_flops(sdpa, (q, k, k)) == 2 * 2 * (2 * 4 * 16 * 32 * 8)
     assert bench.matmul_peak(torch.device("cpu"), torch.float32, size=256, iters=2) > 0
     out = tmp_path / "flops.json"
     bench.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--batch-sizes", "4",
                 "--seq-len", "16", "--modes", "eager", "--warmup", "0", "--iters", "2", "--json", str(out)])
     ours, peer = json.loads(out.read_text())
-    # the same model on the same inputs does the same work, whoever implements it
-    assert ours["gflop_per_batch"] == pytest.approx(peer["gflop_per_batch"], rel=0.02)
+    # The same model on the same inputs, less the rows our classifier's last block skips: the 15 non-[CLS]
+    # rows of 4 sequences need no q/output projection, MLP (2 flops per weight) or attention over 16 keys.
+    config = registry.build_model(registry.get_entry("bert"), BERT_FIXTURE / "checkpoint").config
+    dim, mlp, batch, length = config.embed_dim, config.mlp_dim, 4, 16
+    skipped = batch * (length - 1) * (2 * 2 * dim * dim + 2 * 2 * dim * mlp + 2 * 2 * length * dim)
+    assert (peer["gflop_per_batch"] - ours["gflop_per_batch"]) * 1e9 == pytest.approx(skipped, rel=1e-6)
     for row in (ours, peer):
         assert row["tflops"] > 0 and 0 < row["fraction_of_peak"] < 2
+
+
+def test_end_to_end_runs_the_sst2_command_beside_the_padded_flow(tmp_path):
+    """eval.sst2's own path against every sentence padded to --seq-len through transformers, on the same
+    weights: the same probabilities, far fewer token rows computed."""
+    out = tmp_path / "e2e.json"
+    bench.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--end-to-end",
+                "--modes", "eager", "--batch-sizes", "8", "--seq-len", "64", "--json", str(out)])
+    ours, peer = json.loads(out.read_text())
+    assert (ours["impl"], peer["impl"]) == ("ours", "peer") and ours["sentences"] == 872
+    assert ours["agree_with_peer"] == 872 and ours["max_abs_diff_vs_peer"] < 1e-5
+    assert peer["token_rows"] == 109 * 8 * 64  # 872 sentences in 109 batches of 8, every one padded to 64
+    assert ours["token_rows"] < peer["token_rows"] / 3  # SST-2's length mix: about 21 tokens per sentence
+
+
+def test_end_to_end_is_for_sst2_models(capsys):
+    with pytest.raises(SystemExit) as exit:
+        bench.main(["--model", "vit", "--end-to-end", "--no-peer"])
+    assert exit.value.code == 2 and "--end-to-end times the SST-2 eval" in capsys.readouterr().err

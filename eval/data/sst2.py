@@ -53,3 +53,23 @@ def read_sst2(path: Path) -> list[SST2Example]:
     if not examples:
         raise UserError(f"{path} has a header but no examples.")
     return examples
+
+
+# SST-2's dev split: 872 sentences; their lengths run from a couple of words to about 55, around 19 on
+# average (the Stanford Sentiment Treebank's sentence length). Used to time padding strategies when the real
+# dev.tsv is not at hand; it is a stand-in for the length mix, not for the text.
+SST2_DEV_SIZE, SST2_MEAN_WORDS, SST2_MAX_WORDS = 872, 19, 55
+
+
+def write_length_mix(path: Path, words: list[str], count: int = SST2_DEV_SIZE, seed: int = 0) -> Path:
+    """A GLUE-format TSV of `count` sentences of random `words` with SST-2's length mix: word counts drawn
+    from a gamma distribution (mean 19, shape 3.5), clipped to 2..55. Labels alternate."""
+    import random
+
+    rng = random.Random(seed)
+    lines = ["sentence\tlabel"]
+    for i in range(count):
+        length = min(SST2_MAX_WORDS, max(2, round(rng.gammavariate(3.5, SST2_MEAN_WORDS / 3.5))))
+        lines.append(" ".join(rng.choice(words) for _ in range(length)) + f"\t{i % 2}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
