@@ -1,10 +1,15 @@
 """Throughput and latency of our model and its reference peer, side by side (the ais_bench --loop equivalent).
 
     python -m eval.bench --model bert-base-cased-sst2 --device npu:0 --batch-sizes 1,8,32 --json bench.json
+    python -m eval.bench --model all --device cuda --dtype bf16           # every model, one markdown table
+    python -m eval.bench --end-to-end                                      # SST-2 end to end vs the ModelZoo flow
 
 For every batch size, mode (eager, graph) and implementation (ours; the peer from transformers or timm,
 loaded with the same weights), it runs warm-up iterations, then times --iters iterations with the device
-synchronised, and reports samples/s and the median and p90 latency. Rows are written as they arrive.
+synchronised, the implementations taking turns, and reports samples/s, the median and p90 latency, the first
+call (compilation included in graph mode), the FLOPs counted and their fraction of a dense matmul measured in
+the same run. Graph mode is each one's best: compiled, with CUDA graphs on CUDA. Rows are written as they
+arrive.
 """
 import argparse
 import copy
@@ -28,7 +33,7 @@ from npu_models.benchmarks import Benchmark
 from npu_models.errors import UserError, cli_main
 
 COLUMNS = ["model", "impl", "mode", "batch_size", "seq_len", "samples_per_second", "latency_ms_p50",
-           "latency_ms_p90", "gflop_per_batch", "tflops", "fraction_of_peak", "device", "dtype", "tp",
+           "latency_ms_p90", "first_call_s", "gflop_per_batch", "tflops", "fraction_of_peak", "device", "dtype", "tp",
            "param_mb_per_rank", "max_abs_diff_vs_peer", "date"]
 
 
@@ -131,7 +136,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=registry.default_entry("sst2").name,
-                        help="registry or short name, or name/part for one part (default: the SST-2 model)")
+                        help="registry or short name, name/part for one part, or 'all' for every model and one "
+                             "markdown table (default: the SST-2 model)")
     parser.add_argument("--checkpoint", type=Path, help="official checkpoint; omitted: random full-size weights")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -202,13 +208,20 @@ def format_table(rows) -> str:
 @cli_main
 def main(argv=None):
     args = parse_args(argv)
-    entry = registry.get_entry(args.model.split("/")[0])
-    available = benchmarks_of(entry)
-    names = list(available)
-    if "/" in args.model:
-        names = [n for n in names if n == f"{entry.name}/{args.model.split('/', 1)[1]}"]
-    if not names:
-        raise UserError(f"no benchmark defined for {args.model}; available: {', '.join(available)}.")
+    if args.model == "all":
+        if args.checkpoint is not None or args.end_to_end:
+            raise UserError("--model all runs every model on random full-size weights; --checkpoint and "
+                            "--end-to-end take one model.")
+        parts = [(entry, list(benchmarks_of(entry))) for entry in registry.REGISTRY.values()]
+    else:
+        entry = registry.get_entry(args.model.split("/")[0])
+        available = list(benchmarks_of(entry))
+        names = available
+        if "/" in args.model:
+            names = [n for n in available if n == f"{entry.name}/{args.model.split('/', 1)[1]}"]
+        if not names:
+            raise UserError(f"no benchmark defined for {args.model}; available: {', '.join(available)}.")
+        parts = [(entry, names)]
     try:
         batch_sizes = [int(b) for b in (args.batch_sizes or ("32" if args.end_to_end else "1,8,32")).split(",")]
     except ValueError:
@@ -221,20 +234,55 @@ def main(argv=None):
     tp = parallel.init_tensor_parallel(args.tp, device.type)
     device = parallel.local_device(device)
     if args.end_to_end:
-        rows = end_to_end(entry, args, batch_sizes, modes, device, dtype)
+        rows = end_to_end(parts[0][0], args, batch_sizes, modes, device, dtype)
         print(format_end_to_end(rows))
         return 0
     peak = matmul_peak(device, dtype)
     print(f"dense {runtime.dtype_name(dtype)} matmul on {runtime.device_description(device)}: "
           f"{peak / 1e12:.2f} TFLOP/s (the peak fraction_of_peak is measured against)", file=sys.stderr)
     rows = []
-    build_ours = functools.cache(lambda: registry.build_model(entry, args.checkpoint, tp=tp))  # once for all parts
-    for name in names:
-        rows += run_benchmark(name, entry, available[name], args, batch_sizes, modes, device, dtype, rows, build_ours, tp,
-                              peak)
-    if args.plot and parallel.is_main_process():
-        plot(rows, args.plot)
+    for entry, names in parts:
+        build_ours = functools.cache(lambda entry=entry: registry.build_model(entry, args.checkpoint, tp=tp,
+                                                                              device=device))  # once for all parts
+        benches = benchmarks_of(entry)
+        for name in names:
+            rows += run_benchmark(name, entry, benches[name], args, batch_sizes, modes, device, dtype, rows, build_ours,
+                                  tp, peak)
+    if parallel.is_main_process():
+        if len(parts) > 1:
+            print(f"\n{markdown_table(rows)}")
+        if args.plot:
+            plot(rows, args.plot)
     return 0
+
+
+def markdown_table(rows) -> str:
+    """Every row as one markdown table, then each implementation's best mode per model part and batch size
+    set side by side (the honest ratio: each at its fastest)."""
+    lines = ["| model | impl | mode | batch | seq | samples/s | p50 ms | TFLOP/s | % of peak | max diff vs peer |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        diff = "" if r["max_abs_diff_vs_peer"] is None else f"{r['max_abs_diff_vs_peer']:.1e}"
+        lines.append(f"| {r['model']} | {r['impl']}{'' if r['tp'] == 1 else ' tp' + str(r['tp'])} | {r['mode']} | "
+                     f"{r['batch_size']} | {r['seq_len']} | {r['samples_per_second']:.1f} | {r['latency_ms_p50']:.2f} | "
+                     f"{r['tflops']:.2f} | {100 * r['fraction_of_peak']:.1f} | {diff} |")
+    best = {}
+    for r in rows:
+        key = (r["model"], r["batch_size"], r["impl"], r["tp"])
+        if key not in best or r["samples_per_second"] > best[key]["samples_per_second"]:
+            best[key] = r
+    pairs = [(best[key], best.get((key[0], key[1], "peer", 1))) for key in best if key[2] == "ours"]
+    pairs = [(ours, peer) for ours, peer in pairs if peer is not None]
+    if pairs:
+        lines += ["", "| model | batch | ours best | peer best | ours / peer |", "|---|---:|---|---|---:|"]
+        for ours, peer in pairs:
+            lines.append(f"| {ours['model']} | {ours['batch_size']} | {ours['mode']}, {ours['samples_per_second']:.1f}/s | "
+                         f"{peer['mode']}, {peer['samples_per_second']:.1f}/s | "
+                         f"{ours['samples_per_second'] / peer['samples_per_second']:.2f}x |")
+    first = rows[0]
+    lines += ["", f"{first['device']}, {first['dtype']}, {first['date']}; peak = dense {first['dtype']} matmul measured "
+              "in the same run."]
+    return "\n".join(lines)
 
 
 def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, earlier_rows, build_ours,
@@ -275,8 +323,14 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
         for batch_size in batch_sizes:
             inputs, seq_len = bench.make_inputs(config, batch_size, args.seq_len, device)
             inputs = tuple(runtime.to_model_input(t, device, dtype) for t in inputs)
+            outputs, first_call = {}, {}  # the first call at a shape compiles (and captures) in graph mode
             with torch.no_grad():
-                outputs = {c.key: fns[c.key](*inputs).float() for c in contenders}
+                for c in contenders:
+                    runtime.synchronize(device)
+                    start = time.perf_counter()
+                    outputs[c.key] = fns[c.key](*inputs).float()
+                    runtime.synchronize(device)
+                    first_call[c.key] = time.perf_counter() - start
             timings = time_interleaved(fns, inputs, device, args.warmup, args.iters)
             for contender in contenders:
                 seconds = timings[contender.key]
@@ -288,7 +342,8 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
                         if contender.impl == "peer" and ours_output is not None else None)
                 rows.append({"model": name, "impl": contender.impl, "mode": mode, "batch_size": batch_size,
                              "seq_len": seq_len, "samples_per_second": batch_size * len(seconds) / sum(seconds),
-                             **latency_percentiles(seconds), "gflop_per_batch": flops[contender.key, batch_size] / 1e9,
+                             **latency_percentiles(seconds), "first_call_s": first_call[contender.key],
+                             "gflop_per_batch": flops[contender.key, batch_size] / 1e9,
                              "tflops": achieved / 1e12, "fraction_of_peak": achieved / peak,
                              "device": runtime.device_description(device),
                              "dtype": runtime.dtype_name(dtype), "tp": contender.tp,

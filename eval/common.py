@@ -34,7 +34,7 @@ def positive_int(text: str) -> int:
 def add_common_args(parser: argparse.ArgumentParser, task: str, default_batch_size: int = 32,
                     prediction_key: str | None = None):
     """The shared options; `prediction_key` names the field that keys the command's --predictions lines."""
-    parser.set_defaults(task=task, prediction_key=prediction_key)
+    parser.set_defaults(task=task, prediction_key=prediction_key, started_at=None)  # run_eval sets started_at
     default_model = registry.default_entry(task).name
     runs = ", ".join(f"{e.name} ({e.short_name})" for e in registry.REGISTRY.values() if e.task == task)
     parser.add_argument("--model", default=default_model, help=f"short or registry name: {runs} (default {default_model})")
@@ -253,11 +253,13 @@ def plan_batches(lengths: list[int], batch_size: int, buckets: list[int]) -> lis
 
 
 class LatencyMeter:
-    """Wall-clock time of each batch, synchronised with the device."""
+    """Wall-clock time of each batch, synchronised with the device, and the time from the command's start
+    (`started_at`, a perf_counter reading) to the end of its first batch: loading, reading, compiling."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, started_at: float | None = None):
         self.device, self.seconds, self.samples = device, [], 0
         self.busy_seconds = None  # set by gather(): the busiest data-parallel rank's time in the model
+        self.started_at, self.first_batch_s = started_at, None
 
     def __enter__(self):
         runtime.synchronize(self.device)
@@ -266,7 +268,10 @@ class LatencyMeter:
 
     def __exit__(self, *exc):
         runtime.synchronize(self.device)
-        self.seconds.append(time.perf_counter() - self._start)
+        now = time.perf_counter()
+        self.seconds.append(now - self._start)
+        if self.first_batch_s is None and self.started_at is not None:
+            self.first_batch_s = now - self.started_at
 
     def gather(self, dp: parallel.DataParallel) -> None:
         """Take in every data-parallel rank's batches (a collective: every rank calls it). The ranks run side
@@ -279,9 +284,11 @@ class LatencyMeter:
 
     def summary(self) -> dict:
         if not self.seconds:
-            return {"samples_per_second": None, "latency_ms_p50": None, "latency_ms_p90": None}
+            return {"samples_per_second": None, "latency_ms_p50": None, "latency_ms_p90": None,
+                    "time_to_first_batch_s": None}
         busy = self.busy_seconds or sum(self.seconds)
-        return {"samples_per_second": self.samples / busy, **latency_percentiles(self.seconds)}
+        return {"samples_per_second": self.samples / busy, **latency_percentiles(self.seconds),
+                "time_to_first_batch_s": self.first_batch_s}
 
 
 def latency_percentiles(seconds: list[float]) -> dict:
@@ -345,6 +352,7 @@ def run_eval(parse_args, evaluate, shown: list[str], argv) -> int:
     """What every eval command's main does: check the arguments, evaluate, write --output, print the
     headline numbers."""
     args = parse_args(argv)
+    args.started_at = time.perf_counter()
     check_before_work(args)
     results = evaluate(args)
     if parallel.is_main_process():

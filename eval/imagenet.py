@@ -55,7 +55,7 @@ def evaluate(args) -> dict:
     loader = torch.utils.data.DataLoader(ImageDataset([e.path for e in todo], config.transform),
                                          batch_sampler=dp.share(batches), num_workers=args.num_workers,
                                          collate_fn=collate, pin_memory=device.type != "cpu")
-    meter, gathered = LatencyMeter(device), StepGather(dp, store, len(batches))
+    meter, gathered = LatencyMeter(device, args.started_at), StepGather(dp, store, len(batches))
     try:
         for positions, pixels, failed in progress(loader, desc="imagenet", unit="batch"):
             for position, error in failed:
@@ -98,7 +98,7 @@ def predict(model, pixels, positions: list[int], todo, args, meter: LatencyMeter
 
 @cli_main
 def main(argv=None):
-    shown = ["top1", "top5", "num_examples", "num_unreadable", "samples_per_second",
+    shown = ["top1", "top5", "num_examples", "num_unreadable", "samples_per_second", "time_to_first_batch_s",
              "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size", "image_size"]
     return run_eval(parse_args, evaluate, shown, argv)
 

@@ -143,7 +143,7 @@ def evaluate(args) -> dict:
     ids, masks = config.text_input.encode(vocab, split.texts)
 
     dp = parallel.data_parallel(args.tp)
-    meter = LatencyMeter(device)
+    meter = LatencyMeter(device, args.started_at)
     image_embeds, memory = image_pass(lambda pixels: task.encode_images(model, pixels), split, dp, args.batch_size,
                                       args.num_workers, config.transform, device, dtype, meter)
     text_embeds = text_pass(lambda i, m: task.encode_texts(model, i, m), ids, masks, dp, args.batch_size, device,
@@ -176,7 +176,7 @@ def evaluate(args) -> dict:
 @cli_main
 def main(argv=None):
     shown = ["txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean", "num_images",
-             "num_texts", "samples_per_second", "device", "dtype"]
+             "num_texts", "samples_per_second", "time_to_first_batch_s", "device", "dtype"]
     return run_eval(parse_args, evaluate, shown, argv)
 
 

@@ -77,7 +77,7 @@ def evaluate(args, model=None) -> dict:
     # Graph mode compiles one graph per shape: every batch is padded to the full batch size.
     rows = args.batch_size if args.graph else None
 
-    meter, gathered = LatencyMeter(device), StepGather(dp, store, len(batches))
+    meter, gathered = LatencyMeter(device, args.started_at), StepGather(dp, store, len(batches))
     if args.graph and mine:
         for length in sorted({length for _, length in mine}):
             with torch.no_grad():
@@ -128,7 +128,7 @@ def make_batch(sequences: list[list[int]], length: int, device):
 
 @cli_main
 def main(argv=None):
-    shown = ["accuracy", "num_examples", "num_computed", "samples_per_second",
+    shown = ["accuracy", "num_examples", "num_computed", "samples_per_second", "time_to_first_batch_s",
              "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size", "seq_len"]
     return run_eval(parse_args, evaluate, shown, argv)
 

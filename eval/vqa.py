@@ -138,7 +138,7 @@ def evaluate(args) -> dict:
     else:  # questions of one length together: most batches then have no padding at all
         batches = [positions for positions, _ in plan_batches(text_masks.sum(dim=1).tolist(), args.batch_size, buckets)]
     mine = dp.share(batches)
-    meter, gathered = LatencyMeter(device), StepGather(dp, store, len(batches))
+    meter, gathered = LatencyMeter(device, args.started_at), StepGather(dp, store, len(batches))
     try:
         batches_in = visual_batches(args, task, config, todo, mine, data, device)
         for positions, visual, failed in progress(batches_in, desc="vqa", unit="batch", total=len(mine)):
@@ -269,7 +269,8 @@ def few(ids: list[int]) -> str:
 @cli_main
 def main(argv=None):
     shown = ["vqa_accuracy", "per_answer_type", "vqa_score", "precision", "recall", "fscore", "num_examples",
-             "num_unreadable", "samples_per_second", "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size"]
+             "num_unreadable", "samples_per_second", "time_to_first_batch_s", "latency_ms_p50", "latency_ms_p90",
+             "device", "dtype", "batch_size"]
     return run_eval(parse_args, evaluate, shown, argv)
 
 

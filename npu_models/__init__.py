@@ -38,7 +38,9 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     device = runtime.resolve_device(device)
     dtype = runtime.parse_dtype(dtype, device)
     tensor_parallel = parallel.init_tensor_parallel(tp, device.type)
-    model = registry.build_model(entry, checkpoint, config, config_file, tensor_parallel)
+    # random weights are drawn on the device itself; a checkpoint's are read to the CPU and moved
+    model = registry.build_model(entry, checkpoint, config, config_file, tensor_parallel,
+                                 device=parallel.local_device(device))
     served = registry.entry_for_config(entry, model.config)
     if task is not None and served.task != task:
         raise UserError(f"{checkpoint} is a {served.task} checkpoint ({served.name}); {task} needs a {task} "

@@ -15,6 +15,7 @@ from npu_models.checkpoints import vit as vit_weights
 from npu_models.checkpoints import vlmo as vlmo_weights
 from npu_models.checkpoints.io import Converted, check_state_dict, expected_shapes, is_converted_dir, read_converted
 from npu_models.errors import UserError
+from npu_models.layers.init import materialize_parameters_
 from npu_models.parallel import SINGLE, TensorParallel
 from npu_models.tasks import RetrievalTask, VQATask
 
@@ -165,12 +166,15 @@ def meta_model(entry: ModelEntry, config, tp: TensorParallel = SINGLE) -> torch.
 
 
 def build_model(entry: ModelEntry, checkpoint=None, config=None, config_file=None,
-                tp: TensorParallel = SINGLE) -> torch.nn.Module:
-    """The model on CPU in fp32, holding this rank's share when `tp` splits it: converted weights (a full
-    checkpoint is cut here, a directory of shards gives each rank its own file), or reproducible random
-    ones when no checkpoint."""
+                tp: TensorParallel = SINGLE, device=None) -> torch.nn.Module:
+    """The model in fp32, holding this rank's share when `tp` splits it: converted weights on the CPU (a full
+    checkpoint is cut here, a directory of shards gives each rank its own file), or, when no checkpoint,
+    random ones drawn directly on `device` (default CPU; reproducible per device type) from a structure
+    built without memory, so no weight is initialised twice or copied from the host."""
     if checkpoint is None:
-        model = entry.build(config or entry.default_config()).init_weights()
+        with torch.device("meta"):
+            model = entry.build(config or entry.default_config())
+        model = materialize_parameters_(model, device or "cpu").init_weights()
         return parallel.apply_plan(model, entry_for_config(entry, model.config).tp_plan, tp)
     converted = load_weights(entry, checkpoint, config_file, tp)
     cut_on_disk = is_converted_dir(checkpoint)  # our directories already hold this rank's share

@@ -61,3 +61,20 @@ def test_every_vqa_and_retrieval_model_has_its_adapter():
         assert (entry.vqa is not None) == (entry.task == "vqa"), entry.name
         assert (entry.retrieval is not None) == (entry.task == "retrieval"), entry.name
         assert entry.task not in ("vqa", "retrieval") or entry.default_config().text_input.max_length > 0
+
+
+@pytest.mark.parametrize("name", ["bert", "vlmo-base-vqa"])
+def test_random_weights_are_built_without_memory_then_drawn_once_with_the_same_recipe(name):
+    import torch
+    entry = registry.get_entry(name)
+    config = entry.default_config()
+    for field, value in dict(depth=1, embed_dim=32, num_heads=2, mlp_dim=64).items():
+        setattr(config, field, value)
+    if name.startswith("vlmo"):
+        config.image_size, config.vlffn_start_layer_index = 32, 1
+    built = registry.build_model(entry, config=config, device=torch.device("cpu"))
+    eager = entry.build(config).init_weights()  # built and initialised the plain way
+    assert not any(p.is_meta for p in built.parameters())
+    for (key, ours), (_, plain) in zip([*built.state_dict().items(), *built.named_buffers()],
+                                       [*eager.state_dict().items(), *eager.named_buffers()]):
+        assert torch.equal(ours, plain), key  # constant buffers (VLMo's position indices) included

@@ -32,6 +32,17 @@ def read_json(path) -> dict:
         raise UserError(f"{path} is not valid JSON ({err}); the file may be truncated: fetch it again.") from None
 
 
+def load_torch_file(path: Path):
+    """torch.load without running code, memory-mapped: tensors are read from the page cache as they are
+    used, not all copied up front. Files in torch's pre-1.6 (non-zip) format cannot be mapped: read whole."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file or a torch pickle, never executing code from the file."""
     path = Path(path)
@@ -40,7 +51,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_torch_file(path)
     except pickle.UnpicklingError as err:
         reason = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
         raise UserError(
