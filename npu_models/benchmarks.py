@@ -97,12 +97,12 @@ def vit_inputs(config, batch_size, seq_len, device):
 
 
 def vlmo_vqa_inputs(config, batch_size, seq_len, device):
-    """Images at the model's size and questions padded to max_text_len; the joint sequence is text + image."""
+    """Images at the model's size and max_text_len-token questions, all valid: eval.vqa groups questions by
+    length, so a batch has no padding and runs without a text mask. The joint sequence is text + image."""
     generator = torch.Generator().manual_seed(batch_size)
     image = torch.randn(batch_size, 3, config.image_size, config.image_size, generator=generator)
     text_ids = torch.randint(1, config.vocab_size, (batch_size, config.max_text_len), generator=generator)
-    inputs = (image.to(device), text_ids.to(device), torch.ones_like(text_ids).to(device))
-    return inputs, config.max_text_len + config.num_image_tokens
+    return (image.to(device), text_ids.to(device)), config.max_text_len + config.num_image_tokens
 
 
 def vlmo_image_inputs(config, batch_size, seq_len, device):
