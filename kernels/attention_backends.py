@@ -23,10 +23,41 @@ def eager_attention(q, k, v, mask=None, scale=None, bias=None):
     return torch.matmul(scores.softmax(dim=-1), v.float()).to(v.dtype)
 
 
+# A padded key's extra score channel: large enough that exp() of it is 0 in fp32 after any scale the
+# models use, small enough for fp16 (max 65504).
+PADDED_KEY_SCORE = -30000.0
+
+
+def fold_key_padding(q, k, v, key_mask):
+    """Key padding as one more channel of the dot product, so SDPA needs no [B, H, Sq, Sk] mask tensor.
+
+    q gains a channel of ones, k a channel that is 0 for kept keys and PADDED_KEY_SCORE for padded ones, so
+    q.k drops by that much exactly where a key is masked; the head dim is padded with zeros to the next
+    multiple of 8 (what the fused kernels take), v too, and the caller slices the output back. The cost is
+    8 more channels in both attention matmuls; the saving is the [batch, heads, n, n] bias + mask tensor.
+    """
+    batch, heads, q_len, head_dim = q.shape
+    extra = 8 - head_dim % 8
+    ones = q.new_ones(batch, heads, q_len, 1)
+    padded_keys = (~key_mask).to(k.dtype).transpose(-1, -2).expand(batch, heads, k.shape[2], 1) * PADDED_KEY_SCORE
+    q = torch.cat([q, ones, q.new_zeros(batch, heads, q_len, extra - 1)], dim=-1)
+    k = torch.cat([k, padded_keys, k.new_zeros(batch, heads, k.shape[2], extra - 1)], dim=-1)
+    return q, k, F.pad(v, (0, extra))
+
+
 def sdpa_attention(q, k, v, mask=None, scale=None, bias=None):
-    """PyTorch's fused attention (flash / memory-efficient / CPU flash kernels)."""
-    if bias is not None:  # SDPA takes one additive float mask: the bias with -inf on masked keys
+    """PyTorch's fused attention (flash / memory-efficient / CPU flash kernels).
+
+    SDPA takes one additive float mask. A bias with a key-padding mask ([B, 1, 1, Sk], the common case)
+    keeps the bias batch-shared and folds the padding into q and k (fold_key_padding); a bias with any
+    other mask becomes the bias with -inf on masked keys."""
+    if bias is not None:
         bias = bias.to(q.dtype)
+        if mask is not None and mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
+            head_dim = q.shape[-1]
+            q, k, v = fold_key_padding(q, k, v, mask)
+            scale = head_dim ** -0.5 if scale is None else scale
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)[..., :head_dim]
         mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 

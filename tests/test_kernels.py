@@ -68,6 +68,25 @@ def test_sdpa_with_additive_bias_matches_reference(with_mask):
     assert (expected - eager_attention(q, k, v, mask)).abs().max() > 1e-2  # the bias matters
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [16, 12])
+def test_bias_with_key_padding_builds_no_batch_by_heads_mask(monkeypatch, dtype, head_dim):
+    """The padding is folded into q and k: SDPA gets the batch-shared [1, H, S, S] bias, never a
+    [B, H, S, S] tensor, and the result is the masked attention's (fp32 within 1e-5; bf16/fp16 within
+    verify's tolerance for the dtype)."""
+    from weights_tools.verify import DEFAULT_TOLERANCE
+    q, k, v = (t.to(dtype) for t in random_qkv(q_len=9, k_len=9, dim=head_dim))
+    bias, mask = torch.randn(1, 4, 9, 9).to(dtype) * 2, padding_mask([9, 3, 6], 9)
+    seen = []
+    real_sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda *args, attn_mask=None, **kw: seen.append(attn_mask.shape) or real_sdpa(*args, attn_mask=attn_mask, **kw))
+    out = sdpa_attention(q, k, v, mask, None, bias)
+    assert seen == [torch.Size([1, 4, 9, 9])] and out.shape == q.shape
+    atol, rtol = (1e-5, 1e-5) if dtype == torch.float32 else DEFAULT_TOLERANCE[dtype]
+    torch.testing.assert_close(out.float(), fp32_reference(q, k, v, mask, None, bias), atol=atol, rtol=rtol)
+
+
 def test_sdpa_matches_reference_in_bf16():
     q, k, v = random_qkv(dtype=torch.bfloat16)
     mask = padding_mask([9, 3, 6], 9)
