@@ -57,7 +57,7 @@ def image_pass(encode, split, dp, batch_size, num_workers, transform, device, dt
     embeds its share of the batches and every rank gets all of them, in image order, on the device."""
     batches = batch_positions(len(split.image_paths), batch_size)
     loader = torch.utils.data.DataLoader(ImageDataset(split.image_paths, transform), batch_sampler=dp.share(batches),
-                                         num_workers=num_workers, collate_fn=collate)
+                                         num_workers=num_workers, collate_fn=collate, pin_memory=device.type != "cpu")
 
     def mine():
         for positions, pixels, failed in progress(loader, desc="images", unit="batch"):
@@ -65,7 +65,7 @@ def image_pass(encode, split, dp, batch_size, num_workers, transform, device, dt
                 yield None, None, failed[0]
                 return
             with meter, torch.no_grad():
-                embeds, memory = encode(pixels.to(device, dtype))
+                embeds, memory = encode(pixels.to(device, dtype, non_blocking=True))
             meter.samples += len(positions)
             yield for_gather(embeds, dp), for_gather(memory, dp), None
 

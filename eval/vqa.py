@@ -92,7 +92,7 @@ def visual_batches(args, task, config, todo, batches: list[list[int]], data: Pat
         dataset = RegionFeatureDataset([feature_path(features_dir, e.path) for e in todo])
         collate_fn = collate_regions
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.num_workers,
-                                         collate_fn=collate_fn)
+                                         collate_fn=collate_fn, pin_memory=device.type != "cpu")
     for positions, visual, failed in loader:  # visual is None when every example of the batch failed
         yield positions, (visual,) if isinstance(visual, torch.Tensor) else visual, failed
 

@@ -110,8 +110,9 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def to_model_input(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """An input on the model's device; floating-point inputs (pixels, region features) in the model's dtype,
-    integer and boolean ones (token ids, masks) unchanged."""
-    return tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+    integer and boolean ones (token ids, masks) unchanged. The copy does not block the host where the
+    source is pinned (the eval loaders pin on accelerators): the next batch is prepared meanwhile."""
+    return tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None, non_blocking=True)
 
 
 def synchronize(device: torch.device) -> None:
