@@ -23,11 +23,11 @@ import torch
 import npu_models
 from eval import metrics
 from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, StepGather, add_common_args, batch_positions,
-                         bert_uncased_vocab, content_hash, demo_banner, progress, run_eval, run_metadata, run_record,
-                         write_json_atomic)
+                         bert_uncased_vocab, content_hash, demo_banner, plan_batches, progress, run_eval, run_metadata,
+                         run_record, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.retrieval import read_retrieval
-from npu_models import parallel, registry
+from npu_models import parallel, registry, runtime
 from npu_models.tasks import score_matrix
 from npu_models.errors import UserError, cli_main
 
@@ -81,17 +81,21 @@ def image_pass(encode, split, dp, batch_size, num_workers, transform, device, dt
 
 
 def text_pass(encode, ids, masks, dp, batch_size, device, meter) -> torch.Tensor:
-    """Like image_pass, for the captions."""
-    batches = batch_positions(len(ids), batch_size)
+    """Like image_pass, for the captions: sorted by length, each batch cut to its longest caption (a padded
+    key is a masked one, so the embeddings are unchanged), then put back in caption order."""
+    lengths = masks.sum(dim=1).tolist()
+    batches = plan_batches(lengths, batch_size, runtime.length_buckets(ids.shape[1], runtime.length_step(False)))
 
     def mine():
-        for positions in progress(dp.share(batches), desc="texts", unit="batch"):
+        for positions, length in progress(dp.share(batches), desc="texts", unit="batch"):
             with meter, torch.no_grad():
-                embeds = encode(ids[positions].to(device), masks[positions].to(device))
+                embeds = encode(ids[positions, :length].to(device), masks[positions, :length].to(device))
             meter.samples += len(positions)
             yield for_gather(embeds, dp)
 
-    return torch.cat(list(dp.in_order(mine(), len(batches)))).to(device)
+    sorted_embeds = torch.cat(list(dp.in_order(mine(), len(batches)))).to(device)
+    order = torch.tensor([position for positions, _ in batches for position in positions], device=device)
+    return torch.empty_like(sorted_embeds).index_copy_(0, order, sorted_embeds)
 
 
 def rerank_pass(rerank, model, sims, memory, ids, masks, k, dp, batch_size, store, meter):
