@@ -71,7 +71,8 @@ def evaluate(args, model=None) -> dict:
 
     tokenizer = bert_tokenizer(vocab, config.do_lower_case, seq_len)
     encoded = [e.ids for e in tokenizer.encode_batch([e.sentence for e in todo])]
-    batches = plan_batches([len(ids) for ids in encoded], args.batch_size, runtime.length_buckets(seq_len, runtime.length_step(args.graph)))
+    buckets = runtime.length_buckets(seq_len, runtime.length_step(args.graph))
+    batches = plan_batches([len(ids) for ids in encoded], args.batch_size, buckets)
     dp = parallel.data_parallel(args.tp)
     mine = dp.share(batches)
     # Graph mode compiles one graph per shape: every batch is padded to the full batch size.

@@ -24,8 +24,8 @@ import torch
 import npu_models
 from eval import metrics
 from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, StepGather, add_common_args, batch_positions,
-                         bert_uncased_vocab, content_hash, demo_banner, find_beside, pad_rows, plan_batches, progress, run_eval,
-                         run_metadata, run_record, write_json_atomic)
+                         bert_uncased_vocab, content_hash, demo_banner, find_beside, pad_rows, plan_batches, progress,
+                         run_eval, run_metadata, run_record, write_json_atomic)
 from eval.data.images import ImageDataset, collate
 from eval.data.region_features import (RegionFeatureDataset, collate_regions, extract_missing_features,
                                        feature_path)
@@ -136,7 +136,8 @@ def evaluate(args) -> dict:
     if text.pad_to_max:
         batches = batch_positions(len(todo), args.batch_size)
     else:  # questions of one length together: most batches then have no padding at all
-        batches = [positions for positions, _ in plan_batches(text_masks.sum(dim=1).tolist(), args.batch_size, buckets)]
+        lengths = text_masks.sum(dim=1).tolist()
+        batches = [positions for positions, _ in plan_batches(lengths, args.batch_size, buckets)]
     mine = dp.share(batches)
     meter, gathered = LatencyMeter(device, args.started_at), StepGather(dp, store, len(batches))
     try:

@@ -22,7 +22,7 @@ class VLMoConfig:
     num_heads: int = 12
     mlp_dim: int = 3072
     vlffn_start_layer_index: int = 10   # blocks from here on own a vision-language expert
-    max_text_len: int = 40              # text is always padded to this: the joint path splits there
+    max_text_len: int = 40              # the longest text; shorter ones keep their positions (position_index)
     max_text_len_of_initckpt: int = 196  # sizes the text part of the relative-position table
     vocab_size: int = 30522
     type_vocab_size: int = 2
@@ -182,7 +182,7 @@ class VLMo(nn.Module):
     # --- the three paths --------------------------------------------------------------------------------
     def encode(self, x, kind: str, key_mask=None, cls_only: bool = False):
         """Run the blocks on 'text' / 'image' tokens with their own expert everywhere, or on 'joint' tokens
-        (text expert on the first max_text_len tokens and image expert on the rest, the VL expert from
+        (text expert on the text tokens in front and image expert on the rest, the VL expert from
         vlffn_start_layer_index on). Returns the final-normed tokens; with cls_only the last block computes
         only the first token's row, all the heads read ([B, 1, D])."""
         image_len = self.config.num_image_tokens
