@@ -9,6 +9,7 @@ import npu_models
 from eval import sst2
 from eval.common import PredictionStore, plan_batches
 from tests.conftest import BERT_FIXTURE
+from tests.test_bert import tiny_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -217,3 +218,28 @@ def test_prediction_store_drops_a_cut_off_last_line(tmp_path):
     store.add([{"index": 2, "p": 1}])
     store.close()
     assert [json.loads(line)["index"] for line in path.read_text().splitlines()] == [0, 1, 2]
+
+
+def test_batches_are_cut_to_their_longest_and_an_unpadded_batch_gets_no_mask(tmp_path):
+    """Sentences sorted by length: three of 5 tokens make one batch without padding (no attention mask),
+    the 7- and 8-token ones the next, cut to 8 tokens with a mask; the classifier sees no other shape."""
+    vocab = (sst2.SAMPLE / "vocab.txt").read_text().split()
+    words = [w for w in vocab if w.isalpha() and w.islower()][:6]  # one WordPiece each
+    sentences = [" ".join(words[:n - 2]) for n in (8, 5, 5, 7, 5)]
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("sentence\tlabel\n" + "".join(f"{s}\t1\n" for s in sentences))
+    model = npu_models.load_model("bert", device="cpu", config=tiny_config(vocab_size=len(vocab)))
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.config = model, model.config
+
+        def forward(self, ids, mask, types):
+            seen.append((ids.shape[1], None if mask is None else mask.sum(dim=1).tolist()))
+            return self.inner(ids, mask, types)
+
+    results = sst2.evaluate(sst2.parse_args(["--data", str(dev), "--batch-size", "3", "--device", "cpu"]), Spy())
+    assert seen == [(5, None), (8, [7, 8])]
+    assert results["token_rows"] == 3 * 5 + 2 * 8
