@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from npu_models import runtime
 from tests.test_ascend import blip_case, bert_case, padded, vilbert_case, vit_case, vlmo_case
 
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)
@@ -71,12 +72,16 @@ def vlmo_inputs(model, lengths):
     return ids * mask, mask
 
 
+@pytest.mark.parametrize("prepared", [False, True], ids=["gathered-per-forward", "prepared-once"])
 @pytest.mark.parametrize("head", ["vqa", "retrieval"])
-def test_vlmo_trimmed_text_equals_text_padded_to_max_len(head):
+def test_vlmo_trimmed_text_equals_text_padded_to_max_len(head, prepared):
     torch.manual_seed(0)
     model = vlmo_case(head)[0].init_weights(seed=3).eval()
     with torch.no_grad():
         model.relative_position_bias_table.normal_()  # distinct bias per offset: a wrong index shows
+        if prepared:  # as load_model leaves it: biases gathered once, then cut per text length
+            model = runtime.prepare_model(model, torch.device("cpu"), torch.float32)
+            assert hasattr(model, "joint_position_biases" if head == "vqa" else "text_position_biases")
         image = torch.randn(3, 3, 32, 32)
         ids, mask = vlmo_inputs(model, [4, 4, 4])  # max_text_len is 6
         run = model.vqa_logits if head == "vqa" else model.text_embeds
@@ -103,3 +108,15 @@ def test_vilbert_without_a_text_mask_equals_an_all_ones_mask():
         torch.testing.assert_close(model(boxes, coordinates, box_mask, ids, None, types),
                                    model(boxes, coordinates, box_mask, ids, torch.ones_like(ids).bool(), types),
                                    **TOLERANCE)
+
+
+def test_prepared_vlmo_gathers_no_bias_in_its_forward(monkeypatch):
+    model = vlmo_case("vqa")[0].init_weights(seed=3).eval()
+    with torch.no_grad():
+        model.relative_position_bias_table.normal_()
+        ids, mask = vlmo_inputs(model, [6, 4, 5])
+        image = torch.randn(3, 3, 32, 32)
+        expected = model.vqa_logits(image, ids, mask)
+        model = runtime.prepare_model(model, torch.device("cpu"), torch.float32)
+        monkeypatch.setattr(type(model), "position_biases", lambda *a: pytest.fail("gathered in the forward"))
+        torch.testing.assert_close(model.vqa_logits(image, ids, mask), expected, **TOLERANCE)

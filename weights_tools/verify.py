@@ -84,7 +84,8 @@ def vlmo_outputs(model, image, text_ids, text_masks):
     out[f"{p}.joint.cls_feats"] = model.joint_cls_feats(image, text_ids, text_masks)
     out[f"{p}.joint.raw_cls_feats"] = out[f"{p}.joint.final_norm"][:, 0]
     for layer in (0, len(model.blocks) - 1):
-        out[f"{p}.joint.rel_pos_bias.layer{layer}"] = gather_heads(model.position_bias(model.position_index("joint"), layer), model)
+        biases = model.position_biases(model.position_index("joint"))
+        out[f"{p}.joint.rel_pos_bias.layer{layer}"] = gather_heads(biases[layer], model)
     out.update({"debug.relative_position_index": model.image_position_index,
                 "debug.text_relative_position_index": model.text_position_index,
                 "debug.text_imag_relative_position_index": model.joint_position_index})
@@ -98,7 +99,8 @@ def vlmo_outputs(model, image, text_ids, text_masks):
         with recording(model, points) as encoded:
             out[f"irtr.{kind}.final_norm"] = model.encode(tokens, kind, key_mask)
         out.update(encoded)
-        out[f"irtr.{kind}.rel_pos_bias.layer0"] = gather_heads(model.position_bias(model.position_index(kind), 0), model)
+        biases = model.position_biases(model.position_index(kind))
+        out[f"irtr.{kind}.rel_pos_bias.layer0"] = gather_heads(biases[0], model)
     out["irtr.similarity"] = out["irtr.image_embeds"] @ out["irtr.text_embeds"].T
     out["irtr.logits_per_image"] = out["irtr.similarity"] * model.logit_scale.exp()
     return out
