@@ -245,11 +245,8 @@ def plan_batches(lengths: list[int], batch_size: int, buckets: list[int]) -> lis
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}.")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches = []
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        batches.append((chunk, runtime.bucket_for(max(lengths[i] for i in chunk), buckets)))
-    return batches
+    chunks = [[order[i] for i in positions] for positions in batch_positions(len(order), batch_size)]
+    return [(chunk, runtime.bucket_for(max(lengths[i] for i in chunk), buckets)) for chunk in chunks]
 
 
 class LatencyMeter:
