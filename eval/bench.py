@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from eval import metrics
 from eval.common import latency_percentiles, write_json_atomic
 from eval.data.region_features import MAX_BOXES, RegionFeatureExtractor, pad_regions
 from npu_models import parallel, registry, runtime
@@ -110,6 +111,15 @@ def matmul_peak(device, dtype, size: int | None = None, iters: int = 5) -> float
     return 2 * size ** 3 / statistics.median(seconds)
 
 
+def timed_call(fn, args, device):
+    """(fn(*args), wall-clock seconds), the device synchronised before and after."""
+    runtime.synchronize(device)
+    start = time.perf_counter()
+    result = fn(*args)
+    runtime.synchronize(device)
+    return result, time.perf_counter() - start
+
+
 def time_iterations(fn, inputs, device, warmup, iters) -> list[float]:
     return time_interleaved({"fn": fn}, inputs, device, warmup, iters)["fn"]
 
@@ -124,11 +134,7 @@ def time_interleaved(fns: dict, inputs, device, warmup, iters) -> dict[str, list
         seconds = {key: [] for key in fns}
         for _ in range(iters):
             for key, fn in fns.items():
-                runtime.synchronize(device)
-                start = time.perf_counter()
-                fn(*inputs)
-                runtime.synchronize(device)
-                seconds[key].append(time.perf_counter() - start)
+                seconds[key].append(timed_call(fn, inputs, device)[1])
     return seconds
 
 
@@ -326,11 +332,8 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
             outputs, first_call = {}, {}  # the first call at a shape compiles (and captures) in graph mode
             with torch.no_grad():
                 for c in contenders:
-                    runtime.synchronize(device)
-                    start = time.perf_counter()
-                    outputs[c.key] = fns[c.key](*inputs).float()
-                    runtime.synchronize(device)
-                    first_call[c.key] = time.perf_counter() - start
+                    output, first_call[c.key] = timed_call(fns[c.key], inputs, device)
+                    outputs[c.key] = output.float()
             timings = time_interleaved(fns, inputs, device, args.warmup, args.iters)
             for contender in contenders:
                 seconds = timings[contender.key]
@@ -358,7 +361,8 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
 
 def end_to_end(entry, args, batch_sizes, modes, device, dtype) -> list[dict]:
     """SST-2 from sentences to predictions, both flows on the same weights in this process: eval.sst2's own
-    code path (our tokenizer, length-sorted batches padded to multiples of 8 or 16, [CLS]-only last layer)
+    code path (our tokenizer, length-sorted batches padded to their longest, or to multiples of 16 in graph
+    mode, [CLS]-only last layer)
     against the ModelZoo flow (transformers' tokenizer padding every sentence to --seq-len, a static batch,
     transformers' model). Each is run once untimed first (graph mode: over all the data, so every shape is
     compiled), then timed; the rows say how many token rows each computed and whether predictions agree."""
@@ -378,7 +382,7 @@ def end_to_end(entry, args, batch_sizes, modes, device, dtype) -> list[dict]:
     for module in (ours, peer):
         runtime.prepare_model(module, device, dtype)
     scratch = Path(tempfile.mkdtemp(prefix="sst2-end-to-end-"))
-    vocab = sst2.resolve_vocab(argparse.Namespace(vocab=None, checkpoint=args.checkpoint))
+    vocab = sst2.resolve_vocab(None, args.checkpoint)
     if args.data is None:
         words = [w for w in vocab.read_text(encoding="utf-8").split() if w.isalpha() and not w.startswith("[")]
         data = write_length_mix(scratch / "dev.tsv", words)
@@ -410,14 +414,11 @@ def end_to_end(entry, args, batch_sizes, modes, device, dtype) -> list[dict]:
             timed = {}
             for impl, flow in (("ours", run_ours), ("peer", run_peer)):
                 flow(None if mode == "graph" else batch_size)  # warm-up
-                runtime.synchronize(device)
-                start = time.perf_counter()
-                predictions, token_rows = flow()
-                runtime.synchronize(device)
-                timed[impl] = (time.perf_counter() - start, predictions, token_rows)
+                (probs, token_rows), seconds = timed_call(flow, (), device)
+                timed[impl] = (seconds, probs, token_rows)
             for impl, (seconds, probs, token_rows) in timed.items():
                 peer_probs = timed["peer"][1]
-                agree = sum(argmax(a) == argmax(b) for a, b in zip(probs, peer_probs))
+                agree = sum(metrics.argmax(a) == metrics.argmax(b) for a, b in zip(probs, peer_probs))
                 diff = max(abs(x - y) for a, b in zip(probs, peer_probs) for x, y in zip(a, b))
                 rows.append({"model": entry.name, "impl": impl, "flow": "eval.sst2" if impl == "ours" else
                              f"pad to {args.seq_len}", "mode": mode, "batch_size": batch_size,
@@ -431,10 +432,6 @@ def end_to_end(entry, args, batch_sizes, modes, device, dtype) -> list[dict]:
             if args.json:
                 write_json_atomic(args.json, rows)
     return rows
-
-
-def argmax(values: list[float]) -> int:
-    return max(range(len(values)), key=values.__getitem__)
 
 
 def modelzoo_tokenizer(vocab: Path, lower_case: bool):

@@ -1,6 +1,11 @@
 """Official metrics, one function each."""
 
 
+def argmax(values: list[float]) -> int:
+    """The index of the largest value (the first, on a tie), as torch.argmax gives it."""
+    return max(range(len(values)), key=values.__getitem__)
+
+
 def accuracy(predictions: list[int], labels: list[int]) -> float:
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")

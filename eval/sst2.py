@@ -34,12 +34,13 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def resolve_vocab(args) -> Path:
-    if args.vocab is not None:
-        return args.vocab
-    if args.checkpoint is None:
+def resolve_vocab(vocab: Path | None, checkpoint: Path | None) -> Path:
+    """--vocab, else the vocab.txt beside the checkpoint, else (random weights) the sample's."""
+    if vocab is not None:
+        return vocab
+    if checkpoint is None:
         return SAMPLE / "vocab.txt"
-    directory = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
+    directory = checkpoint if checkpoint.is_dir() else checkpoint.parent
     if not (directory / "vocab.txt").is_file():
         raise UserError(f"no vocab.txt beside the checkpoint in {directory}; pass --vocab with the model's vocab.txt.")
     return directory / "vocab.txt"
@@ -65,7 +66,7 @@ def evaluate(args, model=None) -> dict:
     if seq_len < args.seq_len:
         print(f"note: --seq-len {args.seq_len} capped at the model's {config.max_positions} positions", file=sys.stderr)
 
-    vocab = resolve_vocab(args)
+    vocab = resolve_vocab(args.vocab, args.checkpoint)
     store = PredictionStore(args.predictions, key=args.prediction_key, run=run_record(args, dtype, seq_len=seq_len, vocab=content_hash(vocab)))
     todo = store.pending(examples, field="sentence")
 
@@ -96,7 +97,7 @@ def evaluate(args, model=None) -> dict:
             records = []
             for position, row in zip(positions, probs.tolist()):
                 example = todo[position]
-                prediction = max(range(len(row)), key=row.__getitem__)
+                prediction = metrics.argmax(row)
                 records.append({"index": example.index, "sentence": example.sentence, "label": example.label,
                                 "prediction": prediction, "prediction_label": config.labels[prediction],
                                 "probs": row})
