@@ -96,6 +96,13 @@ def content_hash(path_or_values) -> str | None:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def check_prediction_record(record, path: Path, number: int, key: str, command: str) -> None:
+    """A line of a --predictions file must be a JSON object holding the command's key."""
+    if not isinstance(record, dict) or key not in record:
+        raise UserError(f"{path} line {number} has no '{key}': it is not a predictions file of {command}. "
+                        "Pass another --predictions file.")
+
+
 class PredictionStore:
     """Per-example predictions as JSON lines, appended and flushed as they are produced.
 
@@ -123,9 +130,8 @@ class PredictionStore:
                         break
                     if not raw.endswith(b"\n"):
                         break
-                    if not isinstance(record, dict) or self.key not in record:
-                        raise UserError(f"{path} line {number} has no '{self.key}': it is not a predictions file of "
-                                        "this command. Pass another --predictions file.")
+                    check_prediction_record(record, path, number, self.key,
+                                            f"eval.{run['command']}" if run else "this command")
                     self.done[record[self.key]] = record
                     good_bytes += len(raw)
             if writer:
@@ -340,9 +346,7 @@ def check_before_work(args) -> None:
             record = json.loads(first) if first.endswith(b"\n") else {args.prediction_key: None}
         except (json.JSONDecodeError, UnicodeDecodeError):
             record = None
-        if not isinstance(record, dict) or args.prediction_key not in record:
-            raise UserError(f"{args.predictions} line 1 has no '{args.prediction_key}': it is not a predictions file "
-                            f"of eval.{args.task}. Pass another --predictions file.")
+        check_prediction_record(record, args.predictions, 1, args.prediction_key, f"eval.{args.task}")
 
 
 def run_eval(parse_args, evaluate, shown: list[str], argv) -> int:
