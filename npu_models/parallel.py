@@ -53,12 +53,8 @@ def init_tensor_parallel(tp: int, device_type: str) -> TensorParallel:
         return SINGLE
     if world == 1:
         raise UserError(f"--tp {tp} needs {tp} processes: run under torchrun --standalone --nproc_per_node {tp}.")
-    if world % tp:
-        raise UserError(f"--tp {tp} does not divide the {world} processes torchrun started; launch "
-                        f"torchrun --nproc_per_node {tp} (or a multiple of it).")
+    check_world(tp)  # tp x data-parallel processes, started by torchrun
     if not dist.is_initialized():
-        if "MASTER_ADDR" not in os.environ:
-            raise UserError(f"--tp {tp} needs {tp} processes: run under torchrun --standalone --nproc_per_node {tp}.")
         dist.init_process_group(BACKENDS.get(device_type, "gloo"), timeout=TIMEOUT)
     rank = dist.get_rank()
     groups = [dist.new_group(list(range(start, start + tp)), timeout=TIMEOUT) for start in range(0, world, tp)]
