@@ -171,11 +171,9 @@ def build_model(entry: ModelEntry, checkpoint=None, config=None, config_file=Non
     checkpoint is cut here, a directory of shards gives each rank its own file), or, when no checkpoint,
     random ones drawn directly on `device` (default CPU; reproducible per device type) from a structure
     built without memory, so no weight is initialised twice or copied from the host."""
-    if checkpoint is None:
-        with torch.device("meta"):
-            model = entry.build(config or entry.default_config())
-        model = materialize_parameters_(model, device or "cpu").init_weights()
-        return parallel.apply_plan(model, entry_for_config(entry, model.config).tp_plan, tp)
+    if checkpoint is None:  # drawn whole, then cut, so every rank holds its share of the same model
+        model = materialize_parameters_(meta_model(entry, config or entry.default_config()), device or "cpu")
+        return parallel.apply_plan(model.init_weights(), entry_for_config(entry, model.config).tp_plan, tp)
     converted = load_weights(entry, checkpoint, config_file, tp)
     cut_on_disk = is_converted_dir(checkpoint)  # our directories already hold this rank's share
     model = meta_model(entry, converted.config, tp if cut_on_disk else SINGLE)
