@@ -45,7 +45,10 @@ def add_common_args(parser: argparse.ArgumentParser, task: str, default_batch_si
                         "the config.json a converter reads beside it (default: that file, if present)")
     parser.add_argument("--device", default="auto", help="auto | npu[:N] | cuda[:N] | cpu (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto (fp32 cpu, bf16 cuda/910, fp16 310P) | fp32 | fp16 | bf16")
-    parser.add_argument("--graph", action="store_true", help="graph mode: torchair on NPU, torch.compile elsewhere")
+    parser.add_argument("--graph", action="store_true", help="graph mode: NPUGraph capture on 310P, torchair "
+                        "npugraph_ex on A2/A3, torch.compile on CUDA (CUDA graphs) and CPU")
+    parser.add_argument("--graph-backend", default="auto", choices=runtime.GRAPH_BACKENDS,
+                        help="with --graph: auto (the device's default) | capture | npugraph_ex | ge | inductor")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (run under torchrun)")
     parser.add_argument("--batch-size", type=positive_int, default=default_batch_size)
     parser.add_argument("--output", type=Path, help="write the results JSON here")
@@ -312,7 +315,8 @@ def run_metadata(args, device: torch.device, dtype: torch.dtype) -> dict:
     return {
         "model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
         "random_weights": args.checkpoint is None, "device": runtime.device_description(device),
-        "dtype": runtime.dtype_name(dtype), "graph": args.graph, "batch_size": args.batch_size,
+        "dtype": runtime.dtype_name(dtype), "graph": args.graph, "device_settings": runtime.device_settings(device),
+        "batch_size": args.batch_size,
         "date": datetime.date.today().isoformat(),
     }
 

@@ -41,7 +41,8 @@ def evaluate(args) -> dict:
     data = args.data or SAMPLE
     examples = read_imagenet(data)[: args.limit]
     model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, args.graph, args.tp,
-                                  task="imagenet", config_file=args.config)
+                                  task="imagenet", config_file=args.config,
+                                  graph_backend=args.graph_backend)
     config = model.config
     if not getattr(config, "num_classes", 0):
         raise UserError(f"{args.checkpoint} has no classification head; ImageNet needs one.")

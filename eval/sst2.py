@@ -55,7 +55,7 @@ def evaluate(args, model=None) -> dict:
     examples = read_sst2(data)[: args.limit]
     if model is None:
         model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, args.graph, args.tp,
-                                      task="sst2", config_file=args.config)
+                                      task="sst2", config_file=args.config, graph_backend=args.graph_backend)
     config = model.config
     if not config.num_labels:
         raise UserError(f"{args.checkpoint} is a BERT encoder without a classification head; "

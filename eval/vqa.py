@@ -70,7 +70,8 @@ def load_vqa_model(args, entry, num_answers: int):
     # Random weights get as many answer classes as the answer list has.
     config = dataclasses.replace(entry.default_config(), num_answers=num_answers) if args.checkpoint is None else None
     model = npu_models.load_model(entry.name, args.checkpoint, args.device, args.dtype, args.graph, args.tp,
-                                  task="vqa", config=config, config_file=args.config)
+                                  task="vqa", config=config, config_file=args.config,
+                                  graph_backend=args.graph_backend)
     if model.config.num_answers != num_answers:
         raise UserError(f"{args.checkpoint} predicts {model.config.num_answers} answers but the answer list has "
                         f"{num_answers}; pass the --answers file made for this checkpoint.")

@@ -2,8 +2,9 @@
 
 The forward path never asks the device anything: layers hold a `KernelPlan` (plain data, a constant to
 torch.compile) and every kernel function branches only on it and on static shapes and dtypes.
-`npu_models.runtime.kernel_plan` builds the plan for a device; `plan_for_ascend_chip` holds what each
-Ascend chip's fused operators accept, as torch_npu documents it (`torch_npu/_op_plugin_docs.py`, 2.14.0).
+`npu_models.runtime.kernel_plan` builds the plan for a device; `plan_for_ascend_chip` picks each Ascend fused
+operator only for the chips its doc page names (OP_DOCS) and records why; AscendAttentionOp holds what each
+accepts, as torch_npu documents it (`torch_npu/_op_plugin_docs.py`, 2.14.0).
 """
 from dataclasses import dataclass
 
@@ -43,19 +44,73 @@ FUSED_INFER_A2 = AscendAttentionOp("npu_fused_infer_attention_score", "scale", r
                                    max_seq=20971520, head_dim_multiple=16)
 
 
+# Where each fused op's chip list was read (the "支持的型号" / "产品支持情况" section of its doc page) and the
+# chip families it names. A fused op runs on a chip only where its doc names that chip's family.
+@dataclass(frozen=True)
+class OpDoc:
+    source: str
+    families: frozenset[str]        # "inference" (Atlas 推理系列: 300I / 310P), "A2", "A3"
+
+
+WHEEL_DOCS = "torch_npu 2.14.0 _op_plugin_docs.py"
+OP_DOCS = {
+    "npu_prompt_flash_attention": OpDoc(f"{WHEEL_DOCS}; op-plugin docs/context/torch_npu-npu_prompt_flash_attention.md",
+                                        frozenset({"inference", "A2", "A3"})),
+    "npu_fused_infer_attention_score": OpDoc(WHEEL_DOCS, frozenset({"A2", "A3"})),
+    # No entry in the wheel; the op-plugin page names the training series, A2 and the inference series (not A3).
+    "npu_gelu": OpDoc("op-plugin docs/context/torch_npu-npu_gelu.md", frozenset({"inference", "A2"})),
+    # A schema and a meta kernel, but no doc page: neither in the wheel nor in op-plugin's docs/context.
+    "npu_add_layer_norm": OpDoc(f"no doc page ({WHEEL_DOCS}, op-plugin docs/context)", frozenset()),
+}
+FAMILY_NAMES = {"inference": "the Atlas inference series (300I/310P)", "A2": "Atlas A2", "A3": "Atlas A3"}
+
+
+def chip_family(chip_name: str) -> str | None:
+    """The product family a doc page names for an Ascend SoC name; None for chips we do not tell apart."""
+    if is_310p(chip_name):
+        return "inference"
+    if chip_name.startswith("Ascend910B"):
+        return "A2"
+    if chip_name.startswith("Ascend910_93"):
+        return "A3"
+    return None
+
+
+def documented(op: str, family: str | None) -> bool:
+    return family in OP_DOCS[op].families
+
+
+def doc_reason(op: str, family: str | None) -> str:
+    """Why `op` is or is not used on a chip of `family`, naming the doc the fact was read from."""
+    doc = OP_DOCS[op]
+    chip = FAMILY_NAMES.get(family, "this chip")
+    if documented(op, family):
+        return f"{op}: its doc names {chip} ({doc.source})"
+    if not doc.families:
+        return f"not {op}: it has {doc.source}"
+    return f"not {op}: its doc names only {', '.join(FAMILY_NAMES[f] for f in sorted(doc.families))} ({doc.source})"
+
+
 @dataclass(frozen=True)
 class KernelPlan:
-    """attention: eager | sdpa | ascend;  gelu, add_layer_norm: eager | torch | ascend.
+    """attention: eager | sdpa | ascend;  gelu: eager | torch | ascend;  add_layer_norm: eager | torch.
 
     ascend_attention is the fused op and its limits (attention='ascend'); ascend_dtypes are the dtypes
-    npu_gelu and npu_add_layer_norm take on the chip. Cases an Ascend op cannot take fall back to the eager
-    math (fp32 softmax / statistics), decided from static shapes and dtypes.
+    npu_gelu takes on the chip. Cases an Ascend op cannot take fall back to the eager math (fp32 softmax /
+    statistics), decided from static shapes and dtypes. reasons: (operator, why) for each choice on an
+    Ascend chip, for the doctor and the README.
     """
     attention: str = "sdpa"
     gelu: str = "torch"
     add_layer_norm: str = "torch"
     ascend_attention: AscendAttentionOp | None = None
     ascend_dtypes: tuple[torch.dtype, ...] = ()
+    reasons: tuple[tuple[str, str], ...] = ()
+
+    def fused_ops(self) -> tuple[str, ...]:
+        """The torch_npu fused operators this plan calls."""
+        return tuple(([self.ascend_attention.name] if self.attention == "ascend" else [])
+                     + (["npu_gelu"] if self.gelu == "ascend" else []))
 
 
 PORTABLE = KernelPlan()  # CPU and CUDA: torch's own fused kernels
@@ -69,16 +124,32 @@ def is_310p(chip_name: str) -> bool:
 
 def is_a2_or_a3(chip_name: str) -> bool:
     """Atlas A2 / A3 training and inference chips ('Ascend910B2', 'Ascend910_9391'): fused infer attention,
-    bf16, and graph capture (aclgraph)."""
-    return chip_name.startswith(("Ascend910B", "Ascend910_93"))
+    bf16, and graph capture through torchair's npugraph_ex."""
+    return chip_family(chip_name) in ("A2", "A3")
+
+
+# Preferred first: FIA where documented (it takes pse_shift), else PFA.
+ATTENTION_OPS = (FUSED_INFER_A2, PROMPT_FLASH_310P)
+ELEMENTWISE_DTYPES = {"inference": (torch.float16, torch.float32)}  # no bf16 on the inference series
 
 
 def plan_for_ascend_chip(chip_name: str) -> KernelPlan:
-    """The kernels for an Ascend SoC name as torch.npu.get_device_name reports it ('Ascend310P3', 'Ascend910B2')."""
-    if is_310p(chip_name):
-        return KernelPlan("ascend", "ascend", "ascend", PROMPT_FLASH_310P, (torch.float16, torch.float32))
-    if is_a2_or_a3(chip_name):
-        return KernelPlan("ascend", "ascend", "ascend", FUSED_INFER_A2, (torch.float16, torch.bfloat16, torch.float32))
-    # Other Ascend chips (910A, 310B, ...): neither fused attention nor the fused elementwise ops are
-    # documented for them; torch's own ops run through torch_npu's aten kernels.
-    return KernelPlan(attention="eager")
+    """The kernels for an Ascend SoC name as torch.npu.get_device_name reports it ('Ascend310P3', 'Ascend910B2'):
+    each fused op only where its doc names the chip's family (OP_DOCS), torch's own ops otherwise."""
+    family = chip_family(chip_name)
+    attention_op = next((op for op in ATTENTION_OPS if documented(op.name, family)), None)
+    reasons = [("attention", doc_reason(attention_op.name, family) if attention_op else
+                "eager math: no fused attention op's doc names this chip")]
+    if documented("npu_gelu", family):
+        gelu = "ascend"
+        reasons.append(("gelu", doc_reason("npu_gelu", family)))
+    else:
+        # torch's own gelu on NPU ignores approximate= and computes the tanh form (torch_npu 7.2.0 API docs,
+        # the npu_gelu page's note): the erf formula keeps the models exact.
+        gelu = "eager"
+        reasons.append(("gelu", f"erf formula, as torch's gelu runs the tanh form on NPU; {doc_reason('npu_gelu', family)}"))
+    reasons.append(("add_layer_norm", f"aten add + layer_norm; {doc_reason('npu_add_layer_norm', family)}"))
+    return KernelPlan(attention="ascend" if attention_op else "eager", gelu=gelu, add_layer_norm="torch",
+                      ascend_attention=attention_op,
+                      ascend_dtypes=ELEMENTWISE_DTYPES.get(family, (torch.float16, torch.bfloat16, torch.float32)),
+                      reasons=tuple(reasons))

@@ -12,7 +12,7 @@ class RandomWeightsWarning(UserWarning):
 
 
 def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=False, tp=1, task=None, config=None,
-               config_file=None):
+               config_file=None, graph_backend="auto"):
     """The one public entry: a ready-to-run model in eval mode.
 
     name_or_path: a registry name ('bert-base-cased-sst2'), a short name ('bert'), or a directory
@@ -20,7 +20,10 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     checkpoint: an official artifact (converted on the fly) or our converted directory; None gives
         reproducible random weights of the full size.
     device: auto | npu[:N] | cuda[:N] | cpu.  dtype: None/'auto' for the device default, or fp32/fp16/bf16.
-    graph: compile with torchair on NPU, torch.compile elsewhere (static shapes).
+    graph: graph mode (static shapes): NPUGraph capture on 310P, torchair's npugraph_ex on A2/A3, torch.compile
+        on CUDA (with CUDA graphs) and CPU.
+    graph_backend: auto (the device's default above) | capture | npugraph_ex | ge | inductor
+        (npu_models.runtime.graph); only with graph=True.
     tp: tensor-parallel degree; under torchrun each of the `tp` processes holds its share of every split layer.
     task: picks among models sharing a short name ('vlmo' -> 'vqa' or 'retrieval').
     config: the model config for random weights (no checkpoint); default: the registry's full-size one.
@@ -37,6 +40,7 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
                       "checkpoint= an official checkpoint or a converted directory.", RandomWeightsWarning, stacklevel=2)
     device = runtime.resolve_device(device)
     dtype = runtime.parse_dtype(dtype, device)
+    graph_backend = runtime.graph_backend_for(device, graph, graph_backend)
     tensor_parallel = parallel.init_tensor_parallel(tp, device.type)
     # random weights are drawn on the device itself; a checkpoint's are read to the CPU and moved
     model = registry.build_model(entry, checkpoint, config, config_file, tensor_parallel,
@@ -46,7 +50,7 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
         raise UserError(f"{checkpoint} is a {served.task} checkpoint ({served.name}); {task} needs a {task} "
                         f"fine-tune such as {entry.name}'s.")
     model = runtime.prepare_model(model, parallel.local_device(device), dtype)
-    return runtime.compile_model(model, device) if graph else model
+    return runtime.compile_model(model, device, graph_backend) if graph else model
 
 
 __all__ = ["RandomWeightsWarning", "UserError", "load_model"]

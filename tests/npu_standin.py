@@ -10,8 +10,16 @@ It encodes the contracts of the real wheel (torch_npu 2.14.0), independently of 
   softmax(scale * Q K^T + pse_shift, True in atten_mask = masked out) V in fp32;
 - the device query is a Python wrapper over a C builtin, as `torch.npu.get_device_name` is over
   `torch_npu._C._npu_getDeviceName`, so Dynamo cannot trace it;
+- a fused op runs only on the chips its doc page names (DOCUMENTED_CHIPS, read from the wheel's
+  `_op_plugin_docs.py` and op-plugin's docs/context pages), whatever our plan says;
 - torchair's backend records the graphs it is handed (and the CompilerConfig) and runs them: the real
-  one would hand them to GE here.
+  one would hand them to GE here;
+- NPUGraph (`torch_npu/npu/graphs.py`): `torch.npu.graph(g, pool=...)` captures on a side stream; the
+  capture records every aten op with the tensors it reads and writes and refuses what waits for the host
+  (.item(), .cpu(), nonzero, ...); replay() re-runs the recorded ops into the same output tensors, as a real
+  replay writes into the captured memory;
+- `npu_format_cast` (schema from the wheel) records the format on the tensor's storage, where torch_npu keeps
+  it (`get_npu_format` reads it back), and `set_compile_mode` records jit_compile.
 
 Tensors stay on the CPU: the stand-in checks our side of each call, not Ascend numerics.
 """
@@ -21,6 +29,9 @@ import sys
 import types
 
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 NO_LIMIT = 2147483647
 
@@ -50,7 +61,21 @@ SCHEMAS = {
     "npu_add_layer_norm": (
         "npu_add_layer_norm(Tensor x1, Tensor x2, Tensor gamma, Tensor beta, float epsilon=1e-05, "
         "bool additional_output=False) -> (Tensor, Tensor, Tensor, Tensor)"),
+    "npu_format_cast": (
+        "npu_format_cast(Tensor self, int acl_format, *, int? customize_dtype=None, int? input_dtype=None) -> Tensor"),
 }
+
+# The chip families each fused op's doc page names ("支持的型号" / "产品支持情况"): "inference" is the Atlas
+# inference series (Atlas 推理系列(加速卡)产品: 300I / 310P), A2 and A3 the Atlas A2 / A3 series.
+DOCUMENTED_CHIPS = {
+    "npu_prompt_flash_attention": {"inference", "A2", "A3"},  # _op_plugin_docs.py; op-plugin page
+    "npu_fused_infer_attention_score": {"A2", "A3"},          # _op_plugin_docs.py
+    "npu_gelu": {"inference", "A2", "training"},              # op-plugin docs/context/torch_npu-npu_gelu.md
+    "npu_add_layer_norm": set(),                              # no doc page anywhere
+}
+# torch_npu.Format (torch_npu/npu/_format.py): ND is the base format of a 2-D tensor, FRACTAL_NZ 29.
+FORMAT_ND, FORMAT_FRACTAL_NZ = 2, 29
+FORMATS = {-1, 0, 1, 2, 3, 4, 12, 16, 27, 29, 30, 32, 33, 35, 47, 50, 51, 52, 53, 54}
 
 
 class AscendContractError(RuntimeError):
@@ -65,6 +90,12 @@ class StandIn:
         self.calls = collections.Counter()      # op name -> number of calls
         self.graphs = []                        # FX graphs handed to the torchair backend
         self.compiler_configs = []
+        self.captures = []                      # NPUGraphs captured, in order
+        self.replays = 0
+        self.formats = {}                       # storage data_ptr -> (ACL format, the tensor, kept alive)
+        self.jit_compile = None                 # what set_compile_mode last set
+        self.default_stream = Stream()
+        self.current_stream = self.default_stream
 
     @property
     def inference_card(self) -> bool:           # Atlas 300I / 310P ("Atlas 推理系列加速卡产品")
@@ -73,6 +104,15 @@ class StandIn:
     @property
     def a2_or_a3(self) -> bool:
         return self.chip.startswith(("Ascend910B", "Ascend910_93"))
+
+    @property
+    def family(self) -> str | None:
+        if self.inference_card:
+            return "inference"
+        return "A2" if self.chip.startswith("Ascend910B") else "A3" if self.chip.startswith("Ascend910_93") else None
+
+    def npu_format(self, tensor) -> int:
+        return self.formats.get(tensor.untyped_storage().data_ptr(), (FORMAT_ND,))[0]
 
     def ops_in_graphs(self) -> collections.Counter:
         return collections.Counter(str(node.target) for gm in self.graphs for node in gm.graph.nodes
@@ -91,6 +131,15 @@ def _active() -> StandIn:
 def _check(condition, message):
     if not condition:
         raise AscendContractError(f"{_active().chip}: {message}")
+
+
+def _called(name: str) -> StandIn:
+    """Count a call of a fused op, refused where its doc does not name the chip."""
+    chip = _active()
+    chip.calls[name] += 1
+    _check(chip.family in DOCUMENTED_CHIPS[name], f"{name}: its doc does not name this chip "
+           f"(documented for {sorted(DOCUMENTED_CHIPS[name]) or 'no chip at all'})")
+    return chip
 
 
 # ---- the documented contracts ------------------------------------------------------------------------
@@ -168,10 +217,7 @@ def prompt_flash_attention(query, key, value, *, padding_mask=None, atten_mask=N
                            actual_seq_lengths=None, num_heads=1, scale_value=1.0, pre_tokens=NO_LIMIT,
                            next_tokens=0, input_layout="BSH", num_key_value_heads=0, actual_seq_lengths_kv=None,
                            sparse_mode=0, **quant):
-    chip = _active()
-    chip.calls["npu_prompt_flash_attention"] += 1
-    _check(chip.inference_card or chip.a2_or_a3, "npu_prompt_flash_attention is documented for A2/A3 and Atlas "
-                                                  "inference cards only")
+    chip = _called("npu_prompt_flash_attention")
     dtypes = (torch.float16,) if chip.inference_card else (torch.float16, torch.bfloat16, torch.int8)
     _check(query.dtype in dtypes and key.dtype == query.dtype == value.dtype,
            f"query/key/value dtype {query.dtype}/{key.dtype}/{value.dtype}: this chip takes {dtypes}")
@@ -199,9 +245,7 @@ def prompt_flash_attention(query, key, value, *, padding_mask=None, atten_mask=N
 def fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_mask=None, num_heads=1, scale=1.0,
                                 pre_tokens=NO_LIMIT, next_tokens=NO_LIMIT, input_layout="BSH", num_key_value_heads=0,
                                 sparse_mode=0, inner_precise=0, softmax_lse_flag=False, **unused):
-    chip = _active()
-    chip.calls["npu_fused_infer_attention_score"] += 1
-    _check(chip.a2_or_a3, "npu_fused_infer_attention_score is documented for Atlas A2/A3 only")
+    chip = _called("npu_fused_infer_attention_score")
     _check(query.dtype in (torch.float16, torch.bfloat16) and key.dtype == query.dtype == value.dtype,
            f"query/key/value dtype {query.dtype}/{key.dtype}/{value.dtype}: float16 or bfloat16")
     _check_contiguous(query=query, key=key, value=value, atten_mask=atten_mask, pse_shift=pse_shift)
@@ -227,16 +271,14 @@ def _elementwise_dtypes(chip: StandIn):
 
 
 def gelu(x, *, approximate="none"):
-    chip = _active()
-    chip.calls["npu_gelu"] += 1
+    chip = _called("npu_gelu")
     _check(x.dtype in _elementwise_dtypes(chip), f"npu_gelu dtype {x.dtype}")
     _check(approximate in ("none", "tanh"), f"approximate={approximate!r}")
     return torch.nn.functional.gelu(x.float(), approximate=approximate).to(x.dtype)
 
 
 def add_layer_norm(x1, x2, gamma, beta, epsilon=1e-5, additional_output=False):
-    chip = _active()
-    chip.calls["npu_add_layer_norm"] += 1
+    chip = _called("npu_add_layer_norm")
     for name, tensor in (("x1", x1), ("x2", x2), ("gamma", gamma), ("beta", beta)):
         _check(tensor.dtype in _elementwise_dtypes(chip), f"npu_add_layer_norm {name} dtype {tensor.dtype}")
     summed = (x1.float() + x2.float())
@@ -245,6 +287,17 @@ def add_layer_norm(x1, x2, gamma, beta, epsilon=1e-5, additional_output=False):
     rstd = torch.rsqrt(summed.var(dim=dims, unbiased=False, keepdim=True) + epsilon)
     y = ((summed - mean) * rstd * gamma.float() + beta.float()).to(x1.dtype)
     return y, mean, rstd, summed.to(x1.dtype)
+
+
+def format_cast(x, acl_format, *, customize_dtype=None, input_dtype=None):
+    """The same values in another storage format; the format lives on the storage, as in torch_npu."""
+    chip = _active()
+    chip.calls["npu_format_cast"] += 1
+    _check(acl_format in FORMATS, f"npu_format_cast: {acl_format} is not a torch_npu.Format")
+    _check(customize_dtype is None and input_dtype is None, "customize_dtype/input_dtype are not used by this stand-in")
+    out = x.clone()
+    chip.formats[out.untyped_storage().data_ptr()] = (acl_format, out)
+    return out
 
 
 # ---- fake kernels, as the wheel's meta registrations --------------------------------------------------
@@ -276,6 +329,7 @@ KERNELS = {
     "npu_fused_infer_attention_score": (fused_infer_attention_score, fused_infer_attention_score_fake),
     "npu_gelu": (gelu, lambda x, *, approximate="none": torch.empty_like(x)),
     "npu_add_layer_norm": (add_layer_norm, add_layer_norm_fake),
+    "npu_format_cast": (format_cast, lambda x, acl_format, **unused: torch.empty_like(x)),
 }
 _LIBRARY = None
 
@@ -293,6 +347,139 @@ def _register_ops():
         torch.library.register_fake(f"npu::{name}", fake, lib=_LIBRARY)
 
 
+# ---- graph capture (torch_npu/npu/graphs.py) -------------------------------------------------------------
+
+
+class Stream:
+    def __init__(self, device=None, priority=0):
+        pass
+
+    def wait_stream(self, other):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+class StreamContext:
+    """torch.npu.stream(s): s is the current stream inside."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __enter__(self):
+        state = _active()
+        self.previous, state.current_stream = state.current_stream, self.stream
+
+    def __exit__(self, *exc):
+        _active().current_stream = self.previous
+
+
+class PoolHandle:
+    """The opaque token torch.npu.graph_pool_handle() returns."""
+
+
+# Operators that read a tensor's value on the host, or whose output shape depends on values: each waits for
+# the device, which a capture cannot do (the capture error names "CPU ops" and "dynamic control flow on
+# tensor values" as common causes, npu/graphs.py).
+HOST_SYNC_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
+                 "aten::unique_dim", "aten::unique_consecutive", "aten::equal", "aten::is_nonzero"}
+HOST_COPIES = {torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.tolist}
+
+
+def _to_host(args, kwargs) -> bool:
+    targets = list(args) + [kwargs.get("device")]
+    return any(isinstance(t, (str, torch.device)) and torch.device(t).type == "cpu" for t in targets if t is not None
+               and not isinstance(t, torch.dtype))
+
+
+class _HostCopyGuard(TorchFunctionMode):
+    """Refuses copies to the host (they never reach the dispatcher for these CPU-held tensors)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in HOST_COPIES or (func is torch.Tensor.to and _to_host(args[1:], kwargs)):
+            raise AscendContractError(f"{_active().chip}: Tensor.{func.__name__} copies to the host while an NPUGraph "
+                                      "is being captured")
+        return func(*args, **kwargs)
+
+
+class _Recorder(TorchDispatchMode):
+    """Records every operator a capture runs, with the tensors it reads and writes; refuses host syncs."""
+
+    def __init__(self):
+        super().__init__()
+        self.records, self.failed = [], False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func._schema.name in HOST_SYNC_OPS:
+            self.failed = True
+            raise AscendContractError(f"{_active().chip}: {func._schema.name} waits for the host while an NPUGraph "
+                                      "is being captured")
+        out = func(*args, **kwargs)
+        if not func.is_view:  # a view keeps aliasing its base, which the replay rewrites in place
+            self.records.append((func, args, kwargs, out))
+        return out
+
+
+class NPUGraph:
+    """torch.npu.NPUGraph: capture_begin/capture_end around the work, replay(), pool(), reset()."""
+
+    def __init__(self):
+        self._records, self._modes, self._pool = None, None, None
+
+    def capture_begin(self, pool=None, capture_error_mode="global"):
+        state = _active()
+        _check(self._records is None and self._modes is None, "capture_begin on an NPUGraph holding a capture")
+        _check(state.current_stream is not state.default_stream, "capture on the default stream")
+        _check(pool is None or isinstance(pool, PoolHandle), f"pool {pool!r} is not a graph pool token")
+        self._pool = pool if pool is not None else PoolHandle()
+        self._modes = (_HostCopyGuard(), _Recorder())
+        for mode in self._modes:
+            mode.__enter__()
+
+    def capture_end(self):
+        guard, recorder = self._modes
+        recorder.__exit__(None, None, None)
+        guard.__exit__(None, None, None)
+        self._modes = None
+        if not recorder.failed:
+            self._records = recorder.records
+            _active().captures.append(self)
+
+    def replay(self):
+        _check(self._records is not None, "replay() of an NPUGraph without a capture")
+        _active().replays += 1
+        for func, args, kwargs, out in self._records:
+            fresh = func(*args, **kwargs)
+            for old, new in zip(tree_leaves(out), tree_leaves(fresh)):
+                if isinstance(old, torch.Tensor) and old is not new:
+                    old.copy_(new)  # into the captured output's memory
+
+    def pool(self):
+        return self._pool
+
+    def reset(self):
+        self._records = None
+
+
+class graph:  # noqa: N801  (torch.npu.graph is a class)
+    """torch.npu.graph(npu_graph, pool=None, stream=None, ...): captures the work inside on a side stream."""
+
+    def __init__(self, npu_graph, pool=None, stream=None, auto_dispatch_capture=False, capture_error_mode="global"):
+        self.npu_graph, self.pool = npu_graph, pool
+        self.stream_context = StreamContext(stream if stream is not None else Stream())
+
+    def __enter__(self):
+        self.stream_context.__enter__()
+        self.npu_graph.capture_begin(*(() if self.pool is None else (self.pool,)))
+
+    def __exit__(self, *exc):
+        self.npu_graph.capture_end()
+        self.stream_context.__exit__(*exc)
+
+
 # ---- the device and the compiler ------------------------------------------------------------------------
 
 
@@ -308,6 +495,13 @@ def _device_module(state: StandIn, torch_npu):
     npu.set_device = lambda device: None
     npu.synchronize = lambda device=None: None
     npu.is_bf16_supported = lambda: not state.inference_card
+    npu.NPUGraph, npu.graph, npu.graph_pool_handle = NPUGraph, graph, PoolHandle
+    npu.Stream, npu.stream, npu.current_stream = Stream, StreamContext, lambda device=None: state.current_stream
+
+    def set_compile_mode(jit_compile=False):
+        state.jit_compile = jit_compile
+
+    npu.set_compile_mode = set_compile_mode
     return npu
 
 
@@ -362,10 +556,12 @@ def install(monkeypatch, chip: str) -> StandIn:
     torch_npu._C._npu_getDeviceName = itertools.repeat(chip).__next__  # C-implemented: Dynamo cannot trace it
     for name in SCHEMAS:
         setattr(torch_npu, name, getattr(torch.ops.npu, name))
+    torch_npu.get_npu_format = state.npu_format
+    torch_npu.npu = _device_module(state, torch_npu)
     monkeypatch.setitem(sys.modules, "torch_npu", torch_npu)
     for name, module in _torchair_modules(state).items():
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(torch, "npu", _device_module(state, torch_npu), raising=False)
+    monkeypatch.setattr(torch, "npu", torch_npu.npu, raising=False)
     monkeypatch.setattr(sys.modules[__name__], "ACTIVE", state)
     device_module.import_torch_npu.cache_clear()
     return state

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +8,7 @@ from kernels import EAGER, PORTABLE, activation, attention, norm, plan_for_ascen
 from kernels import attention_backends as attention_module
 from kernels.attention_backends import eager_attention, sdpa_attention, to_ascend_mask
 from kernels.plan import FUSED_INFER_A2, PROMPT_FLASH_310P
-from tests.npu_standin import CHIPS, AscendContractError
+from tests.npu_standin import CHIPS, DOCUMENTED_CHIPS, AscendContractError
 
 
 def random_qkv(batch=3, heads=4, q_len=9, k_len=9, dim=16, dtype=torch.float32):
@@ -130,7 +132,41 @@ def test_plan_per_ascend_chip(chip, expected):
 
 def test_unknown_ascend_chip_runs_the_math_not_an_undocumented_fused_op():
     plan = plan_for_ascend_chip("Ascend910A")
-    assert plan.attention == "eager" and plan.ascend_attention is None and plan.gelu == "torch"
+    assert plan.attention == "eager" and plan.ascend_attention is None and plan.fused_ops() == ()
+    # torch's gelu on NPU runs the tanh form whatever approximate= says: the erf formula instead
+    assert plan.gelu == "eager"
+
+
+def documented_for(plan, family: str) -> list[str]:
+    """The plan's fused ops whose doc, as the stand-in encodes it, does not name `family`."""
+    return [op for op in plan.fused_ops() if family not in DOCUMENTED_CHIPS[op]]
+
+
+@pytest.mark.parametrize("chip, family", [("Ascend310P3", "inference"), ("Ascend910B2", "A2"),
+                                          ("Ascend910_9392", "A3")])
+def test_every_fused_op_a_plan_selects_is_documented_for_its_chip(chip, family):
+    plan = plan_for_ascend_chip(chip)
+    assert plan.fused_ops(), chip  # the walk has something to check
+    assert documented_for(plan, family) == []
+    # and the walk has teeth: FIA (A2/A3 only) or the undocumented npu_add_layer_norm on a 310P plan
+    planted = dataclasses.replace(plan, attention="ascend", ascend_attention=FUSED_INFER_A2)
+    assert documented_for(planted, "inference") == ["npu_fused_infer_attention_score"]
+
+
+def test_310p_plan_uses_pfa_documented_gelu_and_aten_layer_norm_and_says_why():
+    plan = plan_for_ascend_chip("Ascend310P3")
+    assert plan.fused_ops() == ("npu_prompt_flash_attention", "npu_gelu") and plan.add_layer_norm == "torch"
+    reasons = dict(plan.reasons)
+    assert set(reasons) == {"attention", "gelu", "add_layer_norm"}
+    assert "inference series" in reasons["attention"] and "_op_plugin_docs.py" in reasons["attention"]
+    assert "torch_npu-npu_gelu.md" in reasons["gelu"]
+    assert "no doc page" in reasons["add_layer_norm"]
+
+
+def test_a3_keeps_npu_gelu_off_as_its_doc_names_a2_only():
+    plan = plan_for_ascend_chip("Ascend910_9392")
+    assert plan.fused_ops() == ("npu_fused_infer_attention_score",) and plan.gelu == "eager"
+    assert "Atlas A2" in dict(plan.reasons)["gelu"]
 
 
 # ---- the Ascend path, through the torch_npu stand-in (tests/npu_standin.py) ------------------------------
@@ -213,7 +249,7 @@ def test_standin_refuses_pse_shift_and_big_batches_on_310p(ascend_chip):
 
 def test_standin_refuses_fused_infer_attention_on_310p_and_unaligned_head_dims(ascend_chip):
     ascend_chip("Ascend310P3")
-    with pytest.raises(AscendContractError, match="A2/A3 only"):
+    with pytest.raises(AscendContractError, match="doc does not name this chip"):
         torch.ops.npu.npu_fused_infer_attention_score(*random_qkv(dtype=torch.float16), num_heads=4, input_layout="BNSD")
     ascend_chip("Ascend910B2")
     with pytest.raises(AscendContractError, match="aligned to 16"):
@@ -253,7 +289,7 @@ def test_ascend_attention_compiles_into_one_graph_with_the_fused_op(ascend_chip,
     plan = runtime.kernel_plan(NPU0)
     q, k, v = random_qkv(dtype=dtype)
     mask = padding_mask([9, 3, 6], 9)
-    compiled = runtime.compile_model(lambda *args: attention(*args, plan=plan), NPU0)
+    compiled = runtime.compile_model(lambda *args: attention(*args, plan=plan), NPU0, "ge")
     torch.testing.assert_close(compiled(q, k, v, mask), attention(q, k, v, mask, plan=plan))
     assert len(standin.graphs) == 1
     assert standin.ops_in_graphs()[f"npu.{plan.ascend_attention.name}"] == 1
@@ -289,15 +325,18 @@ def test_add_layer_norm_matches_reference(dtype, tol):
 
 
 @pytest.mark.parametrize("profile", ["310P", "910B"])
-def test_npu_add_layer_norm_returns_the_normalised_sum(ascend_chip, profile):
+def test_add_layer_norm_is_aten_on_ascend_as_the_fused_op_is_undocumented(ascend_chip, profile):
     chip, dtype = CHIPS[profile]
     standin = ascend_chip(chip)
     x, residual = torch.randn(2, 5, 32, dtype=dtype), torch.randn(2, 5, 32, dtype=dtype)
     weight, bias = torch.randn(32, dtype=dtype), torch.randn(32, dtype=dtype)
     out = norm.add_layer_norm(x, residual, weight, bias, 1e-12, plan_for_ascend_chip(chip))
-    assert standin.calls == {"npu_add_layer_norm": 1}
+    assert sum(standin.calls.values()) == 0
     torch.testing.assert_close(out.float(), norm.eager_add_layer_norm(x, residual, weight, bias, 1e-12).float(),
                                atol=2e-2, rtol=2e-2)
+    # the stand-in refuses the op itself: no doc page names any chip
+    with pytest.raises(AscendContractError, match="npu_add_layer_norm: its doc does not name this chip"):
+        torch.ops.npu.npu_add_layer_norm(x, residual, weight, bias, 1e-12, False)
 
 
 def test_bf16_elementwise_ops_stay_off_the_310p(ascend_chip):

@@ -1,4 +1,5 @@
-"""The only code that knows NPU vs CUDA vs CPU: devices, dtypes, kernel choice, graph mode, synchronisation."""
+"""The only code that knows NPU vs CUDA vs CPU: devices, dtypes, kernel choice, graph mode, load-time
+settings, synchronisation."""
 from npu_models.runtime.device import (
     default_dtype,
     device_description,
@@ -11,11 +12,20 @@ from npu_models.runtime.device import (
     synchronize,
     to_model_input,
 )
-from npu_models.runtime.graph import bucket_for, compile_model, length_buckets, length_step
+from npu_models.runtime.graph import (
+    GRAPH_BACKENDS,
+    bucket_for,
+    compile_model,
+    graph_backend_for,
+    length_buckets,
+    length_step,
+)
 from npu_models.runtime.kernels import configure_kernels, kernel_plan, prepare_model
+from npu_models.runtime.settings import apply_device_settings, device_settings
 
 __all__ = [
-    "bucket_for", "compile_model", "configure_kernels", "default_dtype", "device_description", "dtype_name",
-    "import_torch_npu", "is_310p", "kernel_plan", "length_buckets", "length_step", "npu_chip_name", "parse_dtype", "prepare_model",
+    "GRAPH_BACKENDS", "apply_device_settings", "bucket_for", "compile_model", "configure_kernels", "default_dtype",
+    "device_description", "device_settings", "dtype_name", "graph_backend_for", "import_torch_npu", "is_310p",
+    "kernel_plan", "length_buckets", "length_step", "npu_chip_name", "parse_dtype", "prepare_model",
     "resolve_device", "synchronize", "to_model_input",
 ]

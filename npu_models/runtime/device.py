@@ -127,7 +127,8 @@ def device_description(device: torch.device) -> str:
     """A human-readable device name for result files and benchmark tables."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    if device.type == "npu":
-        return f"{device} ({npu_chip_name(device)})"
+    if device.type == "npu":  # with the load-time settings, so every run's device line shows them
+        from npu_models.runtime.settings import describe_settings, device_settings
+        return f"{device} ({npu_chip_name(device)}; {describe_settings(device_settings(device))})"
     import platform
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

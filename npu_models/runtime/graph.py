@@ -1,59 +1,234 @@
-"""Graph mode and the bounded set of static shapes it is fed.
+"""Graph mode per device, and the bounded set of static shapes it is fed.
 
-On Ascend the model is compiled by torchair; elsewhere by torch.compile (inductor). Where the device can
-replay a captured graph (CUDA graphs; aclgraph on Atlas A2/A3 through torchair's npugraph_ex mode), every
-call after the first is one launch instead of one per kernel: the time a small batch spends on the host.
-All are compiled with static shapes, so the eval loops feed a fixed batch size and sequence lengths from a
-short list of buckets: each distinct shape compiles (and is captured) once.
+One backend per device by default (`graph_backend="auto"`), another by name:
+
+| backend       | what it is                                                        | default on            |
+| ------------- | ----------------------------------------------------------------- | --------------------- |
+| `capture`     | the eager forward (fused kernels included) captured as one device | Atlas 300I / 310P     |
+|               | graph per input shape (`torch.npu.graph` NPUGraph, or             |                       |
+|               | `torch.cuda.graph`), replayed: CapturedGraphs                     |                       |
+| `npugraph_ex` | torchair's capture-and-replay of the compiled graph (aclgraph)    | Atlas A2 / A3         |
+| `ge`          | torchair's GE graph (any Ascend chip; torchair documents A2/A3)   | other Ascend chips    |
+| `inductor`    | torch.compile; on CUDA with CUDA graphs (mode reduce-overhead)    | CUDA, CPU             |
+
+Why: torchair's overview lists Atlas A2, A3 (and 950) only; vLLM-Ascend, which runs the Atlas 300I Duo,
+captures the whole eager forward with NPUGraph there and documents npugraph_ex as unsupported on it.
+
+Every backend works on static shapes, so the eval loops feed a fixed batch size and sequence lengths from a
+short list of buckets: each distinct shape compiles (and is captured) once. Outputs are the caller's to
+keep: where a replay writes into the same memory, they are copied out first.
 """
-import torch
-from torch.utils._pytree import tree_map_only
+import warnings
+from dataclasses import dataclass
+from typing import Callable
 
-from kernels.plan import is_a2_or_a3
+import torch
+from torch.utils._pytree import tree_flatten, tree_map_only, tree_unflatten
+
+from kernels.plan import is_310p, is_a2_or_a3
+from npu_models.errors import UserError
 from npu_models.runtime.device import import_torch_npu, npu_chip_name
 
+GRAPH_BACKENDS = ("auto", "capture", "npugraph_ex", "ge", "inductor")
+# Captured shapes per compiled callable. Each graph keeps its own kernels and work memory, and the 310P's
+# hardware streams and events bound how many it can hold (vLLM-Ascend keeps few there, fewer under TP). The
+# eval loops need batch sizes x length buckets: SST-2's default 128 tokens in 16-token buckets is 8, the
+# bench's default batch sizes 3. A shape past the cap runs eagerly, with one warning.
+MAX_CAPTURED_SHAPES = 16
 
-def compile_model(model, device: torch.device):
+
+def copy_out(outputs):
+    """The caller's own copy of a graph's outputs: the next replay writes into the same buffers."""
+    return tree_map_only(torch.Tensor, torch.clone, outputs)
+
+
+def default_graph_backend(device) -> str:
+    if device.type == "npu":
+        chip = npu_chip_name(device)
+        return "capture" if is_310p(chip) else "npugraph_ex" if is_a2_or_a3(chip) else "ge"
+    return "inductor"
+
+
+def backend_refusal(backend: str, device) -> str | None:
+    """Why `backend` cannot run on `device`, or None."""
+    if backend == "capture" and device.type == "cpu":
+        return "there are no device graphs to capture on the CPU"
+    if backend in ("ge", "npugraph_ex") and device.type != "npu":
+        return "torchair compiles for Ascend NPUs only"
+    if backend == "npugraph_ex" and not is_a2_or_a3(npu_chip_name(device)):
+        return "torchair documents npugraph_ex for Atlas A2/A3 only (vLLM-Ascend: not supported on 300I Duo)"
+    if backend == "inductor" and device.type == "npu":
+        return "torch.compile's inductor is not our route on Ascend: use capture, npugraph_ex or ge"
+    return None
+
+
+def graph_backend_for(device, graph: bool, backend: str = "auto") -> str | None:
+    """The graph backend load_model will use on `device` (None in eager mode); a backend that the device
+    cannot run, or one given without graph mode, is refused before any weight is read."""
+    if backend not in GRAPH_BACKENDS:
+        raise UserError(f"unknown graph backend {backend!r}: use one of {', '.join(GRAPH_BACKENDS)}.")
+    if not graph:
+        if backend != "auto":
+            raise UserError(f"graph backend {backend!r} (--graph-backend) chooses how graph mode runs: add --graph "
+                            "(graph=True), or leave the backend at auto.")
+        return None
+    if backend == "auto":
+        return default_graph_backend(device)
+    refusal = backend_refusal(backend, device)
+    if refusal:
+        valid = [b for b in GRAPH_BACKENDS[1:] if backend_refusal(b, device) is None]
+        raise UserError(f"graph backend {backend!r} cannot run on {device.type}: {refusal}. "
+                        f"Use auto or one of {', '.join(valid)}.")
+    return backend
+
+
+def compile_model(model, device, backend: str = "auto"):
     """The graph-mode version of `model` (a module, or one of its methods) for `device`; the original stays
     usable eagerly. Outputs are the caller's to keep: a later call never overwrites them."""
-    if device.type == "npu":
-        import_torch_npu()
-        import torchair
-        from torchair.configs.compiler_config import CompilerConfig
-
-        config = CompilerConfig()
-        # Weights never change during inference: let GE treat them as constants.
-        config.experimental_config.frozen_parameter = True
-        if is_a2_or_a3(npu_chip_name(device)):
-            # Capture and replay (aclgraph), the mode torchair 2.14 names npugraph_ex ("reduce-overhead" is
-            # deprecated); documented for Atlas A2/A3, not for the 310P inference cards, which keep the GE
-            # graph. A replay writes into the same memory: outputs are cloned out.
-            config.mode = "npugraph_ex"
-            config.debug.aclgraph.enable_output_clone = True
-        backend = torchair.get_npu_backend(compiler_config=config)
-        return torch.compile(model, fullgraph=True, backend=backend, dynamic=False)
+    backend = graph_backend_for(device, True, backend)
+    if backend == "capture":
+        return CapturedGraphs(model, graph_api(device.type))
+    if backend in ("ge", "npugraph_ex"):
+        return torchair_compile(model, capture=backend == "npugraph_ex")
     if device.type == "cuda":
-        return CapturedGraphs(torch.compile(model, fullgraph=True, dynamic=False, mode="reduce-overhead"), model)
+        return CudaGraphTrees(torch.compile(model, fullgraph=True, dynamic=False, mode="reduce-overhead"), model)
     return torch.compile(model, fullgraph=True, dynamic=False)
 
 
-class CapturedGraphs:
-    """A model compiled with CUDA graphs (one captured graph per static shape), called like the original.
+def torchair_compile(model, capture: bool):
+    import_torch_npu()
+    import torchair
+    from torchair.configs.compiler_config import CompilerConfig
 
-    Each call is a new inference step, and its outputs are copied out of the graphs' memory pool: the next
-    replay of the same graph writes into the same buffers, so a kept output would otherwise change under its
-    holder. Attributes (config, parameters, methods) are the original model's.
-    """
+    config = CompilerConfig()
+    # Weights never change during inference: let GE treat them as constants.
+    config.experimental_config.frozen_parameter = True
+    if capture:
+        # Capture and replay (aclgraph), the mode torchair 2.14 names npugraph_ex ("reduce-overhead" is
+        # deprecated). A replay writes into the same memory: outputs are cloned out.
+        config.mode = "npugraph_ex"
+        config.debug.aclgraph.enable_output_clone = True
+    backend = torchair.get_npu_backend(compiler_config=config)
+    return torch.compile(model, fullgraph=True, backend=backend, dynamic=False)
+
+
+class CudaGraphTrees:
+    """A model compiled with CUDA graphs (torch.compile's graph trees, one captured graph per static shape),
+    called like the original. Each call is a new inference step whose outputs are copied out of the graphs'
+    memory pool. Attributes (config, parameters, methods) are the original model's."""
 
     def __init__(self, compiled, original):
         self.compiled, self.original = compiled, original
 
     def __call__(self, *args, **kwargs):
         torch.compiler.cudagraph_mark_step_begin()
-        return tree_map_only(torch.Tensor, torch.clone, self.compiled(*args, **kwargs))
+        return copy_out(self.compiled(*args, **kwargs))
 
     def __getattr__(self, name):
         return getattr(self.original, name)
+
+
+@dataclass(frozen=True)
+class GraphAPI:
+    """What capture needs from torch.npu or torch.cuda, which spell it alike but for the graph class."""
+    graph_class: type              # torch.npu.NPUGraph | torch.cuda.CUDAGraph
+    graph: Callable                # context manager: graph(g, pool=handle) captures the work inside it
+    stream_class: type
+    stream: Callable               # context manager: stream(s) makes s current
+    current_stream: Callable
+    graph_pool_handle: Callable
+
+
+def graph_api(device_type: str) -> GraphAPI:
+    if device_type == "npu":
+        import_torch_npu()
+    module = torch.npu if device_type == "npu" else torch.cuda
+    graph_class = module.NPUGraph if device_type == "npu" else module.CUDAGraph
+    return GraphAPI(graph_class, module.graph, module.Stream, module.stream, module.current_stream,
+                    module.graph_pool_handle)
+
+
+@dataclass
+class Captured:
+    """One captured graph: the input buffers it reads and the outputs it writes, on every replay."""
+    graph: object
+    inputs: list           # the call's flattened arguments, tensors replaced by static buffers
+    outputs: object
+
+
+def input_key(leaves: list) -> tuple:
+    """What a captured graph is specific to: each tensor's shape, dtype and device, every other value."""
+    return tuple((tuple(leaf.shape), leaf.dtype, str(leaf.device)) if isinstance(leaf, torch.Tensor) else leaf
+                 for leaf in leaves)
+
+
+class CapturedGraphs:
+    """The eager forward captured as one device graph per input shape, then replayed: one launch a call
+    instead of one per kernel. Called like the original, whose attributes it shows.
+
+    A new shape is warmed up eagerly on a side stream (lazy initialisation stays out of the graph), then
+    captured into a memory pool all this callable's graphs share: calls are serial and each call's outputs
+    are copied out before the next replay, so one graph may reuse another's work memory. A call copies its
+    inputs into the graph's static buffers and replays it. The forward must not synchronise with the host
+    (.item(), .cpu(), nonzero): capture refuses that.
+    """
+
+    def __init__(self, fn, api: GraphAPI, max_graphs: int = MAX_CAPTURED_SHAPES):
+        self.fn, self.api, self.max_graphs = fn, api, max_graphs
+        self.graphs: dict[tuple, Captured] = {}
+        self.pool = None
+        self.warned = False
+
+    def __call__(self, *args, **kwargs):
+        leaves, spec = tree_flatten((args, kwargs))
+        key = (spec, input_key(leaves))
+        captured = self.graphs.get(key)
+        if captured is None:
+            if len(self.graphs) >= self.max_graphs:
+                self.warn_uncaptured(leaves)
+                return self.fn(*args, **kwargs)
+            captured = self.graphs[key] = self.capture(leaves, spec)
+        for static, leaf in zip(captured.inputs, leaves):
+            if isinstance(leaf, torch.Tensor):
+                static.copy_(leaf)
+        captured.graph.replay()
+        return copy_out(captured.outputs)
+
+    def capture(self, leaves: list, spec) -> Captured:
+        static = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+        args, kwargs = tree_unflatten(static, spec)
+        api = self.api
+        side = api.stream_class()
+        side.wait_stream(api.current_stream())
+        with api.stream(side):
+            self.fn(*args, **kwargs)
+        api.current_stream().wait_stream(side)
+        if self.pool is None:
+            self.pool = api.graph_pool_handle()
+        graph = api.graph_class()
+        try:
+            with api.graph(graph, pool=self.pool):
+                outputs = self.fn(*args, **kwargs)
+        except Exception as err:
+            shapes = [tuple(leaf.shape) for leaf in leaves if isinstance(leaf, torch.Tensor)]
+            raise RuntimeError(f"graph capture of {getattr(self.fn, '__qualname__', self.fn)} for inputs {shapes} "
+                               f"failed: {err}. A captured forward must not wait for the host (.item(), .cpu(), "
+                               "nonzero, shapes read from tensor values); run it eagerly (no --graph) or choose "
+                               "another --graph-backend.") from err
+        return Captured(graph, static, outputs)
+
+    def warn_uncaptured(self, leaves: list) -> None:
+        if not self.warned:
+            shapes = [tuple(leaf.shape) for leaf in leaves if isinstance(leaf, torch.Tensor)]
+            warnings.warn(f"graph mode holds its cap of {self.max_graphs} captured shapes already: inputs {shapes} "
+                          "and any further new shape run eagerly (pad to fewer shapes to capture them all).",
+                          stacklevel=3)
+            self.warned = True
+
+    def __getattr__(self, name):
+        if name == "fn":  # not yet set (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.fn, name)
 
 
 def length_buckets(max_length: int, step: int = 16) -> list[int]:
