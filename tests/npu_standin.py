@@ -393,14 +393,22 @@ def _to_host(args, kwargs) -> bool:
                and not isinstance(t, torch.dtype))
 
 
+def _refuse_in_capture(recorder, what: str):
+    recorder.failed = True
+    raise AscendContractError(f"{_active().chip}: {what} while an NPUGraph is being captured")
+
+
 class _HostCopyGuard(TorchFunctionMode):
     """Refuses copies to the host (they never reach the dispatcher for these CPU-held tensors)."""
+
+    def __init__(self, recorder):
+        super().__init__()
+        self.recorder = recorder
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in HOST_COPIES or (func is torch.Tensor.to and _to_host(args[1:], kwargs)):
-            raise AscendContractError(f"{_active().chip}: Tensor.{func.__name__} copies to the host while an NPUGraph "
-                                      "is being captured")
+            _refuse_in_capture(self.recorder, f"Tensor.{func.__name__} copies to the host")
         return func(*args, **kwargs)
 
 
@@ -414,9 +422,7 @@ class _Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func._schema.name in HOST_SYNC_OPS:
-            self.failed = True
-            raise AscendContractError(f"{_active().chip}: {func._schema.name} waits for the host while an NPUGraph "
-                                      "is being captured")
+            _refuse_in_capture(self, f"{func._schema.name} waits for the host")
         out = func(*args, **kwargs)
         if not func.is_view:  # a view keeps aliasing its base, which the replay rewrites in place
             self.records.append((func, args, kwargs, out))
@@ -435,7 +441,8 @@ class NPUGraph:
         _check(state.current_stream is not state.default_stream, "capture on the default stream")
         _check(pool is None or isinstance(pool, PoolHandle), f"pool {pool!r} is not a graph pool token")
         self._pool = pool if pool is not None else PoolHandle()
-        self._modes = (_HostCopyGuard(), _Recorder())
+        recorder = _Recorder()
+        self._modes = (_HostCopyGuard(recorder), recorder)
         for mode in self._modes:
             mode.__enter__()
 
