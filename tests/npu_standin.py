@@ -102,10 +102,6 @@ class StandIn:
         return "Ascend310P" in self.chip
 
     @property
-    def a2_or_a3(self) -> bool:
-        return self.chip.startswith(("Ascend910B", "Ascend910_93"))
-
-    @property
     def family(self) -> str | None:
         if self.inference_card:
             return "inference"
@@ -388,9 +384,9 @@ HOST_COPIES = {torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.tolist}
 
 
 def _to_host(args, kwargs) -> bool:
-    targets = list(args) + [kwargs.get("device")]
-    return any(isinstance(t, (str, torch.device)) and torch.device(t).type == "cpu" for t in targets if t is not None
-               and not isinstance(t, torch.dtype))
+    """Whether Tensor.to's arguments name the CPU."""
+    return any((isinstance(t, torch.device) and t.type == "cpu") or (isinstance(t, str) and t.split(":")[0] == "cpu")
+               for t in [*args, kwargs.get("device")])
 
 
 def _refuse_in_capture(recorder, what: str):
