@@ -30,10 +30,11 @@ from npu_models.errors import UserError
 from npu_models.runtime.device import import_torch_npu, npu_chip_name
 
 GRAPH_BACKENDS = ("auto", "capture", "npugraph_ex", "ge", "inductor")
-# Captured shapes per compiled callable. Each graph keeps its own kernels and work memory, and the 310P's
-# hardware streams and events bound how many it can hold (vLLM-Ascend keeps few there, fewer under TP). The
-# eval loops need batch sizes x length buckets: SST-2's default 128 tokens in 16-token buckets is 8, the
-# bench's default batch sizes 3. A shape past the cap runs eagerly, with one warning.
+# Captured shapes per compiled callable. Each graph holds device resources: vLLM-Ascend's 300I Duo guide says
+# hardware event ids limit how many graphs can be captured under TP (by model depth), and its ACL graph design
+# notes a stream budget on Ascend. The eval loops need batch sizes x length buckets: SST-2's default 128
+# tokens in 16-token buckets is 8, the bench's default batch sizes 3. A shape past the cap runs eagerly, with
+# one warning.
 MAX_CAPTURED_SHAPES = 16
 
 
