@@ -337,6 +337,8 @@ def check_before_work(args) -> None:
     """Everything that can be checked before data is read and a model is built."""
     registry.get_entry(args.model, task=args.task)  # names the models that can do the task
     parallel.check_world(args.tp)
+    if getattr(args, "score", None) is None:  # eval.vqa --score scores a file: no model, no device
+        runtime.parse_dtype(args.dtype, runtime.parse_device(args.device))
     check_writable(args.output, "--output")
     check_writable(args.predictions, "--predictions")
     if args.predictions is not None and args.prediction_key is not None and args.predictions.is_file():

@@ -6,6 +6,7 @@ from npu_models.runtime.device import (
     import_torch_npu,
     is_310p,
     npu_chip_name,
+    parse_device,
     parse_dtype,
     resolve_device,
     synchronize,
@@ -16,6 +17,7 @@ from npu_models.runtime.kernels import configure_kernels, kernel_plan, prepare_m
 
 __all__ = [
     "bucket_for", "compile_model", "configure_kernels", "default_dtype", "device_description", "dtype_name",
-    "import_torch_npu", "is_310p", "kernel_plan", "length_buckets", "length_step", "npu_chip_name", "parse_dtype", "prepare_model",
+    "import_torch_npu", "is_310p", "kernel_plan", "length_buckets", "length_step", "npu_chip_name", "parse_device", "parse_dtype",
+    "prepare_model",
     "resolve_device", "synchronize", "to_model_input",
 ]
