@@ -13,11 +13,10 @@ from pathlib import Path
 
 import torch
 
+from eval.samples import SAMPLES_DIR  # noqa: F401  (the eval commands' samples)
 from npu_models import parallel, registry, runtime
 from npu_models.checkpoints.io import file_identity, read_json
 from npu_models.errors import UserError
-
-SAMPLES_DIR = Path(__file__).parent / "samples"
 
 
 def positive_int(text: str) -> int:
