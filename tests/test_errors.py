@@ -21,6 +21,7 @@ def test_an_option_reads_as_the_python_argument_or_as_the_flag():
     assert err.command_line_message() == "use --tp 2 with --config c.json, --checkpoint or --no-peer."
 
 
+@pytest.mark.filterwarnings("ignore::npu_models.RandomWeightsWarning")
 def test_load_model_names_python_arguments(tmp_path, no_accelerators):
     missing = tmp_path / "missing.json"
     with pytest.raises(UserError) as info:

@@ -182,9 +182,9 @@ def read_converted(path, rank: int = 0, tp: int = 1, model: str | None = None) -
                         f"pass {arg('name_or_path', document['model'])} or another checkpoint.")
     cut_for = document.get("tp", 1)
     if cut_for != tp:
-        raise UserError(f"{path} holds {document['model']} cut for {arg('tp', cut_for)}, and this run uses {arg('tp', tp)}: cut it "
-                        f"again for {arg('tp', tp)} with weights_tools.shard, or pass the full checkpoint (it is cut "
-                        "on the fly).")
+        raise UserError(f"{path} holds {document['model']} cut for {arg('tp', cut_for)}, and this run uses "
+                        f"{arg('tp', tp)}: cut it again for {arg('tp', tp)} with weights_tools.shard, or pass the full "
+                        "checkpoint (it is cut on the fly).")
     return document["model"], document["config"], read_state_dict(path / shard_file(rank, tp))
 
 

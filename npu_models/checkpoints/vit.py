@@ -107,7 +107,8 @@ def read_vit(path, config_file=None) -> Converted:
     if path.is_dir():
         candidates = [p for p in sorted(path.iterdir()) if p.suffix in (".npz", ".safetensors", ".bin", ".pth")]
         if len(candidates) != 1:
-            raise UserError(f"{path} holds {len(candidates)} ViT weight files; pass the one to use as {arg('checkpoint')}.")
+            raise UserError(f"{path} holds {len(candidates)} ViT weight files; pass the one to use as "
+                            f"{arg('checkpoint')}.")
         path = candidates[0]
     if path.suffix == ".npz":
         arrays = read_npz(path)
