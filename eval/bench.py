@@ -304,7 +304,7 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
             try:
                 whole = registry.build_model(entry, args.checkpoint)
             except UserError as err:  # pre-cut shards hold no whole model
-                say(f"note: no tp=1 row for {name}: {err}", file=sys.stderr)
+                say(f"note: no tp=1 row for {name}: {err.command_line_message()}", file=sys.stderr)
         contenders = [Contender("ours", ours, bench.timed_part(ours), tp.size)]
     else:
         peer, peer_fn, config, state = bench.make_peer(args.checkpoint)

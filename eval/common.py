@@ -13,11 +13,10 @@ from pathlib import Path
 
 import torch
 
+from eval.samples import SAMPLES_DIR  # noqa: F401  (the eval commands' samples)
 from npu_models import parallel, registry, runtime
 from npu_models.checkpoints.io import file_identity, read_json
 from npu_models.errors import UserError
-
-SAMPLES_DIR = Path(__file__).parent / "samples"
 
 
 def positive_int(text: str) -> int:
@@ -341,6 +340,8 @@ def check_before_work(args) -> None:
     """Everything that can be checked before data is read and a model is built."""
     registry.get_entry(args.model, task=args.task)  # names the models that can do the task
     parallel.check_world(args.tp)
+    if getattr(args, "score", None) is None:  # eval.vqa --score scores a file: no model, no device
+        runtime.parse_dtype(args.dtype, runtime.parse_device(args.device))
     check_writable(args.output, "--output")
     check_writable(args.predictions, "--predictions")
     if args.predictions is not None and args.prediction_key is not None and args.predictions.is_file():

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from npu_models import bert
-from npu_models.errors import UserError
+from npu_models.errors import UserError, arg
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ def bert_peer(checkpoint):
     try:
         import transformers
     except ImportError:
-        raise UserError("the BERT peer needs transformers: `pip install -e .[test]`, or pass --no-peer "
+        raise UserError(f"the BERT peer needs transformers: `pip install -e .[test]`, or pass {arg('no_peer', True)} "
                         "to time ours alone.") from None
     from npu_models.checkpoints import hf_bert
 
@@ -62,7 +62,7 @@ def vit_peer(checkpoint):
     try:
         import timm
     except ImportError:
-        raise UserError("the ViT peer needs timm: `pip install -e .[test]`, or pass --no-peer "
+        raise UserError(f"the ViT peer needs timm: `pip install -e .[test]`, or pass {arg('no_peer', True)} "
                         "to time ours alone.") from None
     from npu_models.checkpoints import vit as vit_weights
     from npu_models.checkpoints.io import read_sidecar, read_state_dict

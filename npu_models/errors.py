@@ -1,30 +1,83 @@
-"""One error type for mistakes a user can fix, and the CLI wrapper that prints them without a traceback."""
+"""One error type for mistakes a user can fix, and the CLI wrapper that prints them without a traceback.
+
+A message names the option at fault with `arg("tp", 2)`: a Python caller reads `tp=2` (the argument of
+the function it called), a command-line user reads `--tp 2` (cli_main renders every message so), from
+the same message. Library code never writes a command-line flag itself.
+"""
 import functools
 import os
+import re
 import sys
+import warnings
+
+# Python arguments whose command-line option is not spelled `--name-with-dashes`.
+CLI_FLAGS = {"name_or_path": "--model", "config_file": "--config", "vocab_file": "--vocab"}
+
+# arg() leaves a marker in the message, rendered when the message is shown: name, then the value's Python
+# and command-line spellings (control characters, which no path or name holds).
+_START, _FIELD, _END = "\x02", "\x1f", "\x03"
+_MARKER = re.compile(f"{_START}([^{_END}]*){_END}")
+_NO_VALUE = object()
+
+
+def arg(name: str, value=_NO_VALUE) -> str:
+    """The argument `name` (set to `value`) inside a UserError message: `name=value` for Python callers,
+    `--name value` on the command line (`--name` alone for a switch, value True); without a value, `name=...`
+    and `--name`."""
+    if value is _NO_VALUE:
+        return f"{_START}{name}{_END}"
+    shown = "" if value is True else str(value)  # a switch is given without a value at the command line
+    return f"{_START}{name}{_FIELD}{value!r}{_FIELD}{shown}{_END}"
+
+
+def cli_flag(name: str) -> str:
+    return CLI_FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def render(message: str, command_line: bool) -> str:
+    """The message with every arg() spelled for a Python caller or for the command line."""
+    def spell(match):
+        name, *value = match.group(1).split(_FIELD)
+        if command_line:
+            return cli_flag(name) + (f" {value[1]}" if value and value[1] else "")
+        return f"{name}={value[0] if value else '...'}"
+    return _MARKER.sub(spell, message)
 
 
 class UserError(Exception):
-    """Bad input the user can fix: the message names what is wrong and how to fix it."""
+    """Bad input the user can fix: the message names what is wrong and how to fix it (options by arg())."""
+
+    def __str__(self):
+        return render(super().__str__(), command_line=False)
+
+    def command_line_message(self) -> str:
+        """The message as the command-line tools show it: options as their flags."""
+        return render(super().__str__(), command_line=True)
 
 
 def cli_main(main):
-    """Wrap a command-line `main(argv)`: a UserError prints one paragraph and exits 2.
+    """Wrap a command-line `main(argv)`: a UserError prints one paragraph, options spelled as flags, and
+    exits 2. Under torchrun, rank 0 alone prints warnings and errors (parallel.report_error).
 
-    Set NPU_MODELS_DEBUG=1 to see the full traceback instead.
+    Set NPU_MODELS_DEBUG=1 to see the full traceback instead (on every rank).
     """
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        from npu_models import parallel  # it raises UserErrors: imported once both modules exist
         try:
-            return main(argv)
+            with warnings.catch_warnings():
+                if not parallel.is_main_process():  # every rank runs the same code: rank 0 speaks for all
+                    warnings.simplefilter("ignore")
+                return main(argv)
         except UserError as err:
             if os.environ.get("NPU_MODELS_DEBUG"):
                 raise
-            print(f"error: {err}\n(set NPU_MODELS_DEBUG=1 for the traceback)", file=sys.stderr)
+            parallel.report_error(f"error: {err.command_line_message()}\n(set NPU_MODELS_DEBUG=1 for the traceback)")
             sys.exit(2)
         except KeyboardInterrupt:
-            print("interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
+            if parallel.is_main_process():
+                print("interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
             sys.exit(130)
 
     return wrapper

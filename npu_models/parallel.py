@@ -14,6 +14,8 @@ the batches and gathers Python objects (prediction records, CPU tensors) over a 
 import datetime
 import fnmatch
 import os
+import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -21,11 +23,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from npu_models.errors import UserError
+from npu_models.errors import UserError, arg
 
 BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 # A rank that dies makes the others fail within this many seconds instead of hanging.
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("NPU_MODELS_DIST_TIMEOUT", "300")))
+# How long a rank other than 0 that meets an error waits for rank 0 to report it and end the job.
+ERROR_GRACE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -46,14 +50,10 @@ SINGLE = TensorParallel(0, 1)
 def init_tensor_parallel(tp: int, device_type: str) -> TensorParallel:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT): tensor-parallel
     groups of `tp` consecutive ranks; the world is tp x data-parallel."""
-    if tp < 1:
-        raise UserError(f"--tp must be at least 1, got {tp}.")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if tp == 1 and world == 1:
-        return SINGLE
-    if world == 1:
-        raise UserError(f"--tp {tp} needs {tp} processes: run under torchrun --standalone --nproc_per_node {tp}.")
     check_world(tp)  # tp x data-parallel processes, started by torchrun
+    world = world_size()
+    if world == 1:
+        return SINGLE
     if not dist.is_initialized():
         dist.init_process_group(BACKENDS.get(device_type, "gloo"), timeout=TIMEOUT)
     rank = dist.get_rank()
@@ -73,9 +73,25 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def global_rank() -> int:
+    """This process's rank in the whole job (torchrun's RANK before the group is joined; 0 without torchrun)."""
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
 def is_main_process() -> bool:
-    """Rank 0 prints progress and writes results (torchrun's RANK before the group is joined)."""
-    return (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))) == 0
+    """Rank 0 prints progress, warnings and errors, and writes results."""
+    return global_rank() == 0
+
+
+def report_error(message: str) -> None:
+    """Print a command's error once for the job. Every rank usually meets the same error: rank 0 prints it,
+    and its exit makes torchrun stop the others. Another rank first leaves rank 0 the time to do so (were it
+    to exit at once, torchrun could stop rank 0 before it prints); still running after that, it failed alone
+    and prints its own error, with its rank."""
+    if not is_main_process():
+        time.sleep(ERROR_GRACE_SECONDS)
+        message = f"rank {global_rank()}: {message}"
+    print(message, file=sys.stderr, flush=True)
 
 
 # ---- data parallelism ----------------------------------------------------------------------------------
@@ -83,15 +99,25 @@ def is_main_process() -> bool:
 # ranks of one data-parallel rank hold one model together and see the same batches.
 
 
+def torchrun_command(processes: int) -> str:
+    """How to launch `processes` processes on one machine (torchrun's own flags, for Python and CLI alike)."""
+    return f"torchrun --standalone --nproc_per_node {processes}"
+
+
 def check_world(tp: int) -> None:
-    """Refuse, before any work, a launch whose process count is not --tp x data-parallel ranks."""
+    """Refuse, before any work, a tensor-parallel degree below 1 or a launch whose process count is not
+    tp x data-parallel ranks."""
+    if tp < 1:
+        raise UserError(f"{arg('tp', tp)} is no tensor-parallel degree: it must be at least 1.")
     world = world_size()
-    if tp >= 1 and world % tp:
-        raise UserError(f"{world} processes for --tp {tp}: the processes are --tp x data-parallel ranks; launch "
-                        f"torchrun --nproc_per_node {tp} (or a multiple of it for data parallelism).")
+    if world == 1 and tp > 1:
+        raise UserError(f"{arg('tp', tp)} needs {tp} processes: run under {torchrun_command(tp)}.")
+    if world % tp:
+        raise UserError(f"{world} processes for {arg('tp', tp)}: the processes are tp x data-parallel ranks; launch "
+                        f"{torchrun_command(tp)} (or a multiple of it for data parallelism).")
     if world > 1 and "MASTER_ADDR" not in os.environ:
-        raise UserError(f"WORLD_SIZE is {world} but torchrun did not start this process: run under torchrun "
-                        f"--standalone --nproc_per_node {world}.")
+        raise UserError(f"WORLD_SIZE is {world} but torchrun did not start this process: run under "
+                        f"{torchrun_command(world)}.")
 
 
 @dataclass(frozen=True)
@@ -185,8 +211,8 @@ def head_units(heads: slice, head_dim: int, parts: int, inner: int) -> torch.Ten
 def split_attention(attention: nn.Module, tp: TensorParallel, path: str) -> None:
     heads = attention.num_heads
     if heads < tp.size:
-        raise UserError(f"{path} has {heads} attention heads, fewer than --tp {tp.size}: each rank needs at least "
-                        f"one; use --tp {heads} or less.")
+        raise UserError(f"{path} has {heads} attention heads, fewer than {arg('tp', tp.size)}: each rank needs at "
+                        f"least one; use {arg('tp', heads)} or less.")
     mine, dim = tp.share(heads), attention.head_dim
     inner = heads * dim
     if hasattr(attention, "qkv"):

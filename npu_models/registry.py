@@ -14,7 +14,7 @@ from npu_models.checkpoints import vilbert as vilbert_weights
 from npu_models.checkpoints import vit as vit_weights
 from npu_models.checkpoints import vlmo as vlmo_weights
 from npu_models.checkpoints.io import Converted, check_state_dict, expected_shapes, is_converted_dir, read_converted
-from npu_models.errors import UserError
+from npu_models.errors import UserError, arg
 from npu_models.layers.init import materialize_parameters_
 from npu_models.parallel import SINGLE, TensorParallel
 from npu_models.tasks import RetrievalTask, VQATask
@@ -151,7 +151,7 @@ def load_weights(entry: ModelEntry, checkpoint, config_file=None, tp: TensorPara
         converted = Converted(config_from_dict(entry, values, checkpoint / "config.json"), state, str, [])
     else:
         if config_file is not None and not Path(config_file).is_file():
-            raise UserError(f"config file {config_file} does not exist; check the --config path.")
+            raise UserError(f"{arg('config_file', str(config_file))} does not exist; check the path.")
         converted = entry.convert(checkpoint, config_file)
     # our directories hold the share of the --tp they were cut for (read_converted refuses another degree)
     shapes = expected_shapes(meta_model(entry, converted.config, tp if ours else SINGLE))

@@ -5,7 +5,7 @@ from typing import Callable
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from npu_models.errors import UserError
+from npu_models.errors import UserError, arg
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 
@@ -13,7 +13,7 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 def read_vocab(path) -> dict[str, int]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"vocabulary {path} does not exist; pass --vocab with the model's vocab.txt.")
+        raise UserError(f"vocabulary {path} does not exist; pass {arg('vocab_file')} with the model's vocab.txt.")
     vocab = {}
     for index, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
         vocab.setdefault(line.rstrip("\n"), index)

@@ -36,3 +36,14 @@ def compiled_graphs():
     counters.clear()
     yield lambda: (counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()))
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def no_accelerators(monkeypatch):
+    """This machine as one without CUDA devices and without torch_npu, whatever it has."""
+    from npu_models.runtime import device as device_module
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "torch_npu", None)  # makes `import torch_npu` raise ImportError
+    device_module.import_torch_npu.cache_clear()
+    yield
+    device_module.import_torch_npu.cache_clear()

@@ -188,7 +188,31 @@ def test_vlmo_retrieval_with_two_processes_equals_one(tmp_path):
     # Rank 1 embeds image 2 alone: when it cannot be read, both ranks stop with the reason (none is left waiting).
     (tmp_path / "val2014" / "COCO_val2014_000000000002.jpg").unlink()
     output = torchrun("eval.retrieval", args, succeed=False)
-    assert output.count("COCO_val2014_000000000002.jpg cannot be read") == 2
+    assert output.count("COCO_val2014_000000000002.jpg cannot be read") == 1  # rank 0 alone prints it
+
+
+def test_every_rank_meets_the_same_warnings_and_errors_and_rank_0_alone_prints_them(tmp_path):
+    """Random weights (the demo banner, RandomWeightsWarning), then an error after the model is built: a
+    predictions file without the record of the run that wrote it."""
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text(json.dumps({"index": 0, "prediction": 1}) + "\n")
+    output = torchrun("eval.sst2", ["--device", "cpu", "--limit", "2", "--predictions", str(predictions)],
+                      succeed=False)
+    assert output.count("DEMO RUN") == 1
+    assert output.count("has RANDOM weights") == 1
+    assert output.count(f"{predictions} holds 1 predictions but no record of the run") == 1
+    assert output.count("error: ") == 1
+
+
+def test_a_rank_that_outlives_rank_0s_time_to_report_prints_its_own_error(monkeypatch, capsys):
+    """An error rank 0 did not meet (it did not end the job) is printed by the rank that met it."""
+    monkeypatch.setenv("RANK", "1")
+    waited = []
+    monkeypatch.setattr(parallel.time, "sleep", waited.append)
+    with pytest.raises(SystemExit) as info:
+        sst2.main(["--device", "cpu", "--dtype", "fp8"])
+    assert info.value.code == 2 and waited == [parallel.ERROR_GRACE_SECONDS]
+    assert capsys.readouterr().err.startswith("rank 1: error: unknown dtype 'fp8'")
 
 
 def test_a_world_size_without_torchrun_says_how_to_launch(monkeypatch, capsys):

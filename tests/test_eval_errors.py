@@ -1,8 +1,10 @@
 """Bad input ends in one paragraph and exit 2, never a traceback; what is visible up front is refused
 before any data is read or model is built."""
 import json
+import warnings
 
 import pytest
+import torch
 
 import npu_models
 from eval import imagenet, retrieval, sst2, vqa
@@ -11,9 +13,9 @@ from tests.conftest import FIXTURES
 COMMANDS = {"sst2": sst2, "imagenet": imagenet, "vqa": vqa, "retrieval": retrieval}
 
 
-def run(capsys, command: str, argv: list[str]) -> str:
+def run(capsys, command: str, argv: list[str], device: str = "cpu") -> str:
     with pytest.raises(SystemExit) as exit_info:
-        COMMANDS[command].main(argv + ["--device", "cpu"])
+        COMMANDS[command].main(argv + ["--device", device])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, err
     assert "Traceback" not in err
@@ -83,3 +85,31 @@ def test_a_damaged_vqa_file_names_the_entry(tmp_path, capsys, damage, message):
     annotations_path.write_text(json.dumps(annotations))
     err = run(capsys, "vqa", ["--checkpoint", str(data / "vqa_checkpoint.pt"), "--data", str(data), "--num-workers", "0"])
     assert message in err
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("device, message", [
+    ("cuda", "device 'cuda' was asked for but no cuda device is visible; check the driver installation or choose "
+             "--device cpu."),
+    ("npu", "device 'npu' needs the Ascend PyTorch adapter torch_npu"),
+])
+def test_a_device_this_machine_lacks_is_refused_before_the_banner(capsys, no_model, no_accelerators, command, device,
+                                                                   message):
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        err = run(capsys, command, [], device=device)
+    assert message in err
+    assert "DEMO RUN" not in err and not [w for w in warned if issubclass(w.category, npu_models.RandomWeightsWarning)]
+
+
+def test_a_device_index_past_the_count_is_refused_before_the_banner(monkeypatch, capsys, no_model):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    err = run(capsys, "sst2", [], device="cuda:3")
+    assert "device 'cuda:3' does not exist: 2 cuda device(s) are visible (indices 0..1)" in err
+    assert "DEMO RUN" not in err
+
+
+def test_a_dtype_that_is_not_one_is_refused_before_the_banner(capsys, no_model):
+    err = run(capsys, "sst2", ["--dtype", "fp8"])
+    assert "unknown dtype 'fp8'" in err and "DEMO RUN" not in err

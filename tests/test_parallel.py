@@ -75,7 +75,7 @@ def test_heads_are_shared_unevenly_and_too_few_heads_are_refused_by_layer():
     tp = parallel.TensorParallel(rank=1, size=3)
     assert [parallel.TensorParallel(r, 3).share(8) for r in range(3)] == [slice(0, 2), slice(2, 5), slice(5, 8)]
     model = registry.get_entry("vilbert").build(config.__class__(**{**config.__dict__, "coattention_heads": 2}))
-    with pytest.raises(UserError, match=r"co_layers\.0\.text\.cross_attn has 2 attention heads, fewer than --tp 3"):
+    with pytest.raises(UserError, match=r"co_layers\.0\.text\.cross_attn has 2 attention heads, fewer than tp=3"):
         parallel.apply_plan(model, registry.get_entry("vilbert").tp_plan, tp)
 
 
@@ -94,7 +94,7 @@ def test_every_attention_and_mlp_is_in_its_models_plan():
 def test_tp_without_torchrun_says_how_to_launch(monkeypatch):
     for name in ("WORLD_SIZE", "MASTER_ADDR"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(UserError, match="--tp 2 needs 2 processes: run under torchrun --standalone --nproc_per_node 2"):
+    with pytest.raises(UserError, match="tp=2 needs 2 processes: run under torchrun --standalone --nproc_per_node 2"):
         parallel.init_tensor_parallel(2, "cpu")
 
 
@@ -120,6 +120,17 @@ def test_eval_refuses_processes_that_are_not_tp_times_data_parallel(monkeypatch,
     with pytest.raises(SystemExit) as info:
         sst2.main(["--device", "cpu", "--tp", "2"])
     assert info.value.code == 2 and "3 processes for --tp 2" in capsys.readouterr().err
+
+
+def test_eval_with_tp_and_one_process_says_how_to_launch(monkeypatch, capsys):
+    from eval import sst2
+    for name in ("WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit) as info:
+        sst2.main(["--device", "cpu", "--tp", "2"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--tp 2 needs 2 processes: run under torchrun --standalone --nproc_per_node 2" in err
+    assert "1 processes" not in err
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +159,7 @@ def test_shards_hold_each_ranks_half_and_record_the_cut(vlmo_shards):
 
 
 def test_shards_of_another_degree_or_model_are_refused(vlmo_shards):
-    with pytest.raises(UserError, match="cut for --tp 2, and this run uses --tp 1: cut it again"):
+    with pytest.raises(UserError, match="cut for tp=2, and this run uses tp=1: cut it again for tp=1"):
         npu_models.load_model("vlmo", vlmo_shards, device="cpu", task="vqa")
     with pytest.raises(UserError, match="holds a converted 'vlmo-base-vqa' model, not 'bert-base-cased-sst2'"):
         npu_models.load_model("bert", vlmo_shards, device="cpu")

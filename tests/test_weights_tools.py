@@ -66,6 +66,18 @@ def test_verify_reports_missing_fixture_files(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("device, message", [
+    ("cuda", "no cuda device is visible; check the driver installation or choose --device cpu."),
+    ("npu", "needs the Ascend PyTorch adapter torch_npu"),
+])
+def test_verify_refuses_a_device_this_machine_lacks_before_reading_anything(tmp_path, capsys, no_accelerators, device,
+                                                                          message):
+    with pytest.raises(SystemExit) as info:
+        verify.main(["--model", "bert", str(tmp_path), "--device", device])  # an empty directory: no fixture
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and "inputs.safetensors" not in err
+
+
 def test_find_checkpoints_ignores_fixture_files():
     assert verify.find_checkpoints(BERT_FIXTURE) == [BERT_FIXTURE / "checkpoint"]
 

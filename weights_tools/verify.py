@@ -190,6 +190,8 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
     atol/rtol default to DEFAULT_TOLERANCE for the dtype."""
     directory = Path(directory)
     entry = registry.get_entry(model_name)
+    device = runtime.resolve_device(device)  # a device this machine lacks is refused before any work
+    dtype = runtime.parse_dtype(dtype, device)
     for name in ("inputs.safetensors", "outputs.safetensors"):
         if not (directory / name).is_file():
             raise UserError(f"{directory} has no {name}; a fixture directory holds checkpoint(s), "
@@ -199,8 +201,6 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
     if not checkpoints:
         raise UserError(f"no checkpoint found in {directory}: expected a model directory or weight file "
                         f"({', '.join(WEIGHT_SUFFIXES)}).")
-    device = runtime.resolve_device(device)
-    dtype = runtime.parse_dtype(dtype, device)
     group = parallel.init_tensor_parallel(tp, device.type)
     default_atol, default_rtol = DEFAULT_TOLERANCE[dtype]
     atol, rtol = default_atol if atol is None else atol, default_rtol if rtol is None else rtol

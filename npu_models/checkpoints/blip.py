@@ -10,7 +10,7 @@ from npu_models.checkpoints import vit as vit_weights
 from npu_models.checkpoints.adapt import resample_position_embedding
 from npu_models.checkpoints.io import Converted, read_sidecar, read_state_dict, unwrap
 from npu_models.checkpoints.rename import Renamed, RenameTable, apply, official_names, prefixed
-from npu_models.errors import UserError
+from npu_models.errors import UserError, arg
 
 # Training-only state: the queues, the temperature, and the momentum encoders (*_m), which differ from
 # the weights inference uses.
@@ -50,7 +50,7 @@ def read_blip(path, config_file=None) -> Converted:
     """A BLIP retrieval checkpoint in our layout."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path} is a directory; pass the BLIP .pth file itself as --checkpoint.")
+        raise UserError(f"{path} is a directory; pass the BLIP .pth file itself as {arg('checkpoint')}.")
     checkpoint = read_state_dict(path)
     state = unwrap(checkpoint, path) if isinstance(checkpoint, dict) else {}
     if "visual_encoder.patch_embed.proj.weight" not in state:

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from npu_models.errors import UserError
+from npu_models.errors import UserError, arg
 
 OUR_FORMAT = "npu_models"
 CONFIG_FILE = "config.json"
@@ -179,12 +179,12 @@ def read_converted(path, rank: int = 0, tp: int = 1, model: str | None = None) -
         raise UserError(f"{path / CONFIG_FILE} lacks 'model' or 'config'; convert the checkpoint again.")
     if model is not None and document["model"] != model:
         raise UserError(f"{path} holds a converted '{document['model']}' model, not '{model}'; "
-                        f"pass --model {document['model']} or another checkpoint.")
+                        f"pass {arg('name_or_path', document['model'])} or another checkpoint.")
     cut_for = document.get("tp", 1)
     if cut_for != tp:
-        raise UserError(f"{path} holds {document['model']} cut for --tp {cut_for}, and this run uses --tp {tp}: cut it "
-                        f"again with python -m weights_tools.shard --tp {tp}, or pass the full checkpoint (it is cut "
-                        "on the fly).")
+        raise UserError(f"{path} holds {document['model']} cut for {arg('tp', cut_for)}, and this run uses "
+                        f"{arg('tp', tp)}: cut it again for {arg('tp', tp)} with weights_tools.shard, or pass the full "
+                        "checkpoint (it is cut on the fly).")
     return document["model"], document["config"], read_state_dict(path / shard_file(rank, tp))
 
 

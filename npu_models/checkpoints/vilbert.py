@@ -10,7 +10,7 @@ from npu_models.bert import BertConfig
 from npu_models.checkpoints import hf_bert
 from npu_models.checkpoints.io import Converted, read_json
 from npu_models.checkpoints.rename import Renamed, RenameTable, apply, fused, official_names
-from npu_models.errors import UserError
+from npu_models.errors import UserError, arg
 from npu_models.vilbert import ViLBERTConfig, bert_base_uncased
 
 TEXT_CONFIG_FILE = "text_model_config.json"
@@ -116,7 +116,8 @@ def text_config(model_block: dict, weights: dict, path: Path, config_file: Path 
         return hf_bert.config_from_hf(hf, present, {"do_lower_case": True}, config_file)
     if model_block.get("model_name", "bert-base-uncased") != "bert-base-uncased":
         raise UserError(f"{path} was trained on text model '{model_block['model_name']}', whose config is not built "
-                        f"in; pass its HF config.json with --config or put it beside the archive as {TEXT_CONFIG_FILE}.")
+                        f"in; pass its HF config.json as {arg('config_file')} or put it beside the archive as "
+                        f"{TEXT_CONFIG_FILE}.")
     return bert_base_uncased()
 
 

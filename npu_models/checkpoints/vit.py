@@ -10,7 +10,7 @@ import torch
 from npu_models.checkpoints.adapt import resample_position_embedding
 from npu_models.checkpoints.io import Converted, read_sidecar, read_state_dict, unwrap
 from npu_models.checkpoints.rename import Renamed, RenameTable, apply, official_names
-from npu_models.errors import UserError
+from npu_models.errors import UserError, arg
 from npu_models.vit import ViTConfig
 
 # timm's VisionTransformer already fuses q/k/v; only norms are named differently.
@@ -107,7 +107,8 @@ def read_vit(path, config_file=None) -> Converted:
     if path.is_dir():
         candidates = [p for p in sorted(path.iterdir()) if p.suffix in (".npz", ".safetensors", ".bin", ".pth")]
         if len(candidates) != 1:
-            raise UserError(f"{path} holds {len(candidates)} ViT weight files; pass the one to use as --checkpoint.")
+            raise UserError(f"{path} holds {len(candidates)} ViT weight files; pass the one to use as "
+                            f"{arg('checkpoint')}.")
         path = candidates[0]
     if path.suffix == ".npz":
         arrays = read_npz(path)

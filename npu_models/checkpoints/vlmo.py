@@ -5,7 +5,7 @@ import torch
 
 from npu_models.checkpoints.io import Converted, read_sidecar, read_state_dict, unwrap
 from npu_models.checkpoints.rename import Renamed, RenameTable, apply, official_names
-from npu_models.errors import UserError
+from npu_models.errors import UserError, arg
 from npu_models.vlmo import VLMoConfig, vlmo_base_coco_retrieval, vlmo_base_vqa
 
 # Index buffers some files carry, and the BERT position table VLMo never uses (rel_pos embeddings).
@@ -85,7 +85,7 @@ def read_vlmo(path, config_file=None) -> Converted:
     """A released VLMo .pt file in our layout."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path} is a directory; pass the VLMo .pt file itself as --checkpoint.")
+        raise UserError(f"{path} is a directory; pass the VLMo .pt file itself as {arg('checkpoint')}.")
     raw = unwrap(read_state_dict(path), path)
     state, origin, unexpected = rename(raw)
     # the reference fixtures nest the hyper-parameters under "model"; a user's file may be flat

@@ -7,6 +7,7 @@ from npu_models.runtime.device import (
     import_torch_npu,
     is_310p,
     npu_chip_name,
+    parse_device,
     parse_dtype,
     resolve_device,
     synchronize,
@@ -26,6 +27,6 @@ from npu_models.runtime.settings import apply_device_settings, device_settings
 __all__ = [
     "GRAPH_BACKENDS", "apply_device_settings", "bucket_for", "compile_model", "configure_kernels", "default_dtype",
     "device_description", "device_settings", "dtype_name", "graph_backend_for", "import_torch_npu", "is_310p",
-    "kernel_plan", "length_buckets", "length_step", "npu_chip_name", "parse_dtype", "prepare_model",
+    "kernel_plan", "length_buckets", "length_step", "npu_chip_name", "parse_device", "parse_dtype", "prepare_model",
     "resolve_device", "synchronize", "to_model_input",
 ]

@@ -5,7 +5,7 @@ import re
 import torch
 
 from kernels.plan import is_310p
-from npu_models.errors import UserError
+from npu_models.errors import UserError, arg
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|npu)(?::(\d+))?$")
 _DTYPES = {
@@ -25,7 +25,7 @@ def import_torch_npu():
             "device 'npu' needs the Ascend PyTorch adapter torch_npu, which is not importable here "
             f"({err}). Install it with `pip install -e .[npu]` (torch_npu matching your torch version and "
             "CANN toolkit, with the Ascend driver installed and `source set_env.sh` done), or choose "
-            "--device cuda or --device cpu."
+            f"{arg('device', 'cuda')} or {arg('device', 'cpu')}."
         ) from None
     return torch_npu
 
@@ -39,10 +39,20 @@ def npu_available() -> bool:
 
 
 def resolve_device(spec="auto") -> torch.device:
-    """Turn 'auto' | 'npu[:N]' | 'cuda[:N]' | 'cpu' (or a torch.device) into a usable torch.device.
+    """Turn 'auto' | 'npu[:N]' | 'cuda[:N]' | 'cpu' (or a torch.device) into a usable torch.device, made
+    the current device of its kind.
 
     'auto' picks npu, then cuda, then cpu.
     """
+    device = parse_device(spec)
+    if device.type != "cpu":
+        getattr(torch, device.type).set_device(device.index)
+    return device
+
+
+def parse_device(spec="auto") -> torch.device:
+    """The torch.device `spec` names, refused when this machine has no such device; nothing is set up, so
+    the commands check --device with it before any work."""
     if isinstance(spec, torch.device):
         spec = str(spec)
     match = _DEVICE_PATTERN.match(str(spec).strip().lower())
@@ -60,17 +70,15 @@ def resolve_device(spec="auto") -> torch.device:
         return torch.device("cpu")
     if kind == "npu":
         import_torch_npu()
-        backend, count = torch.npu, torch.npu.device_count() if torch.npu.is_available() else 0
-    else:
-        backend, count = torch.cuda, torch.cuda.device_count() if torch.cuda.is_available() else 0
+    backend = getattr(torch, kind)
+    count = backend.device_count() if backend.is_available() else 0
     index = int(index or 0)
     if count == 0:
         raise UserError(f"device '{spec}' was asked for but no {kind} device is visible; "
-                        "check the driver installation or choose --device cpu.")
+                        f"check the driver installation or choose {arg('device', 'cpu')}.")
     if index >= count:
         raise UserError(f"device '{spec}' does not exist: {count} {kind} device(s) are visible "
                         f"(indices 0..{count - 1}).")
-    backend.set_device(index)
     return torch.device(kind, index)
 
 
@@ -100,7 +108,7 @@ def parse_dtype(name, device: torch.device) -> torch.dtype:
     else:
         raise UserError(f"unknown dtype '{name}': use auto, fp32, fp16 or bf16.")
     if dtype == torch.bfloat16 and device.type == "npu" and is_310p(npu_chip_name(device)):
-        raise UserError(f"{npu_chip_name(device)} has no bf16 support: use --dtype fp16 (the default there).")
+        raise UserError(f"{npu_chip_name(device)} has no bf16 support: use {arg('dtype', 'fp16')} (the default there).")
     return dtype
 
 
