@@ -26,7 +26,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map_only, tree_unflatten
 
 from kernels.plan import is_310p, is_a2_or_a3
-from npu_models.errors import UserError
+from npu_models.errors import UserError, arg
 from npu_models.runtime.device import import_torch_npu, npu_chip_name
 
 GRAPH_BACKENDS = ("auto", "capture", "npugraph_ex", "ge", "inductor")
@@ -70,8 +70,8 @@ def graph_backend_for(device, graph: bool, backend: str = "auto") -> str | None:
         raise UserError(f"unknown graph backend {backend!r}: use one of {', '.join(GRAPH_BACKENDS)}.")
     if not graph:
         if backend != "auto":
-            raise UserError(f"graph backend {backend!r} (--graph-backend) chooses how graph mode runs: add --graph "
-                            "(graph=True), or leave the backend at auto.")
+            raise UserError(f"{arg('graph_backend', backend)} chooses how graph mode runs: add {arg('graph', True)}, "
+                            "or leave the backend at auto.")
         return None
     if backend == "auto":
         return default_graph_backend(device)
@@ -214,8 +214,8 @@ class CapturedGraphs:
             shapes = [tuple(leaf.shape) for leaf in leaves if isinstance(leaf, torch.Tensor)]
             raise RuntimeError(f"graph capture of {getattr(self.fn, '__qualname__', self.fn)} for inputs {shapes} "
                                f"failed: {err}. A captured forward must not wait for the host (.item(), .cpu(), "
-                               "nonzero, shapes read from tensor values); run it eagerly (no --graph) or choose "
-                               "another --graph-backend.") from err
+                               "nonzero, shapes read from tensor values); run it eagerly (without graph mode) or choose "
+                               "another graph backend.") from err
         return Captured(graph, static, outputs)
 
     def warn_uncaptured(self, leaves: list) -> None:
