@@ -109,8 +109,7 @@ def test_an_empty_split_is_explained(tmp_path):
 
 
 def test_captions_run_sorted_and_cut_to_each_batchs_longest_then_come_back_in_order():
-    from eval.common import LatencyMeter
-    from npu_models import parallel
+    from eval.loop import EvalLoop
     lengths = [5, 2, 7, 3, 2]
     masks = (torch.arange(8)[None, :] < torch.tensor(lengths)[:, None]).long()
     ids = masks * torch.arange(1, 6)[:, None]  # caption i's tokens are all i + 1
@@ -121,7 +120,7 @@ def test_captions_run_sorted_and_cut_to_each_batchs_longest_then_come_back_in_or
         assert bool(batch_masks[:, -1].any())  # no batch keeps a column of padding only
         return batch_ids.float().amax(dim=1, keepdim=True)  # which caption: its token value
 
-    embeds = retrieval.text_pass(encode, ids, masks, parallel.data_parallel(1), 2, torch.device("cpu"),
-                                 LatencyMeter(torch.device("cpu")))
+    with EvalLoop(torch.device("cpu")) as loop:
+        embeds = retrieval.text_pass(loop, encode, ids, masks, 2, torch.device("cpu"))
     assert embeds.flatten().tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]  # caption order
     assert widths == [2, 5, 7]  # lengths sorted (2, 2 | 3, 5 | 7), each batch as wide as its longest

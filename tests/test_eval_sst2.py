@@ -7,7 +7,8 @@ import torch
 
 import npu_models
 from eval import sst2
-from eval.common import PredictionStore, plan_batches
+from eval.batching import plan_batches
+from eval.store import PredictionStore
 from tests.conftest import BERT_FIXTURE
 from tests.test_bert import tiny_config
 
