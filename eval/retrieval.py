@@ -112,10 +112,10 @@ def first_images(split: RetrievalSplit, limit: int | None) -> RetrievalSplit:
 def query_names(store: PredictionStore, split: RetrievalSplit) -> dict[str, list[str]]:
     """What each query's record names it by (image file, caption): a file written for other data is refused."""
     queries = {"i2t": [path.name for path in split.image_paths], "t2i": split.texts}
-    for direction, names in queries.items():
-        for row, name in enumerate(names):
-            store.check_matches(f"{direction}:{row}", "query", name)
-    store.say_resuming(len(store.done), len(split.image_paths) + len(split.texts))
+    keys = {f"{direction}:{row}": name for direction, names in queries.items() for row, name in enumerate(names)}
+    for key, name in keys.items():
+        store.check_matches(key, "query", name)
+    store.say_resuming(sum(key in store.done for key in keys), len(keys))
     return queries
 
 
@@ -210,8 +210,8 @@ def check_candidates(store: PredictionStore, direction: str, field: str, expecte
     for row, candidates in enumerate(expected):
         record = store.done.get(f"{direction}:{row}")
         if record is not None and record.get(field) != candidates:
-            raise UserError(f"{store.path} holds rankings of another run (other candidates for the same queries); "
-                            "delete it or pass another --predictions file.")
+            raise UserError(f"{store.path} holds rankings of another run (other candidates for the same queries, as "
+                            "another --limit gives); delete it or pass another --predictions file.")
 
 
 @cli_main
