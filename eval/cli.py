@@ -1,6 +1,6 @@
-"""The eval commands' command line: the shared flags, parsing argv into a command's options, what is
-checked before any work, and the headline printed at the end. The only eval module that speaks in flags
-(besides each command's own parse_args)."""
+"""The eval commands' command line: the shared flags, argv parsed into a command's options dataclass, what
+is checked before any work, the results file and the headline printed at the end. Each command's
+parse_args adds its own flags; its evaluate takes the options."""
 import argparse
 import json
 import tempfile

@@ -83,8 +83,7 @@ def evaluate(options: SST2Options, model=None) -> dict:
         batches = plan_batches([len(ids) for ids in encoded], options.batch_size,
                                runtime.length_buckets(seq_len, runtime.length_step(options.graph)))
         classify(loop, model, todo, encoded, batches, options)
-    # Graph mode compiles one graph per shape: every batch is padded to the full batch size.
-    rows = options.batch_size if options.graph else None
+    rows = static_rows(options)
     labelled = [e for e in examples if e.label is not None]
     return {
         "accuracy": metrics.accuracy([loop.store.done[e.index]["prediction"] for e in labelled],
@@ -95,9 +94,14 @@ def evaluate(options: SST2Options, model=None) -> dict:
     }
 
 
+def static_rows(options: SST2Options) -> int | None:
+    """Graph mode compiles one graph per shape: every batch is padded to the full batch size."""
+    return options.batch_size if options.graph else None
+
+
 def classify(loop: EvalLoop, model, todo: list, encoded: list[list[int]], batches, options: SST2Options) -> None:
     device, labels = next(model.parameters()).device, model.config.labels
-    rows = options.batch_size if options.graph else None
+    rows = static_rows(options)
     compiled = set()
     for positions, length in loop.steps(batches, desc="sst2", unit="batch"):
         batch = make_batch([encoded[i] for i in positions], length, device)

@@ -152,13 +152,18 @@ def visual_batches(options: VQAOptions, task, config, todo, batches: list[list[i
 
 def answer_questions(loop: EvalLoop, model, task, todo, vocab: Path, answers: list[str], data: Path,
                      options: VQAOptions) -> None:
+    """Every question of `todo` answered in the loop, its record (with its scores where the split has
+    annotations) stored; questions whose visual input cannot be read are listed as unreadable."""
     config, text = model.config, model.config.text_input
     text_ids, text_masks = text.encode(vocab, [e.question for e in todo])
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     answer_index = {answer: label for label, answer in enumerate(answers)}
     buckets = runtime.length_buckets(text_ids.shape[1], runtime.length_step(options.graph))
     batches = question_batches(text, text_masks, options.batch_size, buckets)
-    load = lambda mine: visual_batches(options, task, config, todo, mine, data, device)  # noqa: E731
+
+    def load(mine):
+        return visual_batches(options, task, config, todo, mine, data, device)
+
     for positions, visual, failed in loop.steps(batches, load, desc="vqa", unit="batch"):
         for position, error in failed:
             print(f"skipped question {todo[position].question_id}: {error}", file=sys.stderr)
