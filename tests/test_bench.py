@@ -176,3 +176,11 @@ def test_model_all_takes_no_checkpoint(capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(["--model", "all", "--checkpoint", "x"])
     assert exit.value.code == 2 and "--model all runs every model" in capsys.readouterr().err
+
+
+def test_the_command_line_parses_into_bench_options():
+    from eval.bench.options import BenchOptions
+    assert cli.parse_args([]) == BenchOptions() and BenchOptions().batch_sizes == [1, 8, 32]
+    assert cli.parse_args(["--batch-sizes", "2,4", "--modes", "eager", "--end-to-end"]) == BenchOptions(
+        batch_sizes=[2, 4], modes=("eager",), end_to_end=True)
+    assert BenchOptions(end_to_end=True).batch_sizes == [32]
