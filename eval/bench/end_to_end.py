@@ -31,7 +31,7 @@ def end_to_end(entry, options: BenchOptions, device, dtype) -> list[dict]:
         raise UserError(f"--end-to-end times the SST-2 eval; {entry.name} is a {entry.task} model.")
     if parallel.world_size() > 1:
         raise UserError("--end-to-end runs in one process; drop torchrun and --tp.")
-    peer, peer_fn, config, state = peer_maker(benchmarks_of(entry)[entry.name])(options.checkpoint)
+    peer, peer_fn, config, state = peer_maker(entry.name, benchmarks_of(entry)[entry.name])(options.checkpoint)
     ours = entry.build(config)
     ours.load_state_dict(state)
     for module in (ours, peer):

@@ -66,9 +66,9 @@ class BenchRun:
             write_rows(self.rows, self.options.json, self.options.csv)
 
 
-def peer_maker(bench: Benchmark) -> Callable | None:
+def peer_maker(name: str, bench: Benchmark) -> Callable | None:
     """checkpoint -> (peer module, peer fn, our config, our state dict): the transformers/timm model on the
-    same weights, if the part has one."""
+    same weights, if the part named `name` has one."""
     return bench.make_peer
 
 
@@ -141,7 +141,7 @@ def run_benchmark(run: BenchRun, name: str, entry, bench: Benchmark, build_ours)
 def contenders_of(run: BenchRun, name: str, entry, bench: Benchmark, build_ours) -> tuple[object, list[Contender]]:
     """(our config, the contenders): ours (split under --tp), ours whole beside it under --tp, and the peer
     on the same weights unless there is none or --no-peer."""
-    make_peer, checkpoint, tp = peer_maker(bench), run.options.checkpoint, run.tp
+    make_peer, checkpoint, tp = peer_maker(name, bench), run.options.checkpoint, run.tp
     if make_peer is None and not run.options.no_peer:
         run.say(f"note: {name} has no peer implementation to run beside ours; timing ours alone", file=sys.stderr)
     whole, peer = None, None
