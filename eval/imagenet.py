@@ -7,94 +7,96 @@ ILSVRC2012_validation_ground_truth.txt and meta.mat beside it, in ILSVRC2012_dev
 up) or one folder per class named by WordNet id. With neither --checkpoint nor --data it runs a demo on
 the bundled sample with random full-size weights.
 """
-import argparse
 import os
 import sys
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, StepGather, add_common_args, batch_positions,
-                         demo_banner, pad_rows, progress, run_eval, run_metadata, run_record)
+from eval.batching import batch_positions, pad_rows
+from eval.cli import add_common_args, command_parser, parse_options, run_eval
 from eval.data.imagenet import read_imagenet
 from eval.data.images import ImageDataset, collate
-from npu_models import parallel
+from eval.loop import EvalLoop
+from eval.samples import SAMPLES_DIR
+from eval.options import EvalOptions, demo_banner, run_metadata, run_record
+from eval.store import PredictionStore
 from npu_models.errors import UserError, cli_main
 
 SAMPLE = SAMPLES_DIR / "imagenet"
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m eval.imagenet", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, "imagenet", default_batch_size=64, prediction_key="file")
-    parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="DataLoader workers decoding and transforming images")
-    return parser.parse_args(argv)
+@dataclass
+class ImageNetOptions(EvalOptions):
+    task: ClassVar[str] = "imagenet"
+    prediction_key: ClassVar[str] = "file"
+    batch_size: int = 64
+    num_workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))  # DataLoader workers
 
 
-def evaluate(args) -> dict:
-    if args.checkpoint is None:
-        demo_banner(f"{args.model} with random weights on "
-                    + ("the bundled ImageNet sample." if args.data is None else f"{args.data}."))
-    data = args.data or SAMPLE
-    examples = read_imagenet(data)[: args.limit]
-    model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, args.graph, args.tp,
-                                  task="imagenet", config_file=args.config,
-                                  graph_backend=args.graph_backend)
+def parse_args(argv) -> ImageNetOptions:
+    parser = command_parser("python -m eval.imagenet", __doc__)
+    add_common_args(parser, ImageNetOptions)
+    parser.add_argument("--num-workers", type=int, help="DataLoader workers decoding and transforming images")
+    return parse_options(parser, ImageNetOptions, argv)
+
+
+def evaluate(options: ImageNetOptions) -> dict:
+    if options.checkpoint is None:
+        demo_banner(f"{options.model} with random weights on "
+                    + ("the bundled ImageNet sample." if options.data is None else f"{options.data}."))
+    data = options.data or SAMPLE
+    examples = read_imagenet(data)[: options.limit]
+    model = npu_models.load_model(options.model, options.checkpoint, options.device, options.dtype, options.graph,
+                                  options.tp, task="imagenet", config_file=options.config,
+                                  graph_backend=options.graph_backend)
     config = model.config
     if not getattr(config, "num_classes", 0):
-        raise UserError(f"{args.checkpoint} has no classification head; ImageNet needs one.")
+        raise UserError(f"{options.checkpoint} has no classification head; ImageNet needs one.")
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    top_k = min(5, config.num_classes)
+    run = run_record(options, dtype, image_size=config.image_size)
+    with EvalLoop(device, options.tp, options.started_at, PredictionStore(options.predictions, "file", run)) as loop:
+        classify(loop, model, loop.store.pending(examples, field="label"), options)
 
-    store = PredictionStore(args.predictions, key=args.prediction_key, run=run_record(args, dtype, image_size=config.image_size))
-    todo = store.pending(examples, field="label")
-    dp = parallel.data_parallel(args.tp)
-    batches = batch_positions(len(todo), args.batch_size)
-    loader = torch.utils.data.DataLoader(ImageDataset([e.path for e in todo], config.transform),
-                                         batch_sampler=dp.share(batches), num_workers=args.num_workers,
-                                         collate_fn=collate, pin_memory=device.type != "cpu")
-    meter, gathered = LatencyMeter(device, args.started_at), StepGather(dp, store, len(batches))
-    try:
-        for positions, pixels, failed in progress(loader, desc="imagenet", unit="batch"):
-            for position, error in failed:
-                print(f"skipped unreadable image {todo[position].path}: {error}", file=sys.stderr)
-            gathered.add(predict(model, pixels, positions, todo, args, meter, top_k),
-                         [{"file": todo[position].file, "error": error} for position, error in failed])
-        gathered.finish()
-    finally:
-        store.close()
-    meter.gather(dp)
-    unreadable = gathered.unreadable
-
-    scored = [e for e in examples if e.label is not None and e.file in store.done]
-    ranked = [store.done[e.file]["top5"] for e in scored]
+    scored = [e for e in examples if e.label is not None and e.file in loop.store.done]
+    ranked = [loop.store.done[e.file]["top5"] for e in scored]
     labels = [e.label for e in scored]
     return {
         "top1": metrics.top_k_accuracy(ranked, labels, 1) if scored else None,
         "top5": metrics.top_k_accuracy(ranked, labels, 5) if scored else None,
-        "num_examples": len(scored), "num_images": len(examples), "num_computed": meter.samples,
-        "num_unreadable": len(unreadable), "unreadable": unreadable, "data": str(data),
-        "image_size": config.image_size, **meter.summary(), **run_metadata(args, device, dtype),
+        "num_examples": len(scored), "num_images": len(examples), "num_computed": loop.meter.samples,
+        "num_unreadable": len(loop.unreadable), "unreadable": loop.unreadable, "data": str(data),
+        "image_size": config.image_size, **loop.meter.summary(), **run_metadata(options, device, dtype),
     }
 
 
-def predict(model, pixels, positions: list[int], todo, args, meter: LatencyMeter, top_k: int) -> list[dict]:
-    """The prediction records of one batch (none when every image of it was unreadable)."""
-    if pixels is None:
-        return []
+def classify(loop: EvalLoop, model, todo: list, options: ImageNetOptions) -> None:
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    if args.graph:  # one static shape for the compiled graph
-        (pixels,) = pad_rows((pixels,), args.batch_size)
-    with meter, torch.no_grad():
-        logits = model(pixels.to(device, dtype, non_blocking=True))
-        probs, ranked = logits.float().softmax(dim=-1)[: len(positions)].topk(top_k, dim=-1)
-        probs, ranked = probs.cpu(), ranked.cpu()
-    meter.samples += len(positions)
-    return [{"file": todo[p].file, "label": todo[p].label, "prediction": r[0], "top5": r, "top5_probs": pr}
-            for p, r, pr in zip(positions, ranked.tolist(), probs.tolist())]
+    top_k = min(5, model.config.num_classes)
+    dataset = ImageDataset([e.path for e in todo], model.config.transform)
+
+    def load(mine):
+        return torch.utils.data.DataLoader(dataset, batch_sampler=mine, num_workers=options.num_workers,
+                                           collate_fn=collate, pin_memory=device.type != "cpu")
+
+    batches = batch_positions(len(todo), options.batch_size)
+    for positions, pixels, failed in loop.steps(batches, load, desc="imagenet", unit="batch"):
+        for position, error in failed:
+            print(f"skipped unreadable image {todo[position].path}: {error}", file=sys.stderr)
+        loop.add([], [{"file": todo[position].file, "error": error} for position, error in failed])
+        if pixels is None:  # every image of the batch was unreadable
+            continue
+        if options.graph:  # one static shape for the compiled graph
+            (pixels,) = pad_rows((pixels,), options.batch_size)
+        with loop.timed(len(positions)):
+            logits = model(pixels.to(device, dtype, non_blocking=True))
+            probs, ranked = logits.float().softmax(dim=-1)[: len(positions)].topk(top_k, dim=-1)
+            probs, ranked = probs.cpu(), ranked.cpu()
+        loop.add([{"file": todo[p].file, "label": todo[p].label, "prediction": r[0], "top5": r, "top5_probs": pr}
+                  for p, r, pr in zip(positions, ranked.tolist(), probs.tolist())])
 
 
 @cli_main

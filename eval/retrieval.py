@@ -7,174 +7,212 @@
 (Karpathy's). Image and caption embeddings are computed once, in batches, and the similarity matrix is
 formed on the device. VLMo ranks by that similarity (ITC); BLIP then re-ranks each query's top --k-test
 candidates with its ITM head in both directions (score = ITM logit + ITC similarity), the slow part, which
-is batched across queries, streamed to --predictions and resumed from there.
+is batched across queries. --predictions gets one JSON line per query (each image's top-10 captions, each
+caption's top-10 images; BLIP's lines also hold the re-ranked candidates and their scores), written as
+they are ranked and resumed from there.
 
 Under torchrun with more processes than --tp, each data-parallel rank embeds its share of the image and
 caption batches and re-ranks its share of each step's query chunks; every rank gathers all of them in one
 process's order, so each holds the whole similarity matrix and computes the same metrics.
 """
-import argparse
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, StepGather, add_common_args, batch_positions,
-                         bert_uncased_vocab, content_hash, demo_banner, plan_batches, progress, run_eval, run_metadata,
-                         run_record, write_json_atomic)
+from eval.batching import batch_positions, plan_batches
+from eval.cli import add_common_args, command_parser, parse_options, run_eval
 from eval.data.images import ImageDataset, collate
-from eval.data.retrieval import read_retrieval
-from npu_models import parallel, registry, runtime
-from npu_models.tasks import score_matrix
+from eval.data.retrieval import RetrievalSplit, read_retrieval
+from eval.loop import EvalLoop
+from eval.samples import SAMPLES_DIR
+from eval.options import (EvalOptions, bert_uncased_vocab, content_hash, demo_banner, run_metadata,
+                          run_record)
+from eval.store import PredictionStore
+from npu_models import registry, runtime
 from npu_models.errors import UserError, cli_main
+from npu_models.tasks import score_matrix
 
 SAMPLE = SAMPLES_DIR / "retrieval"
+TOP = 10  # candidates listed per query in --predictions
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m eval.retrieval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, "retrieval", default_batch_size=64)
-    parser.add_argument("--split", default="test")
+@dataclass
+class RetrievalOptions(EvalOptions):
+    task: ClassVar[str] = "retrieval"
+    prediction_key: ClassVar[str] = "key"
+    batch_size: int = 64
+    split: str = "test"
+    vocab: Path | None = None         # bert-base-uncased vocab.txt; None: in --data or beside the checkpoint
+    k_test: int | None = None         # re-ranking models: candidates re-ranked per query; None: the model's
+    num_workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+
+
+def parse_args(argv) -> RetrievalOptions:
+    parser = command_parser("python -m eval.retrieval", __doc__)
+    add_common_args(parser, RetrievalOptions)
+    parser.add_argument("--split", help="(default test)")
     parser.add_argument("--vocab", type=Path, help="bert-base-uncased vocab.txt (default: in --data or beside the checkpoint)")
     parser.add_argument("--k-test", type=int, help="BLIP: candidates re-ranked by ITM per query (default: the "
                         "model's, 256 as the reference)")
-    parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
-    return parser.parse_args(argv)
+    parser.add_argument("--num-workers", type=int)
+    return parse_options(parser, RetrievalOptions, argv)
 
 
-def for_gather(tensor, dp):
+def evaluate(options: RetrievalOptions) -> dict:
+    entry = registry.get_entry(options.model, task="retrieval")
+    task = entry.retrieval
+    if options.checkpoint is None:
+        demo_banner(f"{entry.name} with random weights on " + (
+            "the bundled retrieval sample." if options.data is None else f"{options.data}."))
+    if options.graph:
+        print("note: eval.retrieval runs eagerly; --graph is not used here", file=sys.stderr)
+    data = options.data or SAMPLE
+    split = first_images(read_retrieval(data, options.split), options.limit)
+    model = npu_models.load_model(entry.name, options.checkpoint, options.device, options.dtype, False, options.tp,
+                                  task="retrieval", config_file=options.config)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    vocab = bert_uncased_vocab(options, data)
+    k = None if task.rerank is None else min(options.k_test or task.rerank_k(model.config), len(split.image_paths),
+                                             len(split.texts))
+    run = run_record(options, dtype, split=options.split, vocab=content_hash(vocab),
+                     **({} if k is None else {"k_test": k}))
+    with EvalLoop(device, options.tp, options.started_at, PredictionStore(options.predictions, "key", run)) as loop:
+        queries = query_names(loop.store, split)
+        ids, masks = model.config.text_input.encode(vocab, split.texts)
+        image_embeds, memory = image_pass(loop, lambda pixels: task.encode_images(model, pixels), split, options,
+                                          model.config.transform, dtype)
+        text_embeds = text_pass(loop, lambda i, m: task.encode_texts(model, i, m), ids, masks, options.batch_size,
+                                device)
+        sims = image_embeds.float() @ text_embeds.float().T
+        if k is None:
+            scores = rank_by_similarity(loop.store, sims, queries)
+        else:
+            scores = rerank_pass(loop, task, model, sims, memory, ids, masks, k, options.batch_size, queries)
+    results = {} if k is None else {"k_test": k}
+    results.update(metrics.retrieval_recall(scores["i2t"].cpu(), scores["t2i"].cpu(), split.image_to_texts,
+                                            split.text_to_image))
+    results.update({"num_images": len(split.image_paths), "num_texts": len(split.texts), "data": str(data),
+                    **loop.meter.summary(), **run_metadata(options, device, dtype)})
+    return results
+
+
+def first_images(split: RetrievalSplit, limit: int | None) -> RetrievalSplit:
+    """The first `limit` images and their captions."""
+    if not limit:
+        return split
+    return RetrievalSplit(split.image_paths[:limit], [t for t, i in zip(split.texts, split.text_to_image) if i < limit],
+                          [i for i in split.text_to_image if i < limit])
+
+
+def query_names(store: PredictionStore, split: RetrievalSplit) -> dict[str, list[str]]:
+    """What each query's record names it by (image file, caption): a file written for other data is refused."""
+    queries = {"i2t": [path.name for path in split.image_paths], "t2i": split.texts}
+    keys = {f"{direction}:{row}": name for direction, names in queries.items() for row, name in enumerate(names)}
+    for key, name in keys.items():
+        store.check_matches(key, "query", name)
+    store.say_resuming(sum(key in store.done for key in keys), len(keys))
+    return queries
+
+
+def for_gather(tensor, loop: EvalLoop):
     """gloo carries CPU tensors (a device tensor would arrive on the sender's device); one process keeps them
     where they are."""
-    return tensor.cpu() if dp.size > 1 and tensor is not None else tensor
+    return tensor.cpu() if loop.dp.size > 1 and tensor is not None else tensor
 
 
-def image_pass(encode, split, dp, batch_size, num_workers, transform, device, dtype, meter):
+def image_pass(loop: EvalLoop, encode, split: RetrievalSplit, options: RetrievalOptions, transform, dtype):
     """`encode` (pixels -> (embeddings, memory or None)) over every image of the split: each data-parallel rank
     embeds its share of the batches and every rank gets all of them, in image order, on the device."""
-    batches = batch_positions(len(split.image_paths), batch_size)
-    loader = torch.utils.data.DataLoader(ImageDataset(split.image_paths, transform), batch_sampler=dp.share(batches),
-                                         num_workers=num_workers, collate_fn=collate, pin_memory=device.type != "cpu")
+    device = loop.device
+    dataset = ImageDataset(split.image_paths, transform)
 
-    def mine():
-        for positions, pixels, failed in progress(loader, desc="images", unit="batch"):
-            if failed:  # sent to every rank, which all stop at the same step instead of waiting on this one
-                yield None, None, failed[0]
-                return
-            with meter, torch.no_grad():
-                embeds, memory = encode(pixels.to(device, dtype, non_blocking=True))
-            meter.samples += len(positions)
-            yield for_gather(embeds, dp), for_gather(memory, dp), None
+    def load(mine):
+        return torch.utils.data.DataLoader(dataset, batch_sampler=mine, num_workers=options.num_workers,
+                                           collate_fn=collate, pin_memory=device.type != "cpu")
 
-    embeds, memory = [], []
-    for batch_embeds, batch_memory, failed in dp.in_order(mine(), len(batches)):
+    parts = []
+    batches = batch_positions(len(split.image_paths), options.batch_size)
+    for positions, pixels, failed in loop.steps(batches, load, sink=parts.extend, desc="images", unit="batch"):
         if failed:  # every image has a row in the score matrices: a missing one cannot be skipped
-            position, error = failed
+            position, error = failed[0]
             raise UserError(f"image {split.image_paths[position]} cannot be read ({error}); retrieval needs every "
                             "image of the split.")
-        embeds.append(batch_embeds)
-        memory.append(batch_memory)
-    return torch.cat(embeds).to(device), None if memory[0] is None else torch.cat(memory).to(device)
+        with loop.timed(len(positions)):
+            embeds, memory = encode(pixels.to(device, dtype, non_blocking=True))
+        loop.add([(for_gather(embeds, loop), for_gather(memory, loop))])
+    memory = None if parts[0][1] is None else torch.cat([memory for _, memory in parts]).to(device)
+    return torch.cat([embeds for embeds, _ in parts]).to(device), memory
 
 
-def text_pass(encode, ids, masks, dp, batch_size, device, meter) -> torch.Tensor:
+def text_pass(loop: EvalLoop, encode, ids, masks, batch_size: int, device) -> torch.Tensor:
     """Like image_pass, for the captions: sorted by length, each batch cut to its longest caption (a padded
     key is a masked one, so the embeddings are unchanged), then put back in caption order."""
     lengths = masks.sum(dim=1).tolist()
     batches = plan_batches(lengths, batch_size, runtime.length_buckets(ids.shape[1], runtime.length_step(False)))
-
-    def mine():
-        for positions, length in progress(dp.share(batches), desc="texts", unit="batch"):
-            with meter, torch.no_grad():
-                embeds = encode(ids[positions, :length].to(device), masks[positions, :length].to(device))
-            meter.samples += len(positions)
-            yield for_gather(embeds, dp)
-
-    sorted_embeds = torch.cat(list(dp.in_order(mine(), len(batches)))).to(device)
+    parts = []
+    for positions, length in loop.steps(batches, sink=parts.extend, desc="texts", unit="batch"):
+        with loop.timed(len(positions)):
+            embeds = encode(ids[positions, :length].to(device), masks[positions, :length].to(device))
+        loop.add([for_gather(embeds, loop)])
+    sorted_embeds = torch.cat(parts).to(device)
     order = torch.tensor([position for positions, _ in batches for position in positions], device=device)
     return torch.empty_like(sorted_embeds).index_copy_(0, order, sorted_embeds)
 
 
-def rerank_pass(rerank, model, sims, memory, ids, masks, k, dp, batch_size, store, meter):
+def top_candidates(scores: torch.Tensor) -> list[list[int]]:
+    """Each row's best TOP columns, best first."""
+    return scores.topk(min(TOP, scores.shape[1]), dim=1).indices.tolist()
+
+
+def rank_by_similarity(store: PredictionStore, sims, queries: dict) -> dict:
+    """Models that rank by similarity alone: every rank holds the whole matrix, so the records are made here
+    (the store writes on the main process only), those already in the store checked instead."""
+    scores = {"i2t": sims, "t2i": sims.T}
+    for direction, matrix in scores.items():
+        top = top_candidates(matrix)
+        check_candidates(store, direction, "top10", top)
+        store.add([{"key": f"{direction}:{row}", "query": queries[direction][row], "top10": candidates}
+                   for row, candidates in enumerate(top) if f"{direction}:{row}" not in store.done])
+    return scores
+
+
+def rerank_pass(loop: EvalLoop, task, model, sims, memory, ids, masks, k: int, batch_size: int, queries) -> dict:
     """Both directions, a chunk of query rows per re-ranking pass, the chunks shared over the data-parallel
-    ranks; rows already in the store are not recomputed. Returns {direction: (candidate indices, scores)}."""
-    device = sims.device
-    ids, masks = ids.to(device), masks.to(device)
-    ranked = {}
-    for direction, num_rows in (("i2t", sims.shape[0]), ("t2i", sims.shape[1])):
-        todo = [row for row in range(num_rows) if f"{direction}:{row}" not in store.done]
+    ranks; rows already in the store are not recomputed. Returns each direction's score matrix."""
+    ids, masks = ids.to(sims.device), masks.to(sims.device)
+    scores = {}
+    for direction, matrix in (("i2t", sims), ("t2i", sims.T)):
+        check_candidates(loop.store, direction, "indices", matrix.topk(k, dim=1).indices.tolist())
+        todo = [row for row in range(len(matrix)) if f"{direction}:{row}" not in loop.store.done]
         chunk = max(1, batch_size // k)
         chunks = [todo[start:start + chunk] for start in range(0, len(todo), chunk)]
-        gathered = StepGather(dp, store, len(chunks))
-        for rows in progress(dp.share(chunks), desc=f"rerank {direction}", unit="chunk"):
-            with meter:
-                indices, scores = rerank(model, sims, memory, ids, masks, direction, rows, k)
-            meter.samples += len(rows) * k
-            gathered.add([{"key": f"{direction}:{row}", "indices": i, "scores": s}
-                          for row, i, s in zip(rows, indices.tolist(), scores.tolist())], [])
-        gathered.finish()
-        records = [store.done[f"{direction}:{row}"] for row in range(num_rows)]
-        expected_top = (sims if direction == "i2t" else sims.T).topk(k, dim=1).indices.tolist()
-        if any(r["indices"] != top for r, top in zip(records, expected_top)):
-            raise UserError(f"{store.path} holds re-ranking results of another run (other candidates for the same "
-                            "queries); delete it or pass another --predictions file.")
-        ranked[direction] = (torch.tensor([r["indices"] for r in records]), torch.tensor([r["scores"] for r in records]))
-    return ranked
+        for rows in loop.steps(chunks, desc=f"rerank {direction}", unit="chunk"):
+            with loop.timed(len(rows) * k):
+                ranked = task.rerank(model, sims, memory, ids, masks, direction, rows, k)
+            top = top_candidates(score_matrix(ranked, (len(rows), matrix.shape[1]), task.unselected_score))
+            indices, row_scores = (t.tolist() for t in ranked)
+            loop.add([{"key": f"{direction}:{row}", "query": queries[direction][row], "indices": indices[i],
+                       "scores": row_scores[i], "top10": top[i]} for i, row in enumerate(rows)])
+        records = [loop.store.done[f"{direction}:{row}"] for row in range(len(matrix))]
+        ranked = (torch.tensor([r["indices"] for r in records]), torch.tensor([r["scores"] for r in records]))
+        scores[direction] = score_matrix(ranked, tuple(matrix.shape), task.unselected_score)
+    return scores
 
 
-def evaluate(args) -> dict:
-    entry = registry.get_entry(args.model, task="retrieval")
-    task = entry.retrieval
-    if args.checkpoint is None:
-        demo_banner(f"{entry.name} with random weights on " + (
-            "the bundled retrieval sample." if args.data is None else f"{args.data}."))
-    if args.graph:
-        print("note: eval.retrieval runs eagerly; --graph is not used here", file=sys.stderr)
-    data = args.data or SAMPLE
-    split = read_retrieval(data, args.split)
-    if args.limit:
-        split = type(split)(split.image_paths[: args.limit],
-                            [t for t, i in zip(split.texts, split.text_to_image) if i < args.limit],
-                            [i for i in split.text_to_image if i < args.limit])
-    model = npu_models.load_model(entry.name, args.checkpoint, args.device, args.dtype, False, args.tp, task="retrieval",
-                                  config_file=args.config)
-    config = model.config
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    vocab = bert_uncased_vocab(args, data)
-    ids, masks = config.text_input.encode(vocab, split.texts)
-
-    dp = parallel.data_parallel(args.tp)
-    meter = LatencyMeter(device, args.started_at)
-    image_embeds, memory = image_pass(lambda pixels: task.encode_images(model, pixels), split, dp, args.batch_size,
-                                      args.num_workers, config.transform, device, dtype, meter)
-    text_embeds = text_pass(lambda i, m: task.encode_texts(model, i, m), ids, masks, dp, args.batch_size, device,
-                            meter)
-    sims = image_embeds.float() @ text_embeds.float().T
-    results = {}
-    if task.rerank is not None:
-        k = min(args.k_test or task.rerank_k(config), *sims.shape)
-        run = run_record(args, dtype, split=args.split, vocab=content_hash(vocab), k_test=k)
-        store = PredictionStore(args.predictions, key="key", run=run)
-        try:
-            ranked = rerank_pass(task.rerank, model, sims, memory, ids, masks, k, dp, args.batch_size, store, meter)
-        finally:
-            store.close()
-        scores_i2t = score_matrix(ranked["i2t"], tuple(sims.shape), task.unselected_score)
-        scores_t2i = score_matrix(ranked["t2i"], tuple(sims.T.shape), task.unselected_score)
-        results["k_test"] = k
-    else:
-        scores_i2t, scores_t2i = sims, sims.T
-        if args.predictions and parallel.is_main_process():
-            write_json_atomic(args.predictions, {"i2t_top10": sims.topk(min(10, sims.shape[1]), dim=1).indices.tolist(),
-                                                 "t2i_top10": sims.T.topk(min(10, sims.shape[0]), dim=1).indices.tolist()})
-    meter.gather(dp)
-    results.update(metrics.retrieval_recall(scores_i2t.cpu(), scores_t2i.cpu(), split.image_to_texts, split.text_to_image))
-    results.update({"num_images": len(split.image_paths), "num_texts": len(split.texts), "data": str(data),
-                    **meter.summary(), **run_metadata(args, device, dtype)})
-    return results
+def check_candidates(store: PredictionStore, direction: str, field: str, expected: list[list[int]]) -> None:
+    """Records read back must rank what this run ranks: other candidates for the same queries mean another
+    run (another --limit, or data changed beside the same query names)."""
+    for row, candidates in enumerate(expected):
+        record = store.done.get(f"{direction}:{row}")
+        if record is not None and record.get(field) != candidates:
+            raise UserError(f"{store.path} holds rankings of another run (other candidates for the same queries, as "
+                            "another --limit gives); delete it or pass another --predictions file.")
 
 
 @cli_main

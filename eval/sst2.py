@@ -5,33 +5,44 @@
 With neither --checkpoint nor --data it runs a demo: the bundled 40-sentence sample through randomly
 initialised full-size weights.
 """
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 import npu_models
 from eval import metrics
-from eval.common import (SAMPLES_DIR, LatencyMeter, PredictionStore, StepGather, add_common_args, content_hash, demo_banner,
-                         pad_rows, plan_batches, progress, run_eval, run_metadata, run_record)
+from eval.batching import pad_rows, plan_batches
+from eval.cli import add_common_args, command_parser, parse_options, run_eval
+from eval.loop import EvalLoop
+from eval.samples import SAMPLES_DIR
+from eval.options import EvalOptions, content_hash, demo_banner, run_metadata, run_record
+from eval.store import PredictionStore
 from eval.data.sst2 import read_sst2
-from npu_models import parallel, registry, runtime
+from npu_models import registry, runtime
 from npu_models.errors import UserError, cli_main
 from npu_models.tokenizer import bert_tokenizer
 
 SAMPLE = SAMPLES_DIR / "sst2"
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m eval.sst2", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, "sst2", prediction_key="index")
-    parser.add_argument("--seq-len", type=int, default=128,
-                        help="maximum tokens per sentence incl. [CLS]/[SEP] (default 128, as ModelZoo); "
-                             "capped at the model's maximum positions")
+@dataclass
+class SST2Options(EvalOptions):
+    task: ClassVar[str] = "sst2"
+    prediction_key: ClassVar[str] = "index"
+    seq_len: int = 128                # tokens per sentence with [CLS]/[SEP], capped at the model's positions
+    vocab: Path | None = None         # None: the vocab.txt beside the checkpoint (the sample's for random weights)
+
+
+def parse_args(argv) -> SST2Options:
+    parser = command_parser("python -m eval.sst2", __doc__)
+    add_common_args(parser, SST2Options)
+    parser.add_argument("--seq-len", type=int, help="maximum tokens per sentence incl. [CLS]/[SEP] (default 128, as "
+                        "ModelZoo); capped at the model's maximum positions")
     parser.add_argument("--vocab", type=Path, help="vocab.txt (default: the one beside the checkpoint)")
-    return parser.parse_args(argv)
+    return parse_options(parser, SST2Options, argv)
 
 
 def resolve_vocab(vocab: Path | None, checkpoint: Path | None) -> Path:
@@ -46,76 +57,71 @@ def resolve_vocab(vocab: Path | None, checkpoint: Path | None) -> Path:
     return directory / "vocab.txt"
 
 
-def evaluate(args, model=None) -> dict:
-    """The command's work; `model` given (eval.bench --end-to-end) replaces loading --checkpoint."""
-    if args.checkpoint is None and model is None:
-        demo_banner(f"{registry.get_entry(args.model, task='sst2').name} with random weights on "
-                    + ("the bundled SST-2 sample." if args.data is None else f"{args.data}."))
-    data = args.data or SAMPLE / "dev.tsv"
-    examples = read_sst2(data)[: args.limit]
+def evaluate(options: SST2Options, model=None) -> dict:
+    """The command's work; `model` given (eval.bench's end-to-end flow) replaces loading options.checkpoint."""
+    if options.checkpoint is None and model is None:
+        demo_banner(f"{registry.get_entry(options.model, task='sst2').name} with random weights on "
+                    + ("the bundled SST-2 sample." if options.data is None else f"{options.data}."))
+    data = options.data or SAMPLE / "dev.tsv"
+    examples = read_sst2(data)[: options.limit]
     if model is None:
-        model = npu_models.load_model(args.model, args.checkpoint, args.device, args.dtype, args.graph, args.tp,
-                                      task="sst2", config_file=args.config, graph_backend=args.graph_backend)
-    config = model.config
-    if not config.num_labels:
-        raise UserError(f"{args.checkpoint} is a BERT encoder without a classification head; "
+        model = npu_models.load_model(options.model, options.checkpoint, options.device, options.dtype, options.graph,
+                                      options.tp, task="sst2", config_file=options.config,
+                                      graph_backend=options.graph_backend)
+    if not model.config.num_labels:
+        raise UserError(f"{options.checkpoint} is a BERT encoder without a classification head; "
                         "SST-2 needs a BertForSequenceClassification checkpoint.")
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    seq_len = min(args.seq_len, config.max_positions)
-    if seq_len < args.seq_len:
-        print(f"note: --seq-len {args.seq_len} capped at the model's {config.max_positions} positions", file=sys.stderr)
-
-    vocab = resolve_vocab(args.vocab, args.checkpoint)
-    store = PredictionStore(args.predictions, key=args.prediction_key, run=run_record(args, dtype, seq_len=seq_len, vocab=content_hash(vocab)))
-    todo = store.pending(examples, field="sentence")
-
-    tokenizer = bert_tokenizer(vocab, config.do_lower_case, seq_len)
-    encoded = [e.ids for e in tokenizer.encode_batch([e.sentence for e in todo])]
-    buckets = runtime.length_buckets(seq_len, runtime.length_step(args.graph))
-    batches = plan_batches([len(ids) for ids in encoded], args.batch_size, buckets)
-    dp = parallel.data_parallel(args.tp)
-    mine = dp.share(batches)
-    # Graph mode compiles one graph per shape: every batch is padded to the full batch size.
-    rows = args.batch_size if args.graph else None
-
-    meter, gathered = LatencyMeter(device, args.started_at), StepGather(dp, store, len(batches))
-    if args.graph and mine:
-        for length in sorted({length for _, length in mine}):
-            with torch.no_grad():
-                model(*pad_rows(make_batch([[0]], length, device), rows))  # compile every shape before timing
-    try:
-        for positions, length in progress(mine, desc="sst2", unit="batch"):
-            batch = make_batch([encoded[i] for i in positions], length, device)
-            if rows:
-                batch = pad_rows(batch, rows)
-            elif all(len(encoded[i]) == length for i in positions):  # no padded token: attention needs no mask
-                batch = (batch[0], None, batch[2])
-            with meter, torch.no_grad():
-                probs = model(*batch).float().softmax(dim=-1)[: len(positions)].cpu()
-            meter.samples += len(positions)
-            records = []
-            for position, row in zip(positions, probs.tolist()):
-                example = todo[position]
-                prediction = metrics.argmax(row)
-                records.append({"index": example.index, "sentence": example.sentence, "label": example.label,
-                                "prediction": prediction, "prediction_label": config.labels[prediction],
-                                "probs": row})
-            gathered.add(records, [])
-        gathered.finish()
-    finally:
-        store.close()
-    meter.gather(dp)
-
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    seq_len = min(options.seq_len, model.config.max_positions)
+    if seq_len < options.seq_len:
+        print(f"note: --seq-len {options.seq_len} capped at the model's {model.config.max_positions} positions",
+              file=sys.stderr)
+    vocab = resolve_vocab(options.vocab, options.checkpoint)
+    run = run_record(options, dtype, seq_len=seq_len, vocab=content_hash(vocab))
+    with EvalLoop(device, options.tp, options.started_at, PredictionStore(options.predictions, "index", run)) as loop:
+        todo = loop.store.pending(examples, field="sentence")
+        tokenizer = bert_tokenizer(vocab, model.config.do_lower_case, seq_len)
+        encoded = [e.ids for e in tokenizer.encode_batch([e.sentence for e in todo])]
+        batches = plan_batches([len(ids) for ids in encoded], options.batch_size,
+                               runtime.length_buckets(seq_len, runtime.length_step(options.graph)))
+        classify(loop, model, todo, encoded, batches, options)
+    rows = static_rows(options)
     labelled = [e for e in examples if e.label is not None]
-    results = {
-        "accuracy": metrics.accuracy([store.done[e.index]["prediction"] for e in labelled],
+    return {
+        "accuracy": metrics.accuracy([loop.store.done[e.index]["prediction"] for e in labelled],
                                      [e.label for e in labelled]) if labelled else None,
         "num_examples": len(examples), "num_computed": len(todo), "seq_len": seq_len,
         "token_rows": sum((rows or len(positions)) * length for positions, length in batches),  # padding included
-        "data": str(data), **meter.summary(), **run_metadata(args, device, dtype),
+        "data": str(data), **loop.meter.summary(), **run_metadata(options, device, dtype),
     }
-    return results
+
+
+def static_rows(options: SST2Options) -> int | None:
+    """Graph mode compiles one graph per shape: every batch is padded to the full batch size."""
+    return options.batch_size if options.graph else None
+
+
+def classify(loop: EvalLoop, model, todo: list, encoded: list[list[int]], batches, options: SST2Options) -> None:
+    device, labels = next(model.parameters()).device, model.config.labels
+    rows = static_rows(options)
+    compiled = set()
+    for positions, length in loop.steps(batches, desc="sst2", unit="batch"):
+        batch = make_batch([encoded[i] for i in positions], length, device)
+        if rows:
+            batch = pad_rows(batch, rows)
+            if length not in compiled:  # compile this shape before it is timed
+                model(*batch)
+                compiled.add(length)
+        elif all(len(encoded[i]) == length for i in positions):  # no padded token: attention needs no mask
+            batch = (batch[0], None, batch[2])
+        with loop.timed(len(positions)):
+            probs = model(*batch).float().softmax(dim=-1)[: len(positions)].cpu()
+        records = []
+        for position, row in zip(positions, probs.tolist()):
+            example, prediction = todo[position], metrics.argmax(row)
+            records.append({"index": example.index, "sentence": example.sentence, "label": example.label,
+                            "prediction": prediction, "prediction_label": labels[prediction], "probs": row})
+        loop.add(records)
 
 
 def make_batch(sequences: list[list[int]], length: int, device):

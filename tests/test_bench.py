@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from eval import bench
-from eval.bench import COLUMNS
+from eval.bench import cli, flops, report
+from eval.bench.report import COLUMNS
 from npu_models import registry
 from tests.conftest import BERT_FIXTURE, FIXTURES
 
@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 def test_bench_rows_cover_both_implementations_on_the_same_weights(tmp_path, capsys):
     out_json, out_csv = tmp_path / "bench.json", tmp_path / "bench.csv"
-    bench.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--batch-sizes", "1,3",
+    cli.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--batch-sizes", "1,3",
                 "--seq-len", "16", "--modes", "eager", "--warmup", "1", "--iters", "2",
                 "--json", str(out_json), "--csv", str(out_csv)])
     rows = json.loads(out_json.read_text())
@@ -28,14 +28,14 @@ def test_bench_rows_cover_both_implementations_on_the_same_weights(tmp_path, cap
 
 def test_bench_rejects_unknown_modes(capsys):
     with pytest.raises(SystemExit):
-        bench.main(["--modes", "eager,fast", "--device", "cpu"])
+        cli.main(["--modes", "eager,fast", "--device", "cpu"])
     assert "--modes takes eager and/or graph" in capsys.readouterr().err
 
 
 def test_vit_bench_against_timm_on_the_fixture_npz(tmp_path):
     pytest.importorskip("timm")
     out = tmp_path / "vit.json"
-    bench.main(["--model", "vit", "--checkpoint", str(FIXTURES / "reference" / "vit" / "checkpoint.npz"),
+    cli.main(["--model", "vit", "--checkpoint", str(FIXTURES / "reference" / "vit" / "checkpoint.npz"),
                 "--device", "cpu", "--batch-sizes", "2", "--modes", "eager", "--warmup", "1", "--iters", "1",
                 "--json", str(out)])
     rows = json.loads(out.read_text())
@@ -45,7 +45,7 @@ def test_vit_bench_against_timm_on_the_fixture_npz(tmp_path):
 
 def test_no_peer_times_ours_alone(tmp_path):
     out = tmp_path / "ours.json"
-    bench.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--batch-sizes", "2",
+    cli.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--batch-sizes", "2",
                 "--seq-len", "8", "--modes", "eager", "--warmup", "0", "--iters", "1", "--no-peer", "--json", str(out)])
     rows = json.loads(out.read_text())
     assert [(r["impl"], r["seq_len"], r["max_abs_diff_vs_peer"]) for r in rows] == [("ours", 8, None)]
@@ -55,7 +55,7 @@ def test_no_peer_times_ours_alone(tmp_path):
                                                         ("vlmo-base-coco-retrieval", "retrieval_checkpoint.pt", 17)])
 def test_vlmo_bench_times_ours_alone(tmp_path, capsys, compiled_graphs, model, checkpoint, seq_len):
     out = tmp_path / "vlmo.json"
-    bench.main(["--model", model, "--checkpoint", str(FIXTURES / "reference" / "vlmo" / checkpoint), "--device", "cpu",
+    cli.main(["--model", model, "--checkpoint", str(FIXTURES / "reference" / "vlmo" / checkpoint), "--device", "cpu",
                 "--batch-sizes", "2", "--modes", "eager,graph", "--warmup", "0", "--iters", "1", "--json", str(out)])
     rows = json.loads(out.read_text())
     assert [(r["impl"], r["mode"], r["seq_len"]) for r in rows] == [("ours", "eager", seq_len), ("ours", "graph", seq_len)]
@@ -65,7 +65,7 @@ def test_vlmo_bench_times_ours_alone(tmp_path, capsys, compiled_graphs, model, c
 
 def test_blip_bench_times_each_inference_part(tmp_path):
     out = tmp_path / "blip.json"
-    bench.main(["--model", "blip", "--checkpoint", str(FIXTURES / "reference" / "blip" / "checkpoint.pth"), "--device",
+    cli.main(["--model", "blip", "--checkpoint", str(FIXTURES / "reference" / "blip" / "checkpoint.pth"), "--device",
                 "cpu", "--batch-sizes", "2", "--modes", "eager", "--warmup", "0", "--iters", "1", "--json", str(out)])
     rows = json.loads(out.read_text())
     assert [(r["model"], r["seq_len"]) for r in rows] == [
@@ -74,7 +74,7 @@ def test_blip_bench_times_each_inference_part(tmp_path):
 
 def test_vilbert_bench_with_features_and_with_detection(tmp_path):
     out = tmp_path / "vilbert.json"
-    bench.main(["--model", "vilbert", "--checkpoint", str(FIXTURES / "reference" / "vilbert" / "model.tar.gz"),
+    cli.main(["--model", "vilbert", "--checkpoint", str(FIXTURES / "reference" / "vilbert" / "model.tar.gz"),
                 "--device", "cpu", "--batch-sizes", "1", "--modes", "eager", "--warmup", "0", "--iters", "1",
                 "--json", str(out)])
     rows = json.loads(out.read_text())
@@ -90,7 +90,7 @@ def test_vilbert_bench_with_features_and_with_detection(tmp_path):
 def test_every_model_benches_in_bf16(tmp_path, model, checkpoint):
     """Image and region inputs are cast to the model's dtype (fp32 pixels into a bf16 model used to crash)."""
     out = tmp_path / "bf16.json"
-    bench.main(["--model", model, "--checkpoint", str(checkpoint), "--device", "cpu", "--dtype", "bf16",
+    cli.main(["--model", model, "--checkpoint", str(checkpoint), "--device", "cpu", "--dtype", "bf16",
                 "--batch-sizes", "2", "--seq-len", "16", "--modes", "eager", "--warmup", "0", "--iters", "1",
                 "--json", str(out)])
     rows = json.loads(out.read_text())
@@ -123,13 +123,13 @@ def test_bench_with_tp2_reports_each_ranks_share_beside_the_peer(tmp_path):
 def test_flops_are_counted_and_set_against_a_measured_matmul_peak(tmp_path):
     import torch
     linear = torch.nn.Linear(64, 32)
-    assert bench.counted_flops(linear, (torch.randn(8, 64),)) == 2 * 8 * 64 * 32
+    assert flops.counted_flops(linear, (torch.randn(8, 64),)) == 2 * 8 * 64 * 32
     q, k = torch.randn(2, 4, 16, 8), torch.randn(2, 4, 32, 8)  # attention is counted on the CPU too
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    assert bench.counted_flops(sdpa, (q, k, k)) == 2 * 2 * (2 * 4 * 16 * 32 * 8)
-    assert bench.matmul_peak(torch.device("cpu"), torch.float32, size=256, iters=2) > 0
+    assert flops.counted_flops(sdpa, (q, k, k)) == 2 * 2 * (2 * 4 * 16 * 32 * 8)
+    assert flops.matmul_peak(torch.device("cpu"), torch.float32, size=256, iters=2) > 0
     out = tmp_path / "flops.json"
-    bench.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--batch-sizes", "4",
+    cli.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--batch-sizes", "4",
                 "--seq-len", "16", "--modes", "eager", "--warmup", "0", "--iters", "2", "--json", str(out)])
     ours, peer = json.loads(out.read_text())
     # The same model on the same inputs, less the rows our classifier's last block skips: the 15 non-[CLS]
@@ -146,7 +146,7 @@ def test_end_to_end_runs_the_sst2_command_beside_the_padded_flow(tmp_path):
     """eval.sst2's own path against every sentence padded to --seq-len through transformers, on the same
     weights: the same probabilities, far fewer token rows computed."""
     out = tmp_path / "e2e.json"
-    bench.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--end-to-end",
+    cli.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--end-to-end",
                 "--modes", "eager", "--batch-sizes", "8", "--seq-len", "64", "--json", str(out)])
     ours, peer = json.loads(out.read_text())
     assert (ours["impl"], peer["impl"]) == ("ours", "peer") and ours["sentences"] == 872
@@ -157,7 +157,7 @@ def test_end_to_end_runs_the_sst2_command_beside_the_padded_flow(tmp_path):
 
 def test_end_to_end_is_for_sst2_models(capsys):
     with pytest.raises(SystemExit) as exit:
-        bench.main(["--model", "vit", "--end-to-end", "--no-peer"])
+        cli.main(["--model", "vit", "--end-to-end", "--no-peer"])
     assert exit.value.code == 2 and "--end-to-end times the SST-2 eval" in capsys.readouterr().err
 
 
@@ -166,7 +166,7 @@ def test_markdown_table_sets_each_implementation_at_its_best_mode_side_by_side()
         return {"model": "m", "impl": impl, "mode": mode, "batch_size": 8, "seq_len": 128, "samples_per_second": rate,
                 "latency_ms_p50": 1.0, "tflops": 1.0, "fraction_of_peak": 0.5, "tp": 1, "device": "cpu",
                 "dtype": "fp32", "date": "2026-11-28", "max_abs_diff_vs_peer": None if impl == "ours" else 1e-6}
-    table = bench.markdown_table([row("ours", "eager", 10.0), row("peer", "eager", 8.0), row("ours", "graph", 30.0),
+    table = report.markdown_table([row("ours", "eager", 10.0), row("peer", "eager", 8.0), row("ours", "graph", 30.0),
                                   row("peer", "graph", 20.0)])
     assert table.count("\n| m | ") == 5  # four rows, one best-against-best line
     assert "| m | 8 | graph, 30.0/s | graph, 20.0/s | 1.50x |" in table
@@ -174,5 +174,13 @@ def test_markdown_table_sets_each_implementation_at_its_best_mode_side_by_side()
 
 def test_model_all_takes_no_checkpoint(capsys):
     with pytest.raises(SystemExit) as exit:
-        bench.main(["--model", "all", "--checkpoint", "x"])
+        cli.main(["--model", "all", "--checkpoint", "x"])
     assert exit.value.code == 2 and "--model all runs every model" in capsys.readouterr().err
+
+
+def test_the_command_line_parses_into_bench_options():
+    from eval.bench.options import BenchOptions
+    assert cli.parse_args([]) == BenchOptions() and BenchOptions().batch_sizes == [1, 8, 32]
+    assert cli.parse_args(["--batch-sizes", "2,4", "--modes", "eager", "--end-to-end"]) == BenchOptions(
+        batch_sizes=[2, 4], modes=("eager",), end_to_end=True)
+    assert BenchOptions(end_to_end=True).batch_sizes == [32]

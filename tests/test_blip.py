@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 import npu_models
 from eval import retrieval
+from eval.data.retrieval import read_retrieval
 from npu_models.blip import Blip, BlipConfig, pre_caption
 from npu_models.tokenizer import bert_tokenizer, encode_padded
 from tests.conftest import FIXTURES
@@ -114,6 +115,15 @@ def test_eval_retrieval_reproduces_expected_json(tmp_path):
     i2t_top1 = [records[f"i2t:{i}"]["indices"][int(np.argmax(records[f"i2t:{i}"]["scores"]))] for i in range(10)]
     t2i_top1 = [records[f"t2i:{t}"]["indices"][int(np.argmax(records[f"t2i:{t}"]["scores"]))] for t in range(50)]
     assert i2t_top1 == expected["i2t_top1"] and t2i_top1 == expected["t2i_top1"]
+    # One line per query, in order, naming it and listing its top 10 by the score the metrics rank by: the k
+    # re-ranked candidates by ITM + ITC score, then the rest.
+    lines = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [r["key"] for r in lines] == [f"i2t:{i}" for i in range(10)] + [f"t2i:{t}" for t in range(50)]
+    assert lines[10]["query"] == read_retrieval(RETRIEVAL_BLIP).texts[0]
+    assert [r["top10"][0] for r in lines] == expected["i2t_top1"] + expected["t2i_top1"]
+    for r in lines:
+        reranked = [i for _, i in sorted(zip(r["scores"], r["indices"]), reverse=True)]
+        assert len(r["top10"]) == 10 and r["top10"][:4] == reranked and not set(r["top10"][4:]) & set(reranked)
 
 
 def test_interrupted_reranking_resumes(tmp_path, monkeypatch):
@@ -127,6 +137,12 @@ def test_interrupted_reranking_resumes(tmp_path, monkeypatch):
     second = run_retrieval(tmp_path, "--predictions", str(predictions), "--batch-size", "8")
     assert sum(pairs) == (60 - 25) * 4  # 10 image rows + 50 text rows, 25 of them already done, k = 4
     assert {k: second[k] for k in ("txt_r1", "img_r1", "r_mean")} == {k: first[k] for k in ("txt_r1", "img_r1", "r_mean")}
+    resumed = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert resumed[:25] == [json.loads(line) for line in lines[:25]]
+    for record, line in zip(resumed, lines):  # the re-ranked rows batch with other rows: float rounding only
+        expected = json.loads(line)
+        assert record["scores"] == pytest.approx(expected["scores"], abs=1e-5)
+        assert {k: v for k, v in record.items() if k != "scores"} == {k: v for k, v in expected.items() if k != "scores"}
 
 
 def hf_key(key: str) -> str:

@@ -171,19 +171,25 @@ def test_blip_retrieval_with_two_processes_reproduces_the_reference_and_resumes(
     same_predictions(resumed, full, "scores")
 
 
-def test_vlmo_retrieval_with_two_processes_equals_one(tmp_path):
+def test_vlmo_retrieval_with_two_processes_equals_one_and_resumes(tmp_path):
     write_dataset(tmp_path, karpathy=False)
     # Batches of 2: 3 images (rank 1 has one batch fewer) and 15 captions (8 batches).
     args = ["--model", "vlmo", "--checkpoint", str(tmp_path / "retrieval.pt"), "--data", str(tmp_path), "--device",
             "cpu", "--batch-size", "2", "--num-workers", "0"]
-    retrieval.main(args + ["--output", str(tmp_path / "one.json"), "--predictions", str(tmp_path / "one.json.top")])
-    torchrun("eval.retrieval", args + ["--output", str(tmp_path / "two.json"),
-                                       "--predictions", str(tmp_path / "two.json.top")])
+    predictions = tmp_path / "two.jsonl"
+    retrieval.main(args + ["--output", str(tmp_path / "one.json"), "--predictions", str(tmp_path / "one.jsonl")])
+    torchrun("eval.retrieval", args + ["--output", str(tmp_path / "two.json"), "--predictions", str(predictions)])
     assert outcome(tmp_path / "two.json") == outcome(tmp_path / "one.json")
-    top = [json.loads((tmp_path / name).read_text()) for name in ("one.json.top", "two.json.top")]
-    assert top[0] == top[1]
+    full = predictions.read_text()
+    assert full == (tmp_path / "one.jsonl").read_text()  # each query's top 10, rank 0 alone writing
+    assert [r["key"] for r in records(predictions)] == [f"i2t:{i}" for i in range(3)] + [f"t2i:{t}" for t in range(15)]
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["samples_per_second"] > 0 and (two["num_images"], two["num_texts"]) == (3, 15)
+
+    interrupt(predictions, keep=5)
+    torchrun("eval.retrieval", args + ["--output", str(tmp_path / "resumed.json"), "--predictions", str(predictions)])
+    assert outcome(tmp_path / "resumed.json") == outcome(tmp_path / "two.json")
+    assert predictions.read_text() == full
 
     # Rank 1 embeds image 2 alone: when it cannot be read, both ranks stop with the reason (none is left waiting).
     (tmp_path / "val2014" / "COCO_val2014_000000000002.jpg").unlink()

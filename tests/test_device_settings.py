@@ -113,7 +113,7 @@ def test_load_model_applies_the_settings_to_the_loaded_weights(ascend_chip, monk
 
 
 def test_eval_results_record_and_show_the_settings(ascend_chip):
-    from eval.common import run_metadata
+    from eval.options import run_metadata
     ascend_chip("Ascend310P3")
     args = SimpleNamespace(model="bert", checkpoint=None, graph=True, batch_size=4)
     metadata = run_metadata(args, NPU0, torch.float16)

@@ -109,8 +109,7 @@ def test_an_empty_split_is_explained(tmp_path):
 
 
 def test_captions_run_sorted_and_cut_to_each_batchs_longest_then_come_back_in_order():
-    from eval.common import LatencyMeter
-    from npu_models import parallel
+    from eval.loop import EvalLoop
     lengths = [5, 2, 7, 3, 2]
     masks = (torch.arange(8)[None, :] < torch.tensor(lengths)[:, None]).long()
     ids = masks * torch.arange(1, 6)[:, None]  # caption i's tokens are all i + 1
@@ -121,7 +120,55 @@ def test_captions_run_sorted_and_cut_to_each_batchs_longest_then_come_back_in_or
         assert bool(batch_masks[:, -1].any())  # no batch keeps a column of padding only
         return batch_ids.float().amax(dim=1, keepdim=True)  # which caption: its token value
 
-    embeds = retrieval.text_pass(encode, ids, masks, parallel.data_parallel(1), 2, torch.device("cpu"),
-                                 LatencyMeter(torch.device("cpu")))
+    with EvalLoop(torch.device("cpu")) as loop:
+        embeds = retrieval.text_pass(loop, encode, ids, masks, 2, torch.device("cpu"))
     assert embeds.flatten().tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]  # caption order
     assert widths == [2, 5, 7]  # lengths sorted (2, 2 | 3, 5 | 7), each batch as wide as its longest
+
+
+def run_vlmo(tmp_path, *extra) -> dict:
+    out = tmp_path / "out.json"
+    retrieval.main(["--model", "vlmo", "--checkpoint", str(tmp_path / "retrieval.pt"), "--data", str(tmp_path),
+                    "--device", "cpu", "--batch-size", "2", "--num-workers", "0", "--output", str(out), *extra])
+    return {k: v for k, v in json.loads(out.read_text()).items()
+            if k not in ("samples_per_second", "latency_ms_p50", "latency_ms_p90", "time_to_first_batch_s")}
+
+
+def test_vlmo_predictions_list_each_querys_top10_as_json_lines_and_resume(tmp_path, capsys):
+    write_dataset(tmp_path, karpathy=False)
+    predictions = tmp_path / "p.jsonl"
+    first = run_vlmo(tmp_path, "--predictions", str(predictions))
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    model = npu_models.load_model("vlmo", tmp_path / "retrieval.pt", device="cpu", task="retrieval")
+    split = read_retrieval(tmp_path)
+    pixels = torch.stack([preprocess(p, model.config.transform) for p in split.image_paths])
+    ids, masks = encode_padded(bert_tokenizer(tmp_path / "vocab.txt", True, 12), split.texts, 12)
+    with torch.no_grad():
+        scores = model.image_embeds(pixels) @ model.text_embeds(ids, masks).T
+    assert [r["key"] for r in records] == [f"i2t:{i}" for i in range(3)] + [f"t2i:{t}" for t in range(15)]
+    assert [r["query"] for r in records] == [p.name for p in split.image_paths] + split.texts
+    assert [r["top10"] for r in records[:3]] == scores.topk(10, dim=1).indices.tolist()  # 10 of 15 captions
+    assert [r["top10"] for r in records[3:]] == scores.T.topk(3, dim=1).indices.tolist()  # all 3 images
+    assert json.loads((tmp_path / "p.jsonl.run.json").read_text())["command"] == "retrieval"
+
+    full = predictions.read_text()
+    lines = full.splitlines(keepends=True)
+    predictions.write_text("".join(lines[:7]) + lines[7][:10])  # an interruption: 7 lines and a cut-off one
+    assert run_vlmo(tmp_path, "--predictions", str(predictions)) == first
+    assert predictions.read_text() == full
+    assert "resuming: 7 of 18 predictions already in" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):  # fewer images: other candidates for the same queries
+        run_vlmo(tmp_path, "--predictions", str(predictions), "--limit", "2")
+    assert "holds rankings of another run" in capsys.readouterr().err
+
+
+def test_retrieval_predictions_of_other_data_are_refused(tmp_path, capsys):
+    write_dataset(tmp_path, karpathy=False)
+    predictions = tmp_path / "p.jsonl"
+    run_vlmo(tmp_path, "--predictions", str(predictions))
+    annotations = tmp_path / "coco_karpathy_test.json"
+    annotations.write_text(annotations.read_text().replace("two circles on blue", "two squares on red"))
+    with pytest.raises(SystemExit):
+        run_vlmo(tmp_path, "--predictions", str(predictions))
+    assert "t2i:0 with a different query ('two circles on blue' vs 'two squares on red')" in capsys.readouterr().err

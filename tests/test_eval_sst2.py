@@ -7,7 +7,8 @@ import torch
 
 import npu_models
 from eval import sst2
-from eval.common import PredictionStore, plan_batches
+from eval.batching import plan_batches
+from eval.store import PredictionStore
 from tests.conftest import BERT_FIXTURE
 from tests.test_bert import tiny_config
 
@@ -244,3 +245,16 @@ def test_batches_are_cut_to_their_longest_and_an_unpadded_batch_gets_no_mask(tmp
     results = sst2.evaluate(sst2.parse_args(["--data", str(dev), "--batch-size", "3", "--device", "cpu"]), Spy())
     assert seen == [(5, None), (8, [7, 8])]
     assert results["token_rows"] == 3 * 5 + 2 * 8
+
+
+def test_the_library_takes_typed_options_and_the_command_line_only_parses_into_them(tmp_path, dev_tsv):
+    assert sst2.parse_args([]) == sst2.SST2Options()  # the dataclass holds the only defaults
+    assert sst2.parse_args(["--seq-len", "64", "--graph"]) == sst2.SST2Options(seq_len=64, graph=True)
+    options = sst2.SST2Options(checkpoint=str(CHECKPOINT), data=str(dev_tsv), device="cpu", batch_size=4)
+    assert (options.model, options.checkpoint) == ("bert-base-cased-sst2", CHECKPOINT)  # paths given as strings
+    results = sst2.evaluate(options)
+    sst2.main(["--checkpoint", str(CHECKPOINT), "--data", str(dev_tsv), "--device", "cpu", "--batch-size", "4",
+               "--output", str(tmp_path / "cli.json")])
+    cli = json.loads((tmp_path / "cli.json").read_text())
+    assert {k: results[k] for k in ("accuracy", "num_examples", "token_rows", "seq_len")} == {
+        k: cli[k] for k in ("accuracy", "num_examples", "token_rows", "seq_len")}

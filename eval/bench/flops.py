@@ -1,0 +1,33 @@
+"""Work done and the device's yardstick: FLOPs of one call counted by torch, and a dense matmul's FLOP/s
+measured in the same run."""
+import statistics
+
+import torch
+
+from eval.timing import time_iterations
+
+
+def attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """Q K^T and P V of a [B, H, Sq, D] query over Sk keys: torch's counter has this formula for the CUDA
+    attention kernels but none for the CPU one (it would count CPU attention as free)."""
+    batch, heads, q_len, head_dim = query_shape
+    return 2 * batch * heads * q_len * key_shape[-2] * (head_dim + value_shape[-1])
+
+
+def counted_flops(fn, inputs) -> int:
+    """Floating-point operations of one call, counted by torch (matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention_flops}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        fn(*inputs)
+    return counter.get_total_flops()
+
+
+def matmul_peak(device, dtype, size: int | None = None, iters: int = 5) -> float:
+    """FLOP/s of a dense square matmul in `dtype` on `device`, measured now: the yardstick for
+    fraction_of_peak (a model cannot beat the matmul it is made of by much)."""
+    size = size or (2048 if device.type == "cpu" else 8192)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    seconds = time_iterations(torch.matmul, (a, b), device, warmup=2, iters=iters)
+    return 2 * size ** 3 / statistics.median(seconds)

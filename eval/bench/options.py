@@ -1,0 +1,37 @@
+"""What eval.bench is asked to run, as Python values (eval.bench.cli parses the command line into these)."""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval.options import paths_from_strings
+from npu_models import registry
+from npu_models.errors import UserError
+
+MODES = ("eager", "graph")
+
+
+@dataclass
+class BenchOptions:
+    # registry or short name, "name/part" for one part, or "all" for every model (default: the SST-2 model)
+    model: str = field(default_factory=lambda: registry.default_entry("sst2").name)
+    checkpoint: Path | None = None        # official checkpoint; None: random full-size weights
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_sizes: list[int] | None = None  # None: 1, 8 and 32; 32 for the end-to-end flow
+    seq_len: int = 128                    # text models: tokens per sequence
+    modes: tuple[str, ...] = MODES
+    no_peer: bool = False                 # time only our implementation
+    tp: int = 1                           # tensor-parallel degree for ours (under torchrun); the peer runs whole
+    warmup: int = 3
+    iters: int = 10
+    json: Path | None = None              # the rows as a JSON list
+    csv: Path | None = None               # the rows as CSV
+    plot: Path | None = None              # a PNG of throughput against batch size
+    end_to_end: bool = False              # SST-2 models: eval.sst2's own code path against the ModelZoo flow
+    data: Path | None = None              # end-to-end: SST-2 dev.tsv; None: random words with SST-2's length mix
+
+    def __post_init__(self):
+        if self.batch_sizes is None:
+            self.batch_sizes = [32] if self.end_to_end else [1, 8, 32]
+        if set(self.modes) - set(MODES):
+            raise UserError(f"--modes takes eager and/or graph, got '{','.join(self.modes)}'.")
+        paths_from_strings(self)

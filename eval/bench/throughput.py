@@ -1,0 +1,202 @@
+"""Each model part timed beside its peer: for every mode and batch size, warm-up calls, then iterations
+timed with the implementations taking turns, one row per implementation with samples/s, latency, the first
+call, FLOPs and their fraction of the measured matmul peak."""
+import copy
+import datetime
+import functools
+import statistics
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from eval.bench.flops import counted_flops, matmul_peak
+from eval.bench.options import BenchOptions
+from eval.bench.report import format_table, write_rows
+from eval.data.region_features import MAX_BOXES, RegionFeatureExtractor, pad_regions
+from eval.timing import latency_percentiles, time_interleaved, timed_call
+from npu_models import parallel, registry, runtime
+from npu_models.benchmarks import Benchmark
+from npu_models.errors import UserError
+from npu_models.parallel import TensorParallel
+
+
+@dataclass
+class Contender:
+    impl: str                      # "ours" or "peer"
+    module: torch.nn.Module        # moved to the device and dtype
+    fn: Callable                   # (*inputs) -> output tensor: the part that is timed
+    tp: int = 1                    # the tensor-parallel degree it runs at
+
+    @property
+    def key(self) -> str:
+        return f"{self.impl}@tp{self.tp}"
+
+
+@dataclass
+class Part:
+    """One benchmark part and the implementations timed on it."""
+    name: str
+    bench: Benchmark
+    config: object                 # our config, from which the inputs are made
+    contenders: list[Contender]
+    flops: dict = field(default_factory=dict)  # (contender key, batch size) -> FLOPs of a call, the same in every mode
+
+
+@dataclass
+class BenchRun:
+    """One eval.bench run: where it runs, the peak it is measured against, and every row so far (streamed to
+    the console and to the --json/--csv files as each arrives)."""
+    options: BenchOptions
+    device: torch.device
+    dtype: torch.dtype
+    tp: TensorParallel
+    peak: float
+    rows: list[dict] = field(default_factory=list)
+
+    def say(self, *args, **kwargs) -> None:
+        if parallel.is_main_process():  # rank 0 reports for all
+            print(*args, **kwargs)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.say(format_table([row]).splitlines()[-1], flush=True)
+        if parallel.is_main_process():
+            write_rows(self.rows, self.options.json, self.options.csv)
+
+
+def peer_maker(name: str, bench: Benchmark) -> Callable | None:
+    """checkpoint -> (peer module, peer fn, our config, our state dict): the transformers/timm model on the
+    same weights, if the part named `name` has one."""
+    return bench.make_peer
+
+
+def with_detection(task) -> Benchmark:
+    """A region-feature VQA model timed from images: torchvision's Faster R-CNN (random weights: speed does
+    not depend on them) finds the regions as eval.vqa --detector-weights does, in fp32, then the model
+    answers in its own dtype. Inputs: preprocessed 800 x 1333 images and 32-token questions."""
+    def make_inputs(config, batch_size, seq_len, device):
+        generator = torch.Generator().manual_seed(batch_size)
+        images = torch.randn(batch_size, 3, 800, 1333, generator=generator)
+        ids = torch.randint(1, 100, (batch_size, 32), generator=generator)  # ids below 100 exist in any vocabulary
+        return (images.to(device), ids.to(device), torch.ones_like(ids).to(device)), 32 + MAX_BOXES
+
+    def timed_part(model):
+        from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+        parameter = next(model.parameters())
+        detector = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+        extractor = RegionFeatureExtractor(None, parameter.device, detector=detector)
+
+        def run(images, ids, masks):
+            found = [pad_regions(d["box_features"], d["box_coordinates"]) for d in extractor(list(images))]
+            features, coordinates, box_mask = (torch.stack(parts).to(images.device) for parts in zip(*found))
+            return task.answer_logits(model, features.to(parameter.dtype), coordinates.to(parameter.dtype), box_mask,
+                                      ids, masks)
+        return run
+
+    return Benchmark(make_inputs, timed_part=timed_part, graph=False)
+
+
+def benchmarks_of(entry) -> dict[str, Benchmark]:
+    """The entry's benchmarks by row name: the registry's parts, plus the detector run for region models."""
+    parts = {f"{entry.name}/{part}" if part else entry.name: bench for part, bench in entry.benchmarks.items()}
+    if entry.vqa is not None and entry.vqa.visual == "regions":
+        parts[f"{entry.name}/with-detection"] = with_detection(entry.vqa)
+    return parts
+
+
+def bench_models(parts: list[tuple], options: BenchOptions, device, dtype, tp: TensorParallel) -> list[dict]:
+    """Every named part of every (registry entry, part names) in `parts`; returns all rows."""
+    peak = matmul_peak(device, dtype)
+    print(f"dense {runtime.dtype_name(dtype)} matmul on {runtime.device_description(device)}: "
+          f"{peak / 1e12:.2f} TFLOP/s (the peak fraction_of_peak is measured against)", file=sys.stderr)
+    run = BenchRun(options, device, dtype, tp, peak)
+    for entry, names in parts:
+        build_ours = functools.cache(lambda entry=entry: registry.build_model(entry, options.checkpoint, tp=tp,
+                                                                              device=device))  # once for all parts
+        benches = benchmarks_of(entry)
+        for name in names:
+            run_benchmark(run, name, entry, benches[name], build_ours)
+    return run.rows
+
+
+def run_benchmark(run: BenchRun, name: str, entry, bench: Benchmark, build_ours) -> list[dict]:
+    part = Part(name, bench, *contenders_of(run, name, entry, bench, build_ours))
+    for contender in part.contenders:
+        runtime.prepare_model(contender.module, run.device, run.dtype)
+    if "graph" in run.options.modes and not bench.graph:
+        run.say(f"note: {name} has data-dependent shapes (detections); timing it in eager mode only", file=sys.stderr)
+    first = len(run.rows)
+    for mode in [m for m in run.options.modes if bench.graph or m == "eager"]:
+        fns = {c.key: runtime.compile_model(c.fn, run.device) if mode == "graph" else c.fn for c in part.contenders}
+        for batch_size in run.options.batch_sizes:
+            time_batch(run, part, fns, mode, batch_size)
+    rows = run.rows[first:]
+    run.say(f"\n{name} on {rows[0]['device']}, {rows[0]['dtype']}\n{format_table(rows)}")
+    return rows
+
+
+def contenders_of(run: BenchRun, name: str, entry, bench: Benchmark, build_ours) -> tuple[object, list[Contender]]:
+    """(our config, the contenders): ours (split under --tp), ours whole beside it under --tp, and the peer
+    on the same weights unless there is none or --no-peer."""
+    make_peer, checkpoint, tp = peer_maker(name, bench), run.options.checkpoint, run.tp
+    if make_peer is None and not run.options.no_peer:
+        run.say(f"note: {name} has no peer implementation to run beside ours; timing ours alone", file=sys.stderr)
+    whole, peer = None, None
+    if run.options.no_peer or make_peer is None:
+        ours = build_ours()
+        config = ours.config
+        if tp.size > 1:
+            try:
+                whole = registry.build_model(entry, checkpoint)
+            except UserError as err:  # pre-cut shards hold no whole model
+                run.say(f"note: no tp=1 row for {name}: {err.command_line_message()}", file=sys.stderr)
+    else:
+        peer_module, peer_fn, config, state = make_peer(checkpoint)
+        ours = entry.build(config)
+        ours.load_state_dict(state)
+        whole = copy.deepcopy(ours) if tp.size > 1 else None
+        ours = parallel.apply_plan(ours, registry.entry_for_config(entry, config).tp_plan, tp)  # the peer runs whole
+        peer = Contender("peer", peer_module, peer_fn)
+    contenders = [Contender("ours", ours, bench.timed_part(ours), tp.size)]
+    contenders += [Contender("ours", whole, bench.timed_part(whole))] if whole is not None else []
+    contenders += [peer] if peer is not None else []
+    if checkpoint is None:
+        run.say("note: random full-size weights (no --checkpoint); speed does not depend on their values",
+                file=sys.stderr)
+    return config, contenders
+
+
+def time_batch(run: BenchRun, part: Part, fns: dict, mode: str, batch_size: int) -> None:
+    """One row per contender at one mode and batch size: the first call (it compiles and captures in graph
+    mode) timed alone, then --iters calls taking turns."""
+    inputs, seq_len = part.bench.make_inputs(part.config, batch_size, run.options.seq_len, run.device)
+    inputs = tuple(runtime.to_model_input(t, run.device, run.dtype) for t in inputs)
+    outputs, first_call = {}, {}
+    with torch.no_grad():
+        for c in part.contenders:
+            output, first_call[c.key] = timed_call(fns[c.key], inputs, run.device)
+            outputs[c.key] = output.float()
+    timings = time_interleaved(fns, inputs, run.device, run.options.warmup, run.options.iters)
+    ours_output = outputs.get(f"ours@tp{run.tp.size}")
+    for c in part.contenders:
+        seconds = timings[c.key]
+        if (c.key, batch_size) not in part.flops:  # counted eagerly: the work graph mode does too
+            part.flops[c.key, batch_size] = counted_flops(c.fn, inputs)
+        flops = part.flops[c.key, batch_size]
+        achieved = flops / statistics.median(seconds)
+        diff = ((ours_output - outputs[c.key]).abs().max().item()
+                if c.impl == "peer" and ours_output is not None else None)
+        run.add({"model": part.name, "impl": c.impl, "mode": mode, "batch_size": batch_size, "seq_len": seq_len,
+                 "samples_per_second": batch_size * len(seconds) / sum(seconds), **latency_percentiles(seconds),
+                 "first_call_s": first_call[c.key], "gflop_per_batch": flops / 1e9, "tflops": achieved / 1e12,
+                 "fraction_of_peak": achieved / run.peak, "device": runtime.device_description(run.device),
+                 "dtype": runtime.dtype_name(run.dtype), "tp": c.tp, "param_mb_per_rank": parameter_megabytes(c.module),
+                 "max_abs_diff_vs_peer": diff, "date": datetime.date.today().isoformat()})
+
+
+def parameter_megabytes(module: torch.nn.Module) -> float:
+    """Parameter memory this process holds (its share under tensor parallelism), in MiB."""
+    return sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20

@@ -1,0 +1,107 @@
+"""What every eval command is given, as Python values (eval.cli parses the command line into these), the
+files that default from them, and what a run says about itself."""
+import dataclasses
+import datetime
+import hashlib
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from npu_models import parallel, registry, runtime
+from npu_models.checkpoints.io import file_identity
+from npu_models.errors import UserError
+
+
+
+@dataclass
+class EvalOptions:
+    """The options every eval command shares; each command's options add its own. Paths may be given as
+    strings."""
+    task: ClassVar[str]               # the command and the registry task it runs: sst2, imagenet, vqa, retrieval
+    prediction_key: ClassVar[str]     # the field that keys its predictions records
+    model: str | None = None          # short or registry name; None: the task's default model
+    checkpoint: Path | None = None    # official checkpoint or converted directory; None: random weights (a demo)
+    data: Path | None = None          # the dataset in its real layout; None: the bundled sample
+    config: Path | None = None        # hyper-parameters the checkpoint cannot reveal (a config.json)
+    device: str = "auto"
+    dtype: str = "auto"
+    graph: bool = False
+    graph_backend: str = "auto"      # with graph: the device's default, or capture | npugraph_ex | ge | inductor
+    tp: int = 1                       # tensor-parallel degree (under torchrun)
+    batch_size: int = 32
+    output: Path | None = None        # the results JSON (written by the command line)
+    predictions: Path | None = None   # streamed, resumable JSON lines
+    limit: int | None = None          # only the first N examples
+    # when the command started (a perf_counter reading): time_to_first_batch_s counts from here
+    started_at: float = field(default_factory=time.perf_counter, compare=False)
+
+    def __post_init__(self):
+        if self.model is None:
+            self.model = registry.default_entry(self.task).name
+        paths_from_strings(self)
+
+
+def paths_from_strings(options) -> None:
+    """Turn the strings a Python caller may give for an options dataclass's Path fields into Paths."""
+    for option in dataclasses.fields(options):
+        value = getattr(options, option.name)
+        if isinstance(value, str) and "Path" in str(option.type):
+            setattr(options, option.name, Path(value))
+
+
+def find_beside(options: EvalOptions, data: Path, name: str) -> Path | None:
+    """A file in the data directory or beside the checkpoint, in that order."""
+    for directory in (data, options.checkpoint.parent if options.checkpoint else None):
+        if directory is not None and (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def bert_uncased_vocab(options, data: Path) -> Path:
+    """options.vocab, else vocab.txt in the data directory or beside the checkpoint (models whose checkpoint
+    does not carry bert-base-uncased's vocabulary)."""
+    vocab = options.vocab or find_beside(options, data, "vocab.txt")
+    if vocab is None:
+        raise UserError("no vocab.txt in --data or beside the checkpoint; pass --vocab with bert-base-uncased's vocab.txt.")
+    return vocab
+
+
+def demo_banner(what: str) -> None:
+    if not parallel.is_main_process():
+        return
+    bar = "=" * 78
+    print(f"{bar}\nDEMO RUN: {what}\nThe weights are RANDOM, so the metrics below are meaningless. Pass --checkpoint "
+          f"and --data\nfor a real evaluation (see README).\n{bar}", file=sys.stderr, flush=True)
+
+
+def content_hash(path_or_values) -> str | None:
+    """sha256 of a small file (a vocabulary) or of a list of strings (an answer list)."""
+    if path_or_values is None:
+        return None
+    if isinstance(path_or_values, (list, tuple)):
+        data = "\n".join(path_or_values).encode("utf-8")
+    else:
+        data = Path(path_or_values).read_bytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def run_record(options: EvalOptions, dtype: torch.dtype, **outputs_options) -> dict:
+    """What a predictions file must agree on to be resumed: the command, model, checkpoint, config file and
+    dtype, plus the command's options that change outputs."""
+    return {"command": options.task, "model": registry.get_entry(options.model, task=options.task).name,
+            "checkpoint": file_identity(options.checkpoint), "config": content_hash(options.config),
+            "dtype": runtime.dtype_name(dtype), **outputs_options}
+
+
+def run_metadata(options: EvalOptions, device: torch.device, dtype: torch.dtype) -> dict:
+    return {
+        "model": options.model, "checkpoint": str(options.checkpoint) if options.checkpoint else None,
+        "random_weights": options.checkpoint is None, "device": runtime.device_description(device),
+        "dtype": runtime.dtype_name(dtype), "graph": options.graph,
+        "device_settings": runtime.device_settings(device), "batch_size": options.batch_size,
+        "date": datetime.date.today().isoformat(),
+    }
