@@ -6,6 +6,7 @@ aggregate metrics of a fixture that answers one class cannot tell a wrong model 
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -77,7 +78,6 @@ def sst2_probs(argv: list[str], predictions, torchrun: bool = False) -> torch.Te
 def split_classifier(source, directory):
     """A copy of the BERT fixture (a Hugging Face directory) whose classifier bias is moved so that half the
     sample's sentences come out positive (the fixture alone calls every one positive)."""
-    import shutil
     shutil.copytree(source, directory)
     margins = sst2_probs(["--checkpoint", str(source)], directory.parent / "margins.jsonl").log().diff(dim=-1)
     state = torch.load(directory / "pytorch_model.bin", weights_only=True)
