@@ -4,15 +4,17 @@ model's plan (declared as data in its registry entry).
 Megatron's scheme: attention splits by heads (q/k/v rows of the rank's heads, the output projection by its
 input columns) and the MLP by its hidden units (fc1 rows, fc2 input columns); each block's two row-parallel
 linears end in an all-reduce, after which their bias is added once. Everything else is replicated. Heads
-are shared out as evenly as possible (3 heads over 2 ranks: 2 + 1), so every fixture splits; a layer with
+are shared out as evenly as possible (3 heads over 2 ranks: 1 + 2), so every fixture splits; a layer with
 fewer heads than ranks is refused by name. The all-reduce is a functional collective, which torch.compile
 traces, so graph mode works under TP. This module is the only one that knows ranks.
 
 Data parallelism: more processes than --tp form tp x dp; each data-parallel rank evaluates its share of
 the batches and gathers Python objects (prediction records, CPU tensors) over a gloo group of the whole world.
 """
+import atexit
 import datetime
 import fnmatch
+import gc
 import os
 import sys
 import time
@@ -45,6 +47,9 @@ class TensorParallel:
 
 
 SINGLE = TensorParallel(0, 1)
+# The places init_tensor_parallel handed out (a model's split layers hold one): release_process_groups lets go
+# of their groups, so that a model still alive at exit cannot keep a group's threads into interpreter teardown.
+JOINED: list[TensorParallel] = []
 
 
 def init_tensor_parallel(tp: int, device_type: str) -> TensorParallel:
@@ -56,9 +61,36 @@ def init_tensor_parallel(tp: int, device_type: str) -> TensorParallel:
         return SINGLE
     if not dist.is_initialized():
         dist.init_process_group(BACKENDS.get(device_type, "gloo"), timeout=TIMEOUT)
+        atexit.register(release_at_exit)  # the group is ours to end (one joined by the caller is not)
     rank = dist.get_rank()
     groups = [dist.new_group(list(range(start, start + tp)), timeout=TIMEOUT) for start in range(0, world, tp)]
-    return TensorParallel(rank % tp, tp, groups[rank // tp]) if tp > 1 else SINGLE
+    if tp == 1:
+        return SINGLE
+    JOINED.append(TensorParallel(rank % tp, tp, groups[rank // tp]))
+    return JOINED[-1]
+
+
+def release_process_groups() -> None:
+    """Destroy the process groups this process joined while the interpreter is still whole. Left to
+    interpreter teardown, a gloo worker thread that drops the last reference to a finished collective's tensor
+    needs the GIL, Python ends that thread with pthread_exit, and the rank dies with SIGABRT ("terminate called
+    without an active exception") after its work is done. A group's threads are joined when the last reference
+    to it goes: torch.distributed's (destroy_process_group), the places handed out (split layers hold one), and
+    any cycle (gc)."""
+    for place in JOINED:
+        object.__setattr__(place, "group", None)  # frozen for its users; this is the one place that lets go
+    JOINED.clear()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()
+
+
+def release_at_exit() -> None:
+    """At exit (registered when init_tensor_parallel joins the group): release the groups, unless an uncaught
+    exception is ending the process: a rank that failed while its peers wait in a collective could block in
+    the destruction (torchtitan destroys only after success), and exits at once as before."""
+    if getattr(sys, "last_value", None) is None:  # Python sets it for the uncaught exception it just printed
+        release_process_groups()
 
 
 def local_device(device: torch.device) -> torch.device:
