@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from npu_models import bert
+from npu_models.models.bert import model as bert
 from npu_models.errors import UserError
 
 
@@ -28,7 +28,7 @@ def bert_peer(checkpoint):
     except ImportError:
         raise UserError("the BERT peer needs transformers: `pip install -e .[test]`, or pass --no-peer "
                         "to time ours alone.") from None
-    from npu_models.checkpoints import hf_bert
+    from npu_models.models.bert import checkpoint as hf_bert
 
     if checkpoint is not None:
         peer = transformers.BertForSequenceClassification.from_pretrained(checkpoint)
@@ -64,7 +64,7 @@ def vit_peer(checkpoint):
     except ImportError:
         raise UserError("the ViT peer needs timm: `pip install -e .[test]`, or pass --no-peer "
                         "to time ours alone.") from None
-    from npu_models.checkpoints import vit as vit_weights
+    from npu_models.models.vit import checkpoint as vit_weights
     from npu_models.checkpoints.io import read_sidecar, read_state_dict
 
     if checkpoint is None:

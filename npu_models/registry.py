@@ -6,13 +6,18 @@ from typing import Any, Callable
 
 import torch
 
-from npu_models import benchmarks, bert, blip, parallel, vilbert, vit, vlmo
+from npu_models import benchmarks, parallel
+from npu_models.models.bert import model as bert
+from npu_models.models.blip import model as blip
+from npu_models.models.vilbert import model as vilbert
+from npu_models.models.vit import model as vit
+from npu_models.models.vlmo import model as vlmo
 from npu_models.benchmarks import Benchmark
-from npu_models.checkpoints import blip as blip_weights
-from npu_models.checkpoints import hf_bert
-from npu_models.checkpoints import vilbert as vilbert_weights
-from npu_models.checkpoints import vit as vit_weights
-from npu_models.checkpoints import vlmo as vlmo_weights
+from npu_models.models.blip import checkpoint as blip_weights
+from npu_models.models.bert import checkpoint as hf_bert
+from npu_models.models.vilbert import checkpoint as vilbert_weights
+from npu_models.models.vit import checkpoint as vit_weights
+from npu_models.models.vlmo import checkpoint as vlmo_weights
 from npu_models.checkpoints.io import Converted, check_state_dict, expected_shapes, is_converted_dir, read_converted
 from npu_models.errors import UserError
 from npu_models.layers.init import materialize_parameters_

@@ -107,7 +107,7 @@ def vlmo_outputs(model, image, text_ids, text_masks):
 
 
 def blip_outputs(model, images, text_input_ids, text_attention_mask):
-    from npu_models.blip import UNSELECTED_SCORE, rerank
+    from npu_models.models.blip.model import UNSELECTED_SCORE, rerank
     from npu_models.tasks import score_matrix
     vit, bert = model.visual_encoder, model.text_encoder
     ids, mask = text_input_ids, text_attention_mask
