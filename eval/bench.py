@@ -26,12 +26,12 @@ from typing import Callable
 
 import torch
 
-from eval import metrics
+from eval import metrics, peers
 from eval.common import latency_percentiles, write_json_atomic
 from eval.data.region_features import MAX_BOXES, RegionFeatureExtractor, pad_regions
 from npu_models import parallel, registry, runtime
-from npu_models.benchmarks import Benchmark
 from npu_models.errors import UserError, cli_main
+from npu_models.spec import Benchmark
 
 COLUMNS = ["model", "impl", "mode", "batch_size", "seq_len", "samples_per_second", "latency_ms_p50",
            "latency_ms_p90", "first_call_s", "gflop_per_batch", "tflops", "fraction_of_peak", "device", "dtype", "tp",
@@ -80,8 +80,8 @@ def with_detection(task) -> Benchmark:
 def benchmarks_of(entry) -> dict[str, Benchmark]:
     """The entry's benchmarks by row name: the registry's parts, plus the detector run for region models."""
     parts = {f"{entry.name}/{part}" if part else entry.name: bench for part, bench in entry.benchmarks.items()}
-    if entry.vqa is not None and entry.vqa.visual == "regions":
-        parts[f"{entry.name}/with-detection"] = with_detection(entry.vqa)
+    if entry.task.name == "vqa" and entry.task.visual == "regions":
+        parts[f"{entry.name}/with-detection"] = with_detection(entry.task)
     return parts
 
 
@@ -294,10 +294,11 @@ def markdown_table(rows) -> str:
 def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, earlier_rows, build_ours,
                   tp, peak: float) -> list[dict]:
     say = print if parallel.is_main_process() else (lambda *a, **k: None)  # rank 0 reports for all
-    if bench.make_peer is None and not args.no_peer:
+    make_peer = peers.PEERS.get(name)
+    if make_peer is None and not args.no_peer:
         say(f"note: {name} has no peer implementation to run beside ours; timing ours alone", file=sys.stderr)
     whole = None  # ours unsplit, timed beside the split one under --tp
-    if args.no_peer or bench.make_peer is None:
+    if args.no_peer or make_peer is None:
         ours = build_ours()
         config = ours.config
         if tp.size > 1:
@@ -307,7 +308,7 @@ def run_benchmark(name, entry, bench, args, batch_sizes, modes, device, dtype, e
                 say(f"note: no tp=1 row for {name}: {err}", file=sys.stderr)
         contenders = [Contender("ours", ours, bench.timed_part(ours), tp.size)]
     else:
-        peer, peer_fn, config, state = bench.make_peer(args.checkpoint)
+        peer, peer_fn, config, state = make_peer(args.checkpoint)
         ours = entry.build(config)
         ours.load_state_dict(state)
         whole = copy.deepcopy(ours) if tp.size > 1 else None
@@ -371,12 +372,11 @@ def end_to_end(entry, args, batch_sizes, modes, device, dtype) -> list[dict]:
     from eval import sst2
     from eval.data.sst2 import read_sst2, write_length_mix
 
-    if entry.task != "sst2":
-        raise UserError(f"--end-to-end times the SST-2 eval; {entry.name} is a {entry.task} model.")
+    if entry.task.name != "sst2":
+        raise UserError(f"--end-to-end times the SST-2 eval; {entry.name} is a {entry.task.name} model.")
     if parallel.world_size() > 1:
         raise UserError("--end-to-end runs in one process; drop torchrun and --tp.")
-    bench = benchmarks_of(entry)[entry.name]
-    peer, peer_fn, config, state = bench.make_peer(args.checkpoint)
+    peer, peer_fn, config, state = peers.PEERS[entry.name](args.checkpoint)
     ours = entry.build(config)
     ours.load_state_dict(state)
     for module in (ours, peer):

@@ -36,7 +36,7 @@ def add_common_args(parser: argparse.ArgumentParser, task: str, default_batch_si
     """The shared options; `prediction_key` names the field that keys the command's --predictions lines."""
     parser.set_defaults(task=task, prediction_key=prediction_key, started_at=None)  # run_eval sets started_at
     default_model = registry.default_entry(task).name
-    runs = ", ".join(f"{e.name} ({e.short_name})" for e in registry.REGISTRY.values() if e.task == task)
+    runs = ", ".join(f"{e.name} ({e.short_name})" for e in registry.REGISTRY.values() if e.task.name == task)
     parser.add_argument("--model", default=default_model, help=f"short or registry name: {runs} (default {default_model})")
     parser.add_argument("--checkpoint", type=Path, help="official checkpoint or our converted directory; "
                         "omitted: random full-size weights (a demo, said loudly)")

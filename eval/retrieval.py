@@ -127,7 +127,7 @@ def rerank_pass(rerank, model, sims, memory, ids, masks, k, dp, batch_size, stor
 
 def evaluate(args) -> dict:
     entry = registry.get_entry(args.model, task="retrieval")
-    task = entry.retrieval
+    task = entry.task
     if args.checkpoint is None:
         demo_banner(f"{entry.name} with random weights on " + (
             "the bundled retrieval sample." if args.data is None else f"{args.data}."))

@@ -113,7 +113,7 @@ def evaluate(args) -> dict:
     if args.score is not None:
         return score_results_file(args)
     entry = registry.get_entry(args.model, task="vqa")
-    task = entry.vqa
+    task = entry.task
     if args.checkpoint is None:
         demo_banner(f"{entry.name} with random weights on " + ("the bundled VQAv2 sample." if args.data is None
                                                                  else f"{args.data}."))
