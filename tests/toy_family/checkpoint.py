@@ -23,7 +23,8 @@ def read_toy(path, config_file=None) -> Converted:
     path = Path(path)
     state, origin, unexpected = apply(TABLE, read_state_dict(path))
     vocab_size, dim = state["embeddings.weight"].shape
-    config = ToyConfig(vocab_size=vocab_size, embed_dim=dim, depth=len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
+    depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
+    config = ToyConfig(vocab_size=vocab_size, embed_dim=dim, depth=depth,
                        num_heads=read_sidecar(path, config_file).get("num_heads", ToyConfig.num_heads),
                        mlp_dim=state["blocks.0.mlp.fc1.weight"].shape[0],
                        labels=[f"LABEL_{i}" for i in range(state["head.weight"].shape[0])])
