@@ -38,7 +38,7 @@ def parse_options(parser: argparse.ArgumentParser, options: type, argv) -> objec
 def add_common_args(parser: argparse.ArgumentParser, options: type[EvalOptions]):
     """The shared flags, one per EvalOptions field."""
     default_model = registry.default_entry(options.task).name
-    runs = ", ".join(f"{e.name} ({e.short_name})" for e in registry.REGISTRY.values() if e.task == options.task)
+    runs = ", ".join(f"{e.name} ({e.short_name})" for e in registry.REGISTRY.values() if e.task.name == options.task)
     parser.add_argument("--model", help=f"short or registry name: {runs} (default {default_model})")
     parser.add_argument("--checkpoint", type=Path, help="official checkpoint or our converted directory; "
                         "omitted: random full-size weights (a demo, said loudly)")

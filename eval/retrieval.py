@@ -66,7 +66,7 @@ def parse_args(argv) -> RetrievalOptions:
 
 def evaluate(options: RetrievalOptions) -> dict:
     entry = registry.get_entry(options.model, task="retrieval")
-    task = entry.retrieval
+    task = entry.task
     if options.checkpoint is None:
         demo_banner(f"{entry.name} with random weights on " + (
             "the bundled retrieval sample." if options.data is None else f"{options.data}."))

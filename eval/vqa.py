@@ -100,7 +100,7 @@ def evaluate(options: VQAOptions) -> dict:
     if options.score is not None:
         return score_results_file(options)
     entry = registry.get_entry(options.model, task="vqa")
-    task = entry.vqa
+    task = entry.task
     if options.checkpoint is None:
         demo_banner(f"{entry.name} with random weights on " + ("the bundled VQAv2 sample." if options.data is None
                                                                  else f"{options.data}."))

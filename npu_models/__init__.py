@@ -46,8 +46,8 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     model = registry.build_model(entry, checkpoint, config, config_file, tensor_parallel,
                                  device=parallel.local_device(device))
     served = registry.entry_for_config(entry, model.config)
-    if task is not None and served.task != task:
-        raise UserError(f"{checkpoint} is a {served.task} checkpoint ({served.name}); {task} needs a {task} "
+    if task is not None and served.task.name != task:
+        raise UserError(f"{checkpoint} is a {served.task.name} checkpoint ({served.name}); {task} needs a {task} "
                         f"fine-tune such as {entry.name}'s.")
     model = runtime.prepare_model(model, parallel.local_device(device), dtype)
     return runtime.compile_model(model, device, graph_backend) if graph else model

@@ -1,5 +1,5 @@
 """Tensor parallelism: the process group from torchrun's environment, and the one function that applies a
-model's plan (declared as data in its registry entry).
+model's plan (declared as data in its spec, npu_models/models/<family>/).
 
 Megatron's scheme: attention splits by heads (q/k/v rows of the rank's heads, the output projection by its
 input columns) and the MLP by its hidden units (fc1 rows, fc2 input columns); each block's two row-parallel

@@ -1,108 +1,40 @@
-"""Registry: model name -> config, builder and converter for its official checkpoint layout."""
+"""Registry: the table of model specs (each declared in its folder, npu_models/models/<family>/), the
+lookups by name, short name and task, and building a model from its spec."""
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
-from npu_models import benchmarks, bert, blip, parallel, vilbert, vit, vlmo
-from npu_models.benchmarks import Benchmark
-from npu_models.checkpoints import blip as blip_weights
-from npu_models.checkpoints import hf_bert
-from npu_models.checkpoints import vilbert as vilbert_weights
-from npu_models.checkpoints import vit as vit_weights
-from npu_models.checkpoints import vlmo as vlmo_weights
+from npu_models import parallel
 from npu_models.checkpoints.io import Converted, check_state_dict, expected_shapes, is_converted_dir, read_converted
 from npu_models.errors import UserError, arg
 from npu_models.layers.init import materialize_parameters_
+from npu_models.models import bert, blip, vilbert, vit, vlmo
 from npu_models.parallel import SINGLE, TensorParallel
-from npu_models.tasks import RetrievalTask, VQATask
+from npu_models.spec import ModelSpec
+
+# One line per model family; the first spec of each task is its eval command's default --model.
+REGISTRY = {spec.name: spec for spec in [
+    *bert.SPECS,
+    *vit.SPECS,
+    *vlmo.SPECS,
+    *blip.SPECS,
+    *vilbert.SPECS,
+]}
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    short_name: str
-    config_class: type
-    default_config: Callable[[], Any]
-    build: Callable[[Any], torch.nn.Module]
-    # (official artifact path, config file or None) -> Converted; the config file replaces the config.json
-    # the converter looks for beside the artifact
-    convert: Callable[[Path, Path | None], Converted]
-    task: str                     # the eval command that runs it: sst2, imagenet, vqa, retrieval
-    # files that travel with a converted checkpoint (e.g. the tokenizer vocabulary)
-    assets: tuple[str, ...] = ()
-    # what eval.vqa / eval.retrieval call on the model (npu_models.tasks), for entries of those tasks
-    vqa: VQATask | None = None
-    retrieval: RetrievalTask | None = None
-    # what eval.bench times, by part name ("" for the whole model): npu_models.benchmarks
-    benchmarks: dict[str, Benchmark] = dataclasses.field(default_factory=dict)
-    # tensor-parallel plan: module path pattern -> "heads" | "mlp" | "head_columns" (npu_models.parallel);
-    # everything it does not name (embeddings, norms, poolers, heads) is replicated
-    tp_plan: dict[str, str] = dataclasses.field(default_factory=dict)
+def default_entry(task: str) -> ModelSpec:
+    return next(e for e in REGISTRY.values() if e.task.name == task)
 
 
-BERT_TP = {"blocks.*.attn": "heads", "blocks.*.cross_attn": "heads", "blocks.*.mlp": "mlp"}
-VIT_TP = {"blocks.*.attn": "heads", "blocks.*.mlp": "mlp"}
-VLMO_TP = {"blocks.*.attn": "heads", "blocks.*.ffn.mlps.*": "mlp", "relative_position_bias_table": "head_columns"}
-BLIP_TP = {**{f"visual_encoder.{k}": v for k, v in VIT_TP.items()},
-           **{f"text_encoder.{k}": v for k, v in BERT_TP.items()}}
-VILBERT_TP = {"text_layers.*.attn": "heads", "text_layers.*.mlp": "mlp", "image_layers.*.attn": "heads",
-              "image_layers.*.mlp": "mlp", "co_layers.*.*.cross_attn": "heads", "co_layers.*.*.mlp": "mlp"}
-
-
-def blip_encode_images(model, pixels):
-    features = model.image_features(pixels)  # the ITM head re-reads every image token
-    return model.image_embeds(features), features
-
-
-VLMO_VQA = VQATask("pixels", lambda model, pixels, ids, masks: model(pixels, ids, masks))
-VILBERT_VQA = VQATask("regions", lambda model, features, boxes, box_mask, ids, masks: model(
-    features, boxes, box_mask, ids, None if masks is None else masks.bool(), torch.zeros_like(ids)), multi_label=True,
-    answers_in_checkpoint=vilbert_weights.read_answers)
-VLMO_RETRIEVAL = RetrievalTask(lambda model, pixels: (model.image_embeds(pixels), None),
-                               lambda model, ids, masks: model.text_embeds(ids, masks))
-BLIP_RETRIEVAL = RetrievalTask(blip_encode_images, lambda model, ids, masks: model.text_embeds(ids, masks),
-                               rerank=blip.rerank, rerank_k=lambda config: config.k_test,
-                               unselected_score=blip.UNSELECTED_SCORE)
-
-
-REGISTRY = {
-    entry.name: entry
-    for entry in [
-        ModelEntry("bert-base-cased-sst2", "bert", bert.BertConfig, bert.bert_base_cased_sst2, bert.Bert,
-                   hf_bert.read_hf_bert, "sst2", assets=("vocab.txt",), benchmarks=benchmarks.BERT, tp_plan=BERT_TP),
-        ModelEntry("vit-base-patch32-224", "vit", vit.ViTConfig, vit.vit_base_patch32_224, vit.ViT,
-                   vit_weights.read_vit, "imagenet", benchmarks=benchmarks.VIT, tp_plan=VIT_TP),
-        ModelEntry("vlmo-base-vqa", "vlmo", vlmo.VLMoConfig, vlmo.vlmo_base_vqa, vlmo.VLMo,
-                   vlmo_weights.read_vlmo, "vqa", assets=("vocab.txt",), vqa=VLMO_VQA, benchmarks=benchmarks.VLMO_VQA,
-                   tp_plan=VLMO_TP),
-        ModelEntry("vlmo-base-coco-retrieval", "vlmo", vlmo.VLMoConfig, vlmo.vlmo_base_coco_retrieval, vlmo.VLMo,
-                   vlmo_weights.read_vlmo, "retrieval", assets=("vocab.txt",), retrieval=VLMO_RETRIEVAL,
-                   benchmarks=benchmarks.VLMO_RETRIEVAL, tp_plan=VLMO_TP),
-        ModelEntry("blip-retrieval-coco", "blip", blip.BlipConfig, blip.blip_retrieval_coco, blip.Blip,
-                   blip_weights.read_blip, "retrieval", assets=("vocab.txt",), retrieval=BLIP_RETRIEVAL,
-                   benchmarks=benchmarks.BLIP, tp_plan=BLIP_TP),
-        ModelEntry("vilbert-vqa", "vilbert", vilbert.ViLBERTConfig, vilbert.vilbert_vqa, vilbert.ViLBERT,
-                   vilbert_weights.read_vilbert, "vqa", vqa=VILBERT_VQA, benchmarks=benchmarks.VILBERT,
-                   tp_plan=VILBERT_TP),
-    ]
-}  # the first entry of each task is its eval command's default --model
-
-
-def default_entry(task: str) -> ModelEntry:
-    return next(e for e in REGISTRY.values() if e.task == task)
-
-
-def get_entry(name: str, task: str | None = None) -> ModelEntry:
+def get_entry(name: str, task: str | None = None) -> ModelSpec:
     """Look a model up by registry name, or by short name (with the task where one short name has several)."""
     if name in REGISTRY:
         return checked_task(REGISTRY[name], task)
     matches = [e for e in REGISTRY.values() if e.short_name == name]
     if len(matches) > 1 and task is not None:
-        matches = [e for e in matches if e.task == task] or matches
-    if len(matches) == 1 or (matches and len({(e.build, e.convert) for e in matches}) == 1 and task is None):
+        matches = [e for e in matches if e.task.name == task] or matches
+    if len(matches) == 1 or (matches and len({e.family for e in matches}) == 1 and task is None):
         return checked_task(matches[0], task)  # one model, or one family whose checkpoint decides the rest
     if matches:
         raise UserError(f"'{name}' names several models ({', '.join(e.name for e in matches)}); use the full name.")
@@ -110,27 +42,27 @@ def get_entry(name: str, task: str | None = None) -> ModelEntry:
     raise UserError(f"unknown model '{name}'. Known models: {known}.")
 
 
-def checked_task(entry: ModelEntry, task: str | None) -> ModelEntry:
-    if task is not None and entry.task != task:
-        runs = ", ".join(e.name for e in REGISTRY.values() if e.task == task)
-        raise UserError(f"{entry.name} is a model for {entry.task}, not {task}; the {task} evaluation runs {runs}.")
+def checked_task(entry: ModelSpec, task: str | None) -> ModelSpec:
+    if task is not None and entry.task.name != task:
+        runs = ", ".join(e.name for e in REGISTRY.values() if e.task.name == task)
+        raise UserError(f"{entry.name} is a model for {entry.task.name}, not {task}; the {task} evaluation runs {runs}.")
     return entry
 
 
-def entry_for_config(entry: ModelEntry, config) -> ModelEntry:
-    """Among models built by the same class, the one whose task the (checkpoint's) config says."""
-    task = getattr(config, "task", entry.task)
-    return next((e for e in REGISTRY.values() if e.build is entry.build and e.task == task), entry)
+def entry_for_config(entry: ModelSpec, config) -> ModelSpec:
+    """Among the models of entry's family, the one whose task the (checkpoint's) config says."""
+    task = getattr(config, "task", entry.task.name)
+    return next((e for e in REGISTRY.values() if e.family == entry.family and e.task.name == task), entry)
 
 
-def assets_beside(entry: ModelEntry, checkpoint) -> dict[str, Path]:
+def assets_beside(entry: ModelSpec, checkpoint) -> dict[str, Path]:
     """The files that travel with a converted checkpoint (entry.assets) found beside `checkpoint`."""
     checkpoint = Path(checkpoint)
     source_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
     return {name: source_dir / name for name in entry.assets if (source_dir / name).is_file()}
 
 
-def config_from_dict(entry: ModelEntry, values: dict, source):
+def config_from_dict(entry: ModelSpec, values: dict, source):
     fields = {f.name for f in dataclasses.fields(entry.config_class)}
     unknown = sorted(set(values) - fields)
     if unknown:
@@ -139,7 +71,7 @@ def config_from_dict(entry: ModelEntry, values: dict, source):
     return entry.config_class(**values)
 
 
-def load_weights(entry: ModelEntry, checkpoint, config_file=None, tp: TensorParallel = SINGLE) -> Converted:
+def load_weights(entry: ModelSpec, checkpoint, config_file=None, tp: TensorParallel = SINGLE) -> Converted:
     """An official artifact or our converted directory in our layout, its keys and shapes checked
     against the model its config builds (split as `tp` says, for a directory of pre-cut shards)."""
     checkpoint = Path(checkpoint)
@@ -159,13 +91,13 @@ def load_weights(entry: ModelEntry, checkpoint, config_file=None, tp: TensorPara
     return converted
 
 
-def meta_model(entry: ModelEntry, config, tp: TensorParallel = SINGLE) -> torch.nn.Module:
+def meta_model(entry: ModelSpec, config, tp: TensorParallel = SINGLE) -> torch.nn.Module:
     """The model's structure without memory, split as `tp` says."""
     with torch.device("meta"):
         return parallel.apply_plan(entry.build(config), entry_for_config(entry, config).tp_plan, tp)
 
 
-def build_model(entry: ModelEntry, checkpoint=None, config=None, config_file=None,
+def build_model(entry: ModelSpec, checkpoint=None, config=None, config_file=None,
                 tp: TensorParallel = SINGLE, device=None) -> torch.nn.Module:
     """The model in fp32, holding this rank's share when `tp` splits it: converted weights on the CPU (a full
     checkpoint is cut here, a directory of shards gives each rank its own file), or, when no checkpoint,

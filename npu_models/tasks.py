@@ -1,16 +1,31 @@
-"""What the eval commands call on a model, declared once in its registry entry.
+"""What the eval commands call on a model, declared once in its spec (ModelSpec.task).
 
 The eval commands read datasets, batch, time and score; everything that differs between models (which
-inputs the model takes, how its outputs become answers or rankings) is one of these adapters. Text
-preprocessing is the config's `text_input`, image preprocessing its `transform`.
+inputs the model takes, how its outputs become answers or rankings) is one of these adapters. Each names
+the eval command that runs it (`name`). Text preprocessing is the config's `text_input`, image
+preprocessing its `transform`.
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
 Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class TextClassification:
+    """Sentence classification (eval.sst2): model(token ids [B, S], attention mask, token type ids) -> logits
+    [B, num_labels], labels named by config.labels."""
+    name: ClassVar[str] = "sst2"
+
+
+@dataclass(frozen=True)
+class ImageClassification:
+    """Image classification (eval.imagenet): model(pixels [B, 3, S, S]) -> logits [B, num_classes] over the
+    ImageNet-1k classes in the devkit's order."""
+    name: ClassVar[str] = "imagenet"
 
 
 @dataclass(frozen=True)
@@ -25,6 +40,7 @@ class VQATask:
         positive, and the reference scores by the answer's label weight (precision/recall/F1 over answers).
     answers_in_checkpoint: reads the answer list a checkpoint carries (else --answers / answer2label.txt).
     """
+    name: ClassVar[str] = "vqa"
     visual: str
     answer_logits: Callable[..., Tensor]
     multi_label: bool = False
@@ -43,11 +59,15 @@ class RetrievalTask:
     rerank_k(config): how many candidates each query re-ranks by default.
     unselected_score: what the reference's score matrix holds outside each query's re-ranked candidates.
     """
+    name: ClassVar[str] = "retrieval"
     encode_images: Callable[..., tuple[Tensor, Tensor | None]]
     encode_texts: Callable[..., Tensor]
     rerank: Callable[..., tuple[Tensor, Tensor]] | None = None
     rerank_k: Callable[[object], int] | None = None
     unselected_score: float = float("-inf")
+
+
+Task = TextClassification | ImageClassification | VQATask | RetrievalTask  # one per eval command
 
 
 def score_matrix(ranked: tuple[Tensor, Tensor], shape, fill: float) -> Tensor:

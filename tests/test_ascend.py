@@ -17,11 +17,11 @@ import torch
 
 from kernels import EAGER
 from npu_models import runtime
-from npu_models.bert import Bert, BertConfig
-from npu_models.blip import Blip, BlipConfig
-from npu_models.vilbert import ViLBERT, ViLBERTConfig
-from npu_models.vit import ViT, ViTConfig
-from npu_models.vlmo import VLMo, VLMoConfig
+from npu_models.models.bert.model import Bert, BertConfig
+from npu_models.models.blip.model import Blip, BlipConfig
+from npu_models.models.vilbert.model import ViLBERT, ViLBERTConfig
+from npu_models.models.vit.model import ViT, ViTConfig
+from npu_models.models.vlmo.model import VLMo, VLMoConfig
 from tests.npu_standin import CHIPS, NPU0
 from weights_tools.verify import DEFAULT_TOLERANCE
 

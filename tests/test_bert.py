@@ -8,12 +8,12 @@ from safetensors.torch import load_file
 
 import npu_models
 from npu_models import registry
-from npu_models.bert import Bert, BertConfig
+from npu_models.models.bert.model import Bert, BertConfig
 from npu_models.errors import UserError
 from npu_models.tokenizer import bert_tokenizer
-from npu_models.vilbert import bert_base_uncased
+from npu_models.models.vilbert.model import bert_base_uncased
 from tests.conftest import BERT_FIXTURE
-from npu_models.checkpoints import hf_bert
+from npu_models.models.bert import checkpoint as hf_bert
 from npu_models.checkpoints.io import check_state_dict, expected_shapes
 
 transformers = pytest.importorskip("transformers")

@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 import npu_models
 from eval import retrieval
 from eval.data.retrieval import read_retrieval
-from npu_models.blip import Blip, BlipConfig, pre_caption
+from npu_models.models.blip.model import Blip, BlipConfig, pre_caption
 from npu_models.tokenizer import bert_tokenizer, encode_padded
 from tests.conftest import FIXTURES
-from npu_models.checkpoints import blip as blip_weights
+from npu_models.models.blip import checkpoint as blip_weights
 from npu_models.checkpoints.io import check_state_dict, expected_shapes
 from weights_tools.verify import verify
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from npu_models import registry
-from npu_models.checkpoints import vilbert as vilbert_weights
+from npu_models.models.vilbert import checkpoint as vilbert_weights
 from npu_models.checkpoints.io import unwrap
 from npu_models.checkpoints.rename import apply, fused, official_names, prefixed
 from npu_models.errors import UserError
@@ -191,8 +191,11 @@ def test_vilbert_answers_are_read_without_loading_the_weights(monkeypatch):
 
 
 def full_size_models():
-    from npu_models import bert, blip, vilbert, vit, vlmo
-    from npu_models.checkpoints import blip as blip_weights, hf_bert, vit as vit_weights, vlmo as vlmo_weights
+    from npu_models.models.bert import checkpoint as hf_bert, model as bert
+    from npu_models.models.blip import checkpoint as blip_weights, model as blip
+    from npu_models.models.vilbert import model as vilbert
+    from npu_models.models.vit import checkpoint as vit_weights, model as vit
+    from npu_models.models.vlmo import checkpoint as vlmo_weights, model as vlmo
     return [(hf_bert.table_for({}), bert.Bert(bert.bert_base_cased_sst2())),
             (vit_weights.TIMM, vit.ViT(vit.vit_base_patch32_224())),
             (vlmo_weights.TABLE, vlmo.VLMo(vlmo.vlmo_base_vqa())),

@@ -9,7 +9,7 @@ from torch import nn
 
 import npu_models
 from npu_models import parallel, registry, runtime
-from npu_models.bert import Bert, BertConfig
+from npu_models.models.bert.model import Bert, BertConfig
 from npu_models.errors import UserError
 from npu_models.runtime import settings as settings_module
 from tests.conftest import BERT_FIXTURE

@@ -8,9 +8,9 @@ import torch
 import npu_models
 from eval import metrics, vqa
 from npu_models.errors import UserError
-from npu_models.vilbert import ViLBERT, ViLBERTConfig
+from npu_models.models.vilbert.model import ViLBERT, ViLBERTConfig
 from tests.conftest import FIXTURES
-from npu_models.checkpoints import vilbert as vilbert_weights
+from npu_models.models.vilbert import checkpoint as vilbert_weights
 from npu_models.checkpoints.io import check_state_dict, expected_shapes
 from weights_tools.verify import verify
 

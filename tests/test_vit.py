@@ -8,9 +8,9 @@ from safetensors.torch import load_file, save_file
 import npu_models
 from npu_models.errors import UserError
 from npu_models.transforms import ImageTransform, preprocess
-from npu_models.vit import ViT, ViTConfig
+from npu_models.models.vit.model import ViT, ViTConfig
 from tests.conftest import FIXTURES
-from npu_models.checkpoints import vit as vit_weights
+from npu_models.models.vit import checkpoint as vit_weights
 from npu_models.checkpoints.adapt import resample_position_embedding
 from npu_models.checkpoints.io import check_state_dict, expected_shapes
 from weights_tools.verify import verify

@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 
 import npu_models
 from npu_models.errors import UserError
-from npu_models.vlmo import VLMo, VLMoConfig, relative_position_indices, vlmo_base_coco_retrieval, vlmo_base_vqa
+from npu_models.models.vlmo.model import VLMo, VLMoConfig, relative_position_indices, vlmo_base_coco_retrieval, vlmo_base_vqa
 from tests.conftest import FIXTURES
-from npu_models.checkpoints import vlmo as vlmo_weights
+from npu_models.models.vlmo import checkpoint as vlmo_weights
 from npu_models.checkpoints.io import check_state_dict, expected_shapes
 from weights_tools.verify import verify
 
@@ -53,7 +53,7 @@ def test_every_official_key_maps_onto_the_full_size_model(section, config):
 
 
 def test_large_config_builds_with_its_sizes():
-    from npu_models.vlmo import vlmo_large
+    from npu_models.models.vlmo.model import vlmo_large
     with torch.device("meta"):
         model = VLMo(vlmo_large(480, "vqa"))
     assert len(model.blocks) == 24 and model.relative_position_bias_table.shape == (3878, 24 * 16)

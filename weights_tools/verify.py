@@ -7,7 +7,6 @@ Every checkpoint is converted and run on the inputs; every output tensor our mod
 Exit status 0 only when all of them are within tolerance.
 """
 import argparse
-import contextlib
 import inspect
 import sys
 from pathlib import Path
@@ -16,7 +15,6 @@ import torch
 from safetensors.torch import load_file
 
 from npu_models import parallel, registry, runtime
-from npu_models.parallel import gather_heads
 from npu_models.checkpoints.io import is_converted_dir, read_state_dict
 from npu_models.errors import UserError, cli_main
 
@@ -27,139 +25,6 @@ from npu_models.errors import UserError, cli_main
 DEFAULT_TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (5e-2, 5e-2), torch.float16: (1e-2, 1e-2)}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz", ".tar.gz")
 FIXTURE_FILES = ("inputs.safetensors", "outputs.safetensors", "preprocessed.safetensors")
-
-
-# ---- what each fixture records, produced by the methods the eval commands run ---------------------------
-# Intermediates are read with forward hooks on the production modules ("path" records a module's output,
-# "path:input" its first input), so the model files carry no fixture-only code paths.
-
-
-@contextlib.contextmanager
-def recording(model: torch.nn.Module, points: dict[str, str]):
-    """{fixture name: module path} -> a dict filled while the block runs (a module's last call wins)."""
-    recorded, handles = {}, []
-    for name, point in points.items():
-        path, _, what = point.partition(":")
-        module = model.get_submodule(path)
-        if what == "input":
-            hook = module.register_forward_pre_hook(lambda m, args, name=name: recorded.__setitem__(name, args[0]))
-        else:
-            hook = module.register_forward_hook(lambda m, args, out, name=name: recorded.__setitem__(name, out))
-        handles.append(hook)
-    try:
-        yield recorded
-    finally:
-        for hook in handles:
-            hook.remove()
-
-
-# A classifier's last block computes only the [CLS] row; the fixtures' full last hidden states come from the
-# encoder method (forward_features), the logits and pooled vectors from the classifier path.
-def bert_outputs(model, input_ids, attention_mask, token_type_ids):
-    with recording(model, {"embeddings_output": "embeddings", "pooler_output": "classifier:input"}) as out:
-        out["logits"] = model(input_ids, attention_mask, token_type_ids)
-    out["last_hidden_state"] = model.forward_features(input_ids, attention_mask, token_type_ids)
-    out["probs"] = out["logits"].float().softmax(dim=-1)
-    return out
-
-
-def vit_outputs(model, pixel_values):
-    with recording(model, {"patch_embed": "patch_embed", "pooled": "head:input"}) as out:
-        out["logits"] = model(pixel_values)
-    out["features"] = model.forward_features(pixel_values)
-    out["probs"] = out["logits"].float().softmax(dim=-1)
-    return out
-
-
-def vlmo_outputs(model, image, text_ids, text_masks):
-    p = "vqa" if model.config.head == "vqa" else "irtr"
-    embeddings = {f"{p}.text_embeddings_bert": "text_embeddings", f"{p}.patch_embed": "patch_embed"}
-    with recording(model, embeddings) as out:
-        out[f"{p}.text_input_embeds"], out[f"{p}.image_input_embeds"] = model.embed_text(text_ids), model.embed_image(image)
-    out[f"{p}.visual_embed"] = out[f"{p}.image_input_embeds"] - model.modality_embeddings.weight[1]  # before the modality
-    blocks = {f"{p}.joint.hidden.layer{i}": f"blocks.{i}" for i in range(len(model.blocks))} if p == "vqa" else {}
-    with recording(model, blocks) as joint:
-        out[f"{p}.joint.final_norm"] = model.joint_features(image, text_ids, text_masks)
-    out.update(joint)
-    out[f"{p}.joint.cls_feats"] = model.joint_cls_feats(image, text_ids, text_masks)
-    out[f"{p}.joint.raw_cls_feats"] = out[f"{p}.joint.final_norm"][:, 0]
-    for layer in (0, len(model.blocks) - 1):
-        biases = model.position_biases(model.position_index("joint"))
-        out[f"{p}.joint.rel_pos_bias.layer{layer}"] = gather_heads(biases[layer], model)
-    out.update({"debug.relative_position_index": model.image_position_index,
-                "debug.text_relative_position_index": model.text_position_index,
-                "debug.text_imag_relative_position_index": model.joint_position_index})
-    if p == "vqa":
-        out["vqa.logits"] = model.vqa_logits(image, text_ids, text_masks)
-        return out
-    for kind, embed, args in (("image", model.image_embeds, (image,)), ("text", model.text_embeds, (text_ids, text_masks))):
-        out[f"irtr.{kind}_embeds"] = embed(*args)
-        points = {f"irtr.{kind}.hidden.layer{i}": f"blocks.{i}" for i in range(len(model.blocks))}
-        tokens, key_mask = (model.embed_image(image), None) if kind == "image" else (model.embed_text(text_ids), text_masks)
-        with recording(model, points) as encoded:
-            out[f"irtr.{kind}.final_norm"] = model.encode(tokens, kind, key_mask)
-        out.update(encoded)
-        biases = model.position_biases(model.position_index(kind))
-        out[f"irtr.{kind}.rel_pos_bias.layer0"] = gather_heads(biases[0], model)
-    out["irtr.similarity"] = out["irtr.image_embeds"] @ out["irtr.text_embeds"].T
-    out["irtr.logits_per_image"] = out["irtr.similarity"] * model.logit_scale.exp()
-    return out
-
-
-def blip_outputs(model, images, text_input_ids, text_attention_mask):
-    from npu_models.blip import UNSELECTED_SCORE, rerank
-    from npu_models.tasks import score_matrix
-    vit, bert = model.visual_encoder, model.text_encoder
-    ids, mask = text_input_ids, text_attention_mask
-    points = {"vit.patch_embed_out": "patch_embed", "vit.embed_out": "blocks.0:input",
-              **{f"vit.block{i}_out": f"blocks.{i}" for i in range(len(vit.blocks))}}
-    with recording(vit, points) as out:
-        image_feat = out["image_feat"] = model.image_features(images)
-    out["image_embed"] = model.image_embeds(image_feat)
-    points = {"text.embeddings_out": "embeddings", **{f"text.layer{i}_out": f"blocks.{i}" for i in range(len(bert.blocks))}}
-    with recording(bert, points) as text:
-        bert.forward_features(ids, mask)
-    out["text_embed"] = model.text_embeds(ids, mask)
-    out.update(text, text_last_hidden_state=text[f"text.layer{len(bert.blocks) - 1}_out"])
-    sims = out["itc_sims"] = out["image_embed"] @ out["text_embed"].T
-
-    texts, images_n = len(ids), len(images)
-    with recording(bert, {"itm.layer0_selfattn_out_img0": "blocks.0.cross_attn:input",
-                          "itm.layer0_crossattn_out_img0": "blocks.0.mlp:input"}) as layer0:
-        model.itm_logits(image_feat[:1].expand(texts, -1, -1), ids, mask)  # layer 0 for image 0, step by step
-    out.update(layer0)
-    pairs = image_feat.repeat_interleave(texts, dim=0), ids.repeat(images_n, 1), mask.repeat(images_n, 1)
-    logits = model.itm_logits(*pairs).view(images_n, texts, 2)
-    last = bert.forward_features(model.with_enc_token(pairs[1]), pairs[2], context=pairs[0])
-    out["itm.last_hidden_state"] = last.view(images_n, texts, *last.shape[1:])
-    out["itm_logits"], out["itm_score"], out["itm_prob"] = logits, logits[..., 1], logits.softmax(dim=-1)[..., 1]
-    k = min(model.config.k_test, texts, images_n)
-    i2t = rerank(model, sims, image_feat, ids, mask, "i2t", range(images_n), k)
-    t2i = rerank(model, sims, image_feat, ids, mask, "t2i", range(texts), k)
-    out["topk_i2t_idx"], out["topk_t2i_idx"] = i2t[0], t2i[0]
-    out["score_matrix_i2t"] = score_matrix(i2t, (images_n, texts), UNSELECTED_SCORE)
-    out["score_matrix_t2i"] = score_matrix(t2i, (texts, images_n), UNSELECTED_SCORE)
-    return out
-
-
-def vilbert_outputs(model, box_features, box_coordinates, box_mask, token_ids, mask, type_ids):
-    last = len(model.co_layers) - 1
-    points = {"text_embeddings": "text_embeddings", "image_embeddings": "image_embeddings",
-              **{f"text_layer_{i}_out": f"text_layers.{i}" for i in range(len(model.text_layers))},
-              **{f"image_layer_{i}_out": f"image_layers.{i}" for i in range(len(model.image_layers))},
-              **{f"coattn_{k}_{stream}_out": f"co_layers.{k}.{stream}" for k in range(last + 1)
-                 for stream in ("text", "image")}}
-    with recording(model, points) as out:  # layers after the last co-attention never run: nothing recorded
-        out["logits"] = model(box_features, box_coordinates, box_mask, token_ids, mask, type_ids)
-    out["encoded_text_final"], out["encoded_image_final"] = out[f"coattn_{last}_text_out"], out[f"coattn_{last}_image_out"]
-    out["pooled_text"], out["pooled_image"], out["pooled_fused"] = model.fuse(out["encoded_text_final"],
-                                                                              out["encoded_image_final"])
-    out["probs"] = torch.sigmoid(out["logits"])
-    return out
-
-
-FIXTURE_OUTPUTS = {"bert": bert_outputs, "vit": vit_outputs, "vlmo": vlmo_outputs, "blip": blip_outputs,
-                   "vilbert": vilbert_outputs}
 
 
 def find_checkpoints(directory: Path) -> list[Path]:
@@ -190,6 +55,8 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
     atol/rtol default to DEFAULT_TOLERANCE for the dtype."""
     directory = Path(directory)
     entry = registry.get_entry(model_name)
+    if entry.outputs is None:
+        raise UserError(f"{entry.name} names no outputs to compare (its spec's `outputs`); nothing can be verified.")
     device = runtime.resolve_device(device)  # a device this machine lacks is refused before any work
     dtype = runtime.parse_dtype(dtype, device)
     for name in ("inputs.safetensors", "outputs.safetensors"):
@@ -208,11 +75,10 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
     for checkpoint in checkpoints:
         model = registry.build_model(entry, checkpoint, tp=group)
         model = runtime.prepare_model(model, parallel.local_device(device), dtype)
-        outputs_of = FIXTURE_OUTPUTS[entry.short_name]
-        accepted = inspect.signature(outputs_of).parameters
+        accepted = inspect.signature(entry.outputs).parameters
         with torch.no_grad():  # fixtures may carry extra inputs (raw images for preprocessing checks)
-            produced = outputs_of(model, **{k: runtime.to_model_input(v, device, dtype)
-                                            for k, v in inputs.items() if k in accepted})
+            produced = entry.outputs(model, **{k: runtime.to_model_input(v, device, dtype)
+                                               for k, v in inputs.items() if k in accepted})
         prefix = f"{checkpoint.name}/" if len(checkpoints) > 1 else ""
         for name, reference in references.items():
             if name in produced:

@@ -16,7 +16,7 @@ import torch
 from eval import metrics, sst2
 from eval.bench.options import BenchOptions
 from eval.bench.report import format_end_to_end
-from eval.bench.throughput import benchmarks_of, peer_maker
+from eval.peers import PEERS
 from eval.data.sst2 import read_sst2, write_length_mix
 from eval.store import write_json_atomic
 from eval.timing import timed_call
@@ -27,11 +27,11 @@ from npu_models.errors import UserError
 def end_to_end(entry, options: BenchOptions, device, dtype) -> list[dict]:
     """Both flows at every mode and batch size of `options`; one row per flow (written to options.json as
     they arrive)."""
-    if entry.task != "sst2":
-        raise UserError(f"--end-to-end times the SST-2 eval; {entry.name} is a {entry.task} model.")
+    if entry.task.name != "sst2":
+        raise UserError(f"--end-to-end times the SST-2 eval; {entry.name} is a {entry.task.name} model.")
     if parallel.world_size() > 1:
         raise UserError("--end-to-end runs in one process; drop torchrun and --tp.")
-    peer, peer_fn, config, state = peer_maker(entry.name, benchmarks_of(entry)[entry.name])(options.checkpoint)
+    peer, peer_fn, config, state = PEERS[entry.name](options.checkpoint)
     ours = entry.build(config)
     ours.load_state_dict(state)
     for module in (ours, peer):

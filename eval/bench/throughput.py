@@ -15,9 +15,10 @@ from eval.bench.flops import counted_flops, matmul_peak
 from eval.bench.options import BenchOptions
 from eval.bench.report import format_table, write_rows
 from eval.data.region_features import MAX_BOXES, RegionFeatureExtractor, pad_regions
+from eval.peers import PEERS
 from eval.timing import latency_percentiles, time_interleaved, timed_call
 from npu_models import parallel, registry, runtime
-from npu_models.benchmarks import Benchmark
+from npu_models.spec import Benchmark
 from npu_models.errors import UserError
 from npu_models.parallel import TensorParallel
 
@@ -66,12 +67,6 @@ class BenchRun:
             write_rows(self.rows, self.options.json, self.options.csv)
 
 
-def peer_maker(name: str, bench: Benchmark) -> Callable | None:
-    """checkpoint -> (peer module, peer fn, our config, our state dict): the transformers/timm model on the
-    same weights, if the part named `name` has one."""
-    return bench.make_peer
-
-
 def with_detection(task) -> Benchmark:
     """A region-feature VQA model timed from images: torchvision's Faster R-CNN (random weights: speed does
     not depend on them) finds the regions as eval.vqa --detector-weights does, in fp32, then the model
@@ -102,8 +97,8 @@ def with_detection(task) -> Benchmark:
 def benchmarks_of(entry) -> dict[str, Benchmark]:
     """The entry's benchmarks by row name: the registry's parts, plus the detector run for region models."""
     parts = {f"{entry.name}/{part}" if part else entry.name: bench for part, bench in entry.benchmarks.items()}
-    if entry.vqa is not None and entry.vqa.visual == "regions":
-        parts[f"{entry.name}/with-detection"] = with_detection(entry.vqa)
+    if entry.task.name == "vqa" and entry.task.visual == "regions":
+        parts[f"{entry.name}/with-detection"] = with_detection(entry.task)
     return parts
 
 
@@ -141,7 +136,7 @@ def run_benchmark(run: BenchRun, name: str, entry, bench: Benchmark, build_ours)
 def contenders_of(run: BenchRun, name: str, entry, bench: Benchmark, build_ours) -> tuple[object, list[Contender]]:
     """(our config, the contenders): ours (split under --tp), ours whole beside it under --tp, and the peer
     on the same weights unless there is none or --no-peer."""
-    make_peer, checkpoint, tp = peer_maker(name, bench), run.options.checkpoint, run.tp
+    make_peer, checkpoint, tp = PEERS.get(name), run.options.checkpoint, run.tp
     if make_peer is None and not run.options.no_peer:
         run.say(f"note: {name} has no peer implementation to run beside ours; timing ours alone", file=sys.stderr)
     whole, peer = None, None

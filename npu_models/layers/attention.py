@@ -1,4 +1,4 @@
-"""Multi-head self-attention with one fused q/k/v projection."""
+"""Multi-head attention: queries over keys, one fused q/k/v projection where they are the same tokens."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -7,9 +7,13 @@ from kernels import PORTABLE, attention
 
 
 class Attention(nn.Module):
-    """Self-attention: qkv = Linear(dim, 3 * dim), q, k, v stacked along the output (fused at conversion).
-    Cross-attention (kv_dim given): q = Linear(dim, inner) on x, kv = Linear(kv_dim, 2 * inner) on the context,
-    proj = Linear(inner, dim); inner_dim defaults to dim (ViLBERT's co-attention works in its own width).
+    """Multi-head attention of query tokens over key tokens: q is projected from the queries, k and v from the
+    keys. Self-attention: the keys are the queries themselves, or the sequence they are rows of (a
+    classifier's last layer queries with its first token only, so no other row's q projection or attention is
+    computed); qkv = Linear(dim, 3 * dim), q, k, v stacked along the output (fused at conversion).
+    Cross-attention (kv_dim given): the keys are another encoder's tokens; q = Linear(dim, inner),
+    kv = Linear(kv_dim, 2 * inner); inner_dim defaults to dim (ViLBERT's co-attention works in its own width).
+    proj = Linear(inner, dim).
 
     qkv_bias: "qkv" (one bias for all three), "qv" (BEiT/VLMo: q and v biases, keys unbiased) or None.
     `num_heads` counts the heads this module computes: tensor parallelism lowers it per rank.
@@ -45,24 +49,27 @@ class Attention(nn.Module):
             return torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         return self.qkv.bias
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                context: torch.Tensor | None = None, cls_only: bool = False):
-        """mask (bool, True = attend) and bias are over the keys: x's own tokens, or the context's.
+    def q_and_kv_weights(self):
+        """(q weight, q bias, kv weight, kv bias): the cross-attention's own, or the fused weight's rows."""
+        if not hasattr(self, "qkv"):
+            return self.q.weight, self.q.bias, self.kv.weight, self.kv.bias
+        inner, weight, bias = self.num_heads * self.head_dim, self.qkv.weight, self.qkv_bias()
+        if bias is None:
+            return weight[:inner], None, weight[inner:], None
+        return weight[:inner], bias[:inner], weight[inner:], bias[inner:]
 
-        cls_only: only the first token queries (all keys still answer); returns [B, 1, dim]. A classifier's
-        last layer needs no other row, so neither their q projection nor their attention is computed.
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                keys: torch.Tensor | None = None):
+        """x [B, Sq, dim] queries `keys` [B, Sk, kv_dim] (default: x itself); returns [B, Sq, dim].
+
+        mask (bool, True = attend) and bias are over (query, key) pairs, broadcast over the dimensions they
+        lack: a key-padding mask [B, 1, 1, Sk] serves any queries, a bias with query rows has x's rows.
         """
-        queries = x[:, :1] if cls_only else x
-        if context is not None:
-            (q,), (k, v) = self.split_heads(self.q(queries), 1), self.split_heads(self.kv(context), 2)
-        elif cls_only:  # the fused weight's q rows for the first token, its k/v rows for all
-            inner, weight, qkv_bias = self.num_heads * self.head_dim, self.qkv.weight, self.qkv_bias()
-            (q,) = self.split_heads(F.linear(queries, weight[:inner], None if qkv_bias is None else qkv_bias[:inner]), 1)
-            k, v = self.split_heads(F.linear(x, weight[inner:], None if qkv_bias is None else qkv_bias[inner:]), 2)
-        else:
+        if keys is None or keys is x:  # the same tokens: q, k and v in one fused matmul
             q, k, v = self.split_heads(F.linear(x, self.qkv.weight, self.qkv_bias()), 3)
-        if cls_only:  # a bias or mask given per query keeps the first query's row
-            bias = bias[..., :1, :] if bias is not None and bias.dim() > 1 else bias
-            mask = mask[..., :1, :] if mask is not None and mask.dim() > 1 else mask
+        else:
+            q_weight, q_bias, kv_weight, kv_bias = self.q_and_kv_weights()
+            (q,) = self.split_heads(F.linear(x, q_weight, q_bias), 1)
+            k, v = self.split_heads(F.linear(keys, kv_weight, kv_bias), 2)
         out = attention(q, k, v, mask, bias=bias, plan=self.kernel_plan)
-        return self.proj(out.transpose(1, 2).reshape(queries.shape[0], queries.shape[1], self.num_heads * self.head_dim))
+        return self.proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.num_heads * self.head_dim))

@@ -16,9 +16,13 @@ class PreNormBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, mlp_dim)
 
-    def forward(self, x, mask=None, cls_only: bool = False):
-        """cls_only: compute only the first token's output row [B, 1, dim] (a classifier's last block)."""
-        x = (x[:, :1] if cls_only else x) + self.attn(self.attn_norm(x), mask, cls_only=cls_only)
+    def forward(self, x, mask=None, queries=None):
+        """queries: the rows of x [B, Sq, dim] whose outputs are computed (a classifier's last block: x[:, :1]);
+        default all of x. Every row of x answers as a key."""
+        queries = x if queries is None else queries
+        keys = self.attn_norm(x)
+        normed = keys if queries is x else self.attn_norm(queries)
+        x = queries + self.attn(normed, mask, keys=keys)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -41,12 +45,13 @@ class PostNormBlock(nn.Module):
         self.mlp = Mlp(dim, mlp_dim)
         self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
 
-    def forward(self, x, mask=None, context=None, context_mask=None, cls_only: bool = False):
-        """cls_only: compute only the first token's output row [B, 1, dim] (a classifier's last block)."""
-        x = residual_norm(self.attn(x, mask, cls_only=cls_only), x[:, :1] if cls_only else x, self.attn_norm,
-                          self.kernel_plan)
+    def forward(self, x, mask=None, context=None, context_mask=None, queries=None):
+        """queries: the rows of x [B, Sq, dim] whose outputs are computed (a classifier's last block: x[:, :1]);
+        default all of x. Every row of x answers as a key."""
+        queries = x if queries is None else queries
+        x = residual_norm(self.attn(queries, mask, keys=x), queries, self.attn_norm, self.kernel_plan)
         if context is not None:
-            x = residual_norm(self.cross_attn(x, context_mask, context=context), x, self.cross_attn_norm,
+            x = residual_norm(self.cross_attn(x, context_mask, keys=context), x, self.cross_attn_norm,
                               self.kernel_plan)
         return residual_norm(self.mlp(x), x, self.mlp_norm, self.kernel_plan)
 
@@ -64,7 +69,7 @@ class CrossAttentionBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
 
     def forward(self, x, context, context_mask=None):
-        x = residual_norm(self.cross_attn(x, context_mask, context=context), x, self.cross_attn_norm, self.kernel_plan)
+        x = residual_norm(self.cross_attn(x, context_mask, keys=context), x, self.cross_attn_norm, self.kernel_plan)
         return residual_norm(self.mlp(x), x, self.mlp_norm, self.kernel_plan)
 
 

@@ -41,7 +41,11 @@ class MultiwayBlock(nn.Module):
         self.ffn = MultiwayFFN(dim, mlp_dim, experts, norm_eps)
         self.gamma_ffn = nn.Parameter(torch.full((dim,), layer_scale))
 
-    def forward(self, x, route: Route, mask=None, bias=None, cls_only: bool = False):
-        """cls_only: compute only the first token's output row (it belongs to the route's first expert)."""
-        x = (x[:, :1] if cls_only else x) + self.gamma_attn * self.attn(self.attn_norm(x), mask, bias, cls_only=cls_only)
-        return x + self.gamma_ffn * self.ffn(x, ((route[0][0], 1),) if cls_only else route)
+    def forward(self, x, route: Route, mask=None, bias=None, queries=None):
+        """queries: the rows of x whose outputs are computed (a classifier's last block: x[:, :1]), default all
+        of x; every row of x answers as a key. `route` and the bias's query rows are the queries'."""
+        queries = x if queries is None else queries
+        keys = self.attn_norm(x)
+        normed = keys if queries is x else self.attn_norm(queries)
+        x = queries + self.gamma_attn * self.attn(normed, mask, bias, keys=keys)
+        return x + self.gamma_ffn * self.ffn(x, route)

@@ -211,8 +211,10 @@ class VLMo(nn.Module):
                 route = (("text", text_len), ("image", image_len))
             else:
                 route = (("vl", text_len + image_len),)
-            last = cls_only and i == len(self.blocks) - 1
-            x = block(x, route, mask, biases[i], cls_only=last)
+            if cls_only and i == len(self.blocks) - 1:  # the first token, of the route's first expert
+                x = block(x, ((route[0][0], 1),), mask, biases[i][..., :1, :], queries=x[:, :1])
+            else:
+                x = block(x, route, mask, biases[i])
         return self.norm(x)
 
     def joint_features(self, image, text_ids, text_masks=None, cls_only: bool = False):

@@ -69,7 +69,8 @@ class ViT(nn.Module):
         cls_only: the last block computes only the class token's row, all the head reads: [B, 1, D]."""
         x = self.embed(pixels)
         for i, block in enumerate(self.blocks):
-            x = block(x, cls_only=cls_only and i == len(self.blocks) - 1)
+            last_for_cls = cls_only and i == len(self.blocks) - 1
+            x = block(x, queries=x[:, :1] if last_for_cls else None)
         return self.norm(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from npu_models.bert import Bert, BertConfig
+from npu_models.models.bert.model import Bert, BertConfig
 from npu_models.tokenizer import TextInput
 from npu_models.transforms import ImageTransform
-from npu_models.vit import ViT, ViTConfig
+from npu_models.models.vit.model import ViT, ViTConfig
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

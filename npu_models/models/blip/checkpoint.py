@@ -3,10 +3,10 @@ import dataclasses
 import math
 from pathlib import Path
 
-from npu_models.bert import BertConfig
-from npu_models.blip import CLIP_MEAN, CLIP_STD, BlipConfig, blip_text
-from npu_models.checkpoints import hf_bert
-from npu_models.checkpoints import vit as vit_weights
+from npu_models.models.bert.model import BertConfig
+from npu_models.models.blip.model import CLIP_MEAN, CLIP_STD, BlipConfig, blip_text
+from npu_models.models.bert import checkpoint as hf_bert
+from npu_models.models.vit import checkpoint as vit_weights
 from npu_models.checkpoints.adapt import resample_position_embedding
 from npu_models.checkpoints.io import Converted, read_sidecar, read_state_dict, unwrap
 from npu_models.checkpoints.rename import Renamed, RenameTable, apply, official_names, prefixed

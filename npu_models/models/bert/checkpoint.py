@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from npu_models.bert import BertConfig
+from npu_models.models.bert.model import BertConfig
 from npu_models.checkpoints.io import Converted, read_json, read_state_dict
 from npu_models.checkpoints.rename import Renamed, RenameTable, apply, fused, official_names, prefixed
 from npu_models.errors import UserError

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from npu_models.bert import BertConfig
-from npu_models.checkpoints import hf_bert
+from npu_models.models.bert.model import BertConfig
+from npu_models.models.bert import checkpoint as hf_bert
 from npu_models.checkpoints.io import Converted, read_json
 from npu_models.checkpoints.rename import Renamed, RenameTable, apply, fused, official_names
 from npu_models.errors import UserError, arg
-from npu_models.vilbert import ViLBERTConfig, bert_base_uncased
+from npu_models.models.vilbert.model import ViLBERTConfig, bert_base_uncased
 
 TEXT_CONFIG_FILE = "text_model_config.json"
 ANSWERS_FILE = "vocabulary/answers.txt"

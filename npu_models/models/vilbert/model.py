@@ -6,7 +6,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from npu_models.bert import BertConfig
+from npu_models.models.bert.model import BertConfig
 from npu_models.layers import CrossAttentionBlock, PostNormBlock, TextEmbeddings
 from npu_models.layers.init import init_weights_
 from npu_models.tokenizer import TextInput

@@ -6,7 +6,7 @@ import torch
 from npu_models.checkpoints.io import Converted, read_sidecar, read_state_dict, unwrap
 from npu_models.checkpoints.rename import Renamed, RenameTable, apply, official_names
 from npu_models.errors import UserError, arg
-from npu_models.vlmo import VLMoConfig, vlmo_base_coco_retrieval, vlmo_base_vqa
+from npu_models.models.vlmo.model import VLMoConfig, vlmo_base_coco_retrieval, vlmo_base_vqa
 
 # Index buffers some files carry, and the BERT position table VLMo never uses (rel_pos embeddings).
 IGNORED = {"relative_position_index", "text_relative_position_index", "text_imag_relative_position_index",

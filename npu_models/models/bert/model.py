@@ -58,7 +58,8 @@ class Bert(nn.Module):
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         x = self.embeddings(input_ids, token_type_ids)
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, context, cls_only=cls_only and i == len(self.blocks) - 1)
+            last_for_cls = cls_only and i == len(self.blocks) - 1
+            x = block(x, mask, context, queries=x[:, :1] if last_for_cls else None)
         return x
 
     def forward_head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from npu_models.checkpoints.adapt import resample_position_embedding
 from npu_models.checkpoints.io import Converted, read_sidecar, read_state_dict, unwrap
 from npu_models.checkpoints.rename import Renamed, RenameTable, apply, official_names
 from npu_models.errors import UserError, arg
-from npu_models.vit import ViTConfig
+from npu_models.models.vit.model import ViTConfig
 
 # timm's VisionTransformer already fuses q/k/v; only norms are named differently.
 TIMM: RenameTable = {
