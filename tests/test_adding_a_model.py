@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 import npu_models
-from eval import bench
+from eval.bench import throughput as bench
 from npu_models import parallel, registry
 from npu_models.checkpoints.rename import official_names
 from tests import toy_family
