@@ -23,7 +23,11 @@ def test_bench_rows_cover_both_implementations_on_the_same_weights(tmp_path, cap
         assert row["dtype"] == "fp32" and row["seq_len"] == 16
     assert all(r["max_abs_diff_vs_peer"] < 1e-5 for r in rows if r["impl"] == "peer")
     assert out_csv.read_text().splitlines()[0] == ",".join(COLUMNS)
-    assert "samples/s" in capsys.readouterr().out
+    streamed = capsys.readouterr().out.splitlines()
+    first_row = next(i for i, line in enumerate(streamed) if line.startswith("ours "))
+    # the rows stream under the model's name and a header that names their columns
+    assert streamed[first_row - 2] == "bert-base-cased-sst2" and streamed[first_row - 1].split()[:2] == ["impl", "mode"]
+    assert "samples/s" in streamed[first_row - 1]
 
 
 def test_bench_rejects_unknown_modes(capsys):

@@ -62,7 +62,10 @@ class BenchRun:
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
-        self.say(format_table([row]).splitlines()[-1], flush=True)
+        header, line = format_table([row]).splitlines()
+        if len(self.rows) == 1 or self.rows[-2]["model"] != row["model"]:
+            self.say(f"{row['model']}\n{header}")  # each part's rows stream under their own header
+        self.say(line, flush=True)
         if parallel.is_main_process():
             write_rows(self.rows, self.options.json, self.options.csv)
 
