@@ -35,12 +35,12 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     if checkpoint is None and Path(str(name_or_path)).is_dir() and is_converted_dir(name_or_path):
         checkpoint, name_or_path = name_or_path, read_json(Path(name_or_path) / "config.json")["model"]
     entry = registry.get_entry(str(name_or_path), task)
-    if checkpoint is None:
-        warnings.warn(f"{entry.name} has RANDOM weights (no checkpoint given): its outputs are meaningless. Pass "
-                      "checkpoint= an official checkpoint or a converted directory.", RandomWeightsWarning, stacklevel=2)
     device = runtime.resolve_device(device)
     dtype = runtime.parse_dtype(dtype, device)
     graph_backend = runtime.graph_backend_for(device, graph, graph_backend)
+    if checkpoint is None:  # after the checks above: a refused call warns of nothing
+        warnings.warn(f"{entry.name} has RANDOM weights (no checkpoint given): its outputs are meaningless. Pass "
+                      "checkpoint= an official checkpoint or a converted directory.", RandomWeightsWarning, stacklevel=2)
     tensor_parallel = parallel.init_tensor_parallel(tp, device.type)
     # random weights are drawn on the device itself; a checkpoint's are read to the CPU and moved
     model = registry.build_model(entry, checkpoint, config, config_file, tensor_parallel,
