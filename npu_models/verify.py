@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from npu_models import parallel, registry, runtime
 from npu_models.checkpoints.io import is_converted_dir, read_state_dict
+from npu_models.compare import compare, compare_outputs  # noqa: F401 (compare: part of this module's API)
 from npu_models.errors import UserError
 
 # (atol, rtol) per dtype. fp32 is the parity bar: real bugs such as a tanh GELU move logits by ~5e-5.
@@ -35,16 +36,6 @@ def find_checkpoints(directory: Path) -> list[Path]:
         elif path.name.endswith(WEIGHT_SUFFIXES) and path.name not in FIXTURE_FILES:
             found.append(path)
     return found
-
-
-def compare(name: str, ours: torch.Tensor, reference: torch.Tensor, atol: float, rtol: float) -> dict:
-    row = {"name": name, "shape": list(reference.shape), "tolerance": f"{atol:g} + {rtol:g}*|ref|"}
-    if tuple(ours.shape) != tuple(reference.shape):
-        return {**row, "max_abs_diff": float("inf"), "ok": False, "note": f"our shape {list(ours.shape)}"}
-    ours, reference = ours.detach().double().cpu(), reference.double()
-    diff = (ours - reference).abs()
-    ok = bool(torch.all(diff <= atol + rtol * reference.abs()))
-    return {**row, "max_abs_diff": diff.max().item() if diff.numel() else 0.0, "ok": ok, "note": ""}
 
 
 def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rtol=None, tp=1) -> list[dict]:
@@ -77,9 +68,7 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
             produced = entry.outputs(model, **{k: runtime.to_model_input(v, device, dtype)
                                                for k, v in inputs.items() if k in accepted})
         prefix = f"{checkpoint.name}/" if len(checkpoints) > 1 else ""
-        for name, reference in references.items():
-            if name in produced:
-                rows.append(compare(prefix + name, produced[name], reference, atol, rtol))
+        rows += compare_outputs(produced, references, entry.rankings, atol, rtol, prefix)
     if not rows:
         raise UserError(f"our {entry.name} model produces none of the tensors in {directory / 'outputs.safetensors'} "
                         f"({', '.join(references)}).")
