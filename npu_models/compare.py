@@ -31,7 +31,7 @@ def compare_ranking(name: str, ours: torch.Tensor, reference: torch.Tensor, refe
     k-th boundary included: our candidate need not be among the reference's). max_abs_diff is the largest
     such score gap. Returns the row and, per query row, the candidates whose scattered cells an accepted
     swap moved (empty for a row with any real difference, so its cells stay compared)."""
-    row = {"name": name, "shape": list(reference.shape), "tolerance": f"{atol:g} + {rtol:g}*|ref score|"}
+    row = {"name": name, "shape": list(reference.shape), "tolerance": f"{atol:g} + {rtol:g}*|ref|"}  # ref: the reference score
     moved = [set() for _ in range(len(reference))]
     if tuple(ours.shape) != tuple(reference.shape):
         return {**row, "max_abs_diff": float("inf"), "ok": False, "note": f"our shape {list(ours.shape)}"}, moved
