@@ -20,6 +20,18 @@ class Benchmark:
 
 
 @dataclass(frozen=True)
+class Ranking:
+    """An output of candidate indices [R, k], each row the top-k of a row of a score output. In low
+    precision two candidates whose scores tie within tolerance may swap places; verify accepts such a swap
+    (judged by the reference's scores) and still fails a candidate whose reference score is clearly lower."""
+    scores: str                    # the output whose rows were ranked, e.g. "itc_sims"
+    transposed: bool = False       # the rows ranked are the columns of `scores` (texts ranking images)
+    # [R, N] outputs holding values only at each row's candidates (re-ranked score matrices): a cell that
+    # differs only because of an accepted swap is left out of their comparison
+    scattered: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str                     # the registry name: bert-base-cased-sst2
     short_name: str               # what --model also accepts: bert
@@ -44,3 +56,5 @@ class ModelSpec:
     # (model, **fixture inputs) -> {reference name: tensor}: what weights_tools.verify compares with a
     # reference fixture's outputs.safetensors, produced by the methods the eval commands run
     outputs: Callable[..., dict[str, torch.Tensor]] | None = None
+    # output name -> Ranking, for the outputs above that are candidate indices rather than values
+    rankings: dict[str, Ranking] = dataclasses.field(default_factory=dict)

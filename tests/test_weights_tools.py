@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from npu_models import runtime
 from tests.conftest import BERT_FIXTURE, FIXTURES
 from tests.test_bert import padded_inputs, random_hf_model
 from weights_tools import verify
@@ -115,7 +116,7 @@ def test_converted_directories_reproduce_the_official_checkpoint(tmp_path, model
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("model", ["bert", "vit", "vlmo", "blip", "vilbert"])
 def test_every_fixture_verifies_in_low_precision_with_the_documented_tolerance(model, dtype):
-    rows = verify.verify(model, FIXTURES / "reference" / model, dtype=verify.runtime.dtype_name(dtype))
+    rows = verify.verify(model, FIXTURES / "reference" / model, dtype=runtime.dtype_name(dtype))
     atol, rtol = verify.DEFAULT_TOLERANCE[dtype]
     assert all(r["ok"] and r["tolerance"] == f"{atol:g} + {rtol:g}*|ref|" for r in rows), [r for r in rows if not r["ok"]]
     # it really ran in low precision: the outputs are off the fp32 reference by more than fp32 rounding

@@ -6,7 +6,7 @@ from npu_models.models import bert, vit
 from npu_models.models.blip.bench import blip_image_inputs, blip_image_part, blip_itm_inputs, blip_text_inputs
 from npu_models.models.blip.checkpoint import read_blip
 from npu_models.models.blip.model import UNSELECTED_SCORE, Blip, BlipConfig, blip_retrieval_coco, rerank
-from npu_models.models.blip.outputs import blip_outputs
+from npu_models.models.blip.outputs import BLIP_RANKINGS, blip_outputs
 from npu_models.spec import Benchmark, ModelSpec
 from npu_models.tasks import RetrievalTask
 
@@ -29,5 +29,5 @@ SPECS = [
               benchmarks={"image": Benchmark(blip_image_inputs, timed_part=blip_image_part),
                           "text": Benchmark(blip_text_inputs, timed_part=lambda model: model.text_embeds),
                           "itm": Benchmark(blip_itm_inputs)},
-              outputs=blip_outputs),
+              outputs=blip_outputs, rankings=BLIP_RANKINGS),
 ]

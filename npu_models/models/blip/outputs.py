@@ -2,7 +2,13 @@
 both encoders layer by layer, ITC, ITM and the re-ranked score matrices."""
 from npu_models.models.blip.model import UNSELECTED_SCORE, rerank
 from npu_models.recording import recording
+from npu_models.spec import Ranking
 from npu_models.tasks import score_matrix
+
+# The re-ranked candidates are the top-k of each row (image) or column (text) of the ITC similarities; the
+# score matrices hold the ITM scores at those candidates only (UNSELECTED_SCORE elsewhere).
+BLIP_RANKINGS = {"topk_i2t_idx": Ranking("itc_sims", scattered=("score_matrix_i2t",)),
+                 "topk_t2i_idx": Ranking("itc_sims", transposed=True, scattered=("score_matrix_t2i",))}
 
 
 def blip_outputs(model, images, text_input_ids, text_attention_mask):

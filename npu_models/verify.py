@@ -1,0 +1,87 @@
+"""Run our model on a reference fixture directory and compare with the reference outputs: the library
+behind `python -m weights_tools.verify` (its command line) and `python -m npu_models.doctor`.
+
+A fixture directory holds one or more checkpoints in the official layout, `inputs.safetensors` and
+`outputs.safetensors`. Every checkpoint is converted and run on the inputs; every output tensor our model
+produces is compared.
+"""
+import inspect
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from npu_models import parallel, registry, runtime
+from npu_models.checkpoints.io import is_converted_dir, read_state_dict
+from npu_models.compare import compare, compare_outputs  # noqa: F401 (compare: part of this module's API)
+from npu_models.errors import UserError
+
+# (atol, rtol) per dtype. fp32 is the parity bar: real bugs such as a tanh GELU move logits by ~5e-5.
+# bf16 (8-bit mantissa) and fp16 (11-bit) round every op; over the fixtures' 2-12 layers the largest
+# differences measured against the fp32 reference were 6.2e-2 (bf16) and 7.4e-3 (fp16), so these bounds
+# catch wrong masks, layouts or kernels, not last-bit effects.
+DEFAULT_TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (5e-2, 5e-2), torch.float16: (1e-2, 1e-2)}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz", ".tar.gz")
+FIXTURE_FILES = ("inputs.safetensors", "outputs.safetensors", "preprocessed.safetensors")
+
+
+def find_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoints in a fixture dir: model directories (config.json + weights) and weight files."""
+    found = []
+    for path in sorted([directory, *directory.iterdir()]):
+        if path.is_dir():
+            has_weights = any(p.name.endswith(WEIGHT_SUFFIXES) for p in path.iterdir())
+            if is_converted_dir(path) or (has_weights and (path / "config.json").is_file() and path != directory):
+                found.append(path)
+        elif path.name.endswith(WEIGHT_SUFFIXES) and path.name not in FIXTURE_FILES:
+            found.append(path)
+    return found
+
+
+def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rtol=None, tp=1) -> list[dict]:
+    """One row per compared tensor (per checkpoint); raises UserError when nothing can be compared.
+    atol/rtol default to DEFAULT_TOLERANCE for the dtype."""
+    directory = Path(directory)
+    entry = registry.get_entry(model_name)
+    if entry.outputs is None:
+        raise UserError(f"{entry.name} names no outputs to compare (its spec's `outputs`); nothing can be verified.")
+    device = runtime.resolve_device(device)  # a device this machine lacks is refused before any work
+    dtype = runtime.parse_dtype(dtype, device)
+    for name in ("inputs.safetensors", "outputs.safetensors"):
+        if not (directory / name).is_file():
+            raise UserError(f"{directory} has no {name}; a fixture directory holds checkpoint(s), "
+                            "inputs.safetensors and outputs.safetensors.")
+    inputs, references = load_file(str(directory / "inputs.safetensors")), read_state_dict(directory / "outputs.safetensors")
+    checkpoints = find_checkpoints(directory)
+    if not checkpoints:
+        raise UserError(f"no checkpoint found in {directory}: expected a model directory or weight file "
+                        f"({', '.join(WEIGHT_SUFFIXES)}).")
+    group = parallel.init_tensor_parallel(tp, device.type)
+    default_atol, default_rtol = DEFAULT_TOLERANCE[dtype]
+    atol, rtol = default_atol if atol is None else atol, default_rtol if rtol is None else rtol
+    rows = []
+    for checkpoint in checkpoints:
+        model = registry.build_model(entry, checkpoint, tp=group)
+        model = runtime.prepare_model(model, parallel.local_device(device), dtype)
+        accepted = inspect.signature(entry.outputs).parameters
+        with torch.no_grad():  # fixtures may carry extra inputs (raw images for preprocessing checks)
+            produced = entry.outputs(model, **{k: runtime.to_model_input(v, device, dtype)
+                                               for k, v in inputs.items() if k in accepted})
+        prefix = f"{checkpoint.name}/" if len(checkpoints) > 1 else ""
+        rows += compare_outputs(produced, references, entry.rankings, atol, rtol, prefix)
+    if not rows:
+        raise UserError(f"our {entry.name} model produces none of the tensors in {directory / 'outputs.safetensors'} "
+                        f"({', '.join(references)}).")
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    width = max(len(r["name"]) for r in rows)
+    lines = [f"{'tensor':<{width}}  {'shape':<18} {'max abs diff':>12}  {'tolerance':<20} result"]
+    for r in rows:
+        lines.append(f"{r['name']:<{width}}  {str(r['shape']):<18} {r['max_abs_diff']:>12.3e}  "
+                     f"{r['tolerance']:<20} {'PASS' if r['ok'] else 'FAIL'} {r['note']}".rstrip())
+    passed = sum(r["ok"] for r in rows)
+    lines.append(f"verify: {passed}/{len(rows)} tensors within tolerance, "
+                 f"max abs diff {max(r['max_abs_diff'] for r in rows):.1e}")
+    return "\n".join(lines)
