@@ -77,3 +77,16 @@ def test_the_environment_and_plan_section_as_a_310p(ascend_chip):
     assert "not npu_add_layer_norm" in reasons["add_layer_norm"]
     report = doctor.format_report(facts, [doctor.timed_row("kernels", "vs eager math", lambda: (True, 0.0, {}))])
     assert "chip: Ascend310P3" in report and "npu_prompt_flash_attention: its doc names" in report
+
+
+def test_doctor_under_torchrun_checks_every_fixture_split_two_ways(tmp_path):
+    """The command a user with two chips runs, on two CPU processes: a tp=2 row per fixture, rank 0 reports."""
+    report = tmp_path / "doctor-tp2.json"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "npu_models.doctor", "--device", "cpu", "--tp", "2", "--json", str(report)],
+                          capture_output=True, text=True, timeout=1200, cwd=REFERENCE.parents[2])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("doctor: ") == 1  # rank 0 alone prints the table
+    rows = json.loads(report.read_text())["rows"]
+    assert {(f"fixture {m}", "eager tp=2") for m in doctor.FIXTURE_MODELS} <= {(r["check"], r["mode"]) for r in rows}
+    assert all(r["ok"] for r in rows)
