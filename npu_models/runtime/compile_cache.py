@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from npu_models.errors import UserError
+from npu_models.errors import UserError, arg
 from npu_models.runtime.device import synchronize
 
 OFF = "off"
@@ -56,9 +56,8 @@ def check_compile_cache(value) -> Path | None:
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test."):
             pass
     except OSError as err:
-        raise UserError(f"the compile cache {directory} cannot be written ({err.strerror or err}): give a writable "
-                        f"directory with --compile-cache DIR (compile_cache= in load_model), or turn the cache off "
-                        f"with --compile-cache {OFF}.") from None
+        raise UserError(f"the compile cache {directory} cannot be written ({err.strerror or err}): choose a writable "
+                        f"directory ({arg('compile_cache')}), or turn the cache off ({arg('compile_cache', OFF)}).") from None
     return directory
 
 

@@ -110,17 +110,19 @@ def torchair_compile(model, capture: bool, cache=None):
     from torchair.configs.compiler_config import CompilerConfig
 
     config = torchair_config(CompilerConfig(), capture)
-    if cache is not None and not capture and isinstance(model, torch.nn.Module):
-        return torchair_cache_compile(model, config, cache)
+    method = model.forward if isinstance(model, torch.nn.Module) else model
+    if cache is not None and not capture and isinstance(getattr(method, "__self__", None), torch.nn.Module):
+        return torchair_cache_compile(method, config, cache)
     backend = torchair.get_npu_backend(compiler_config=config)
     return torch.compile(model, fullgraph=True, backend=backend, dynamic=False)
 
 
-def torchair_cache_compile(model: torch.nn.Module, config, cache):
-    """torchair's GE graph of model.forward, kept under `cache` by torchair.inference.cache_compile.
+def torchair_cache_compile(method, config, cache):
+    """torchair's GE graph of `method` (a module's bound method), kept under `cache` by
+    torchair.inference.cache_compile.
 
-    Its limits decide how it is called: it caches a bound method of an nn.Module only (so not the bench's
-    functions); it keeps ONE graph per method and drops its cache when the method recompiles, and a graph
+    Its limits decide how it is called: it caches a bound method of an nn.Module only (other functions, such
+    as the bench's peers, compile uncached); it keeps ONE graph per method and drops its cache when the method recompiles, and a graph
     loaded from it runs without guards, whatever the input shape: so the graph is compiled with dynamic shapes
     (one graph for every batch shape; GE runs dynamic shapes), not per static shape. Its key is the module's
     repr and the config: our code's fingerprint goes into the directory so that edited code never loads a
@@ -129,7 +131,7 @@ def torchair_cache_compile(model: torch.nn.Module, config, cache):
     from torchair.inference import cache_compile
 
     directory = cache / "torchair" / code_fingerprint()
-    return cache_compile(model.forward, config=config, dynamic=True, cache_dir=str(directory))
+    return cache_compile(method, config=config, dynamic=True, cache_dir=str(directory))
 
 
 def torchair_config(config, capture: bool):
