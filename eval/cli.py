@@ -51,6 +51,9 @@ def add_common_args(parser: argparse.ArgumentParser, options: type[EvalOptions])
                         "npugraph_ex on A2/A3, torch.compile on CUDA (CUDA graphs) and CPU")
     parser.add_argument("--graph-backend", choices=runtime.GRAPH_BACKENDS,
                         help="with --graph: auto (the device's default) | capture | npugraph_ex | ge | inductor")
+    parser.add_argument("--compile-cache", type=Path, metavar="DIR", help="with --graph: keep compiled graphs here, so "
+                        "the next run loads them instead of compiling (default: $TORCHINDUCTOR_CACHE_DIR if set, else "
+                        f"{runtime.default_compile_cache()}); 'off': no cache")
     parser.add_argument("--tp", type=int, help="tensor-parallel degree (run under torchrun)")
     parser.add_argument("--batch-size", type=positive_int, help=f"(default {options.batch_size})")
     parser.add_argument("--output", type=Path, help="write the results JSON here")
@@ -81,6 +84,8 @@ def check_before_work(options: EvalOptions) -> None:
     parallel.check_world(options.tp)
     if getattr(options, "score", None) is None:  # eval.vqa --score scores a file: no model, no device
         runtime.parse_dtype(options.dtype, runtime.parse_device(options.device))
+    if options.graph:
+        runtime.check_compile_cache(options.compile_cache)
     check_writable(options.output, "--output")
     check_writable(options.predictions, "--predictions")
     if options.predictions is not None and options.predictions.is_file():

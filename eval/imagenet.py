@@ -52,7 +52,7 @@ def evaluate(options: ImageNetOptions) -> dict:
     examples = read_imagenet(data)[: options.limit]
     model = npu_models.load_model(options.model, options.checkpoint, options.device, options.dtype, options.graph,
                                   options.tp, task="imagenet", config_file=options.config,
-                                  graph_backend=options.graph_backend)
+                                  graph_backend=options.graph_backend, compile_cache=options.compile_cache)
     config = model.config
     if not getattr(config, "num_classes", 0):
         raise UserError(f"{options.checkpoint} has no classification head; ImageNet needs one.")
@@ -102,7 +102,7 @@ def classify(loop: EvalLoop, model, todo: list, options: ImageNetOptions) -> Non
 @cli_main
 def main(argv=None):
     shown = ["top1", "top5", "num_examples", "num_unreadable", "samples_per_second", "time_to_first_batch_s",
-             "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size", "image_size"]
+             "compile_s", "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size", "image_size"]
     return run_eval(parse_args, evaluate, shown, argv)
 
 

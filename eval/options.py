@@ -31,6 +31,7 @@ class EvalOptions:
     dtype: str = "auto"
     graph: bool = False
     graph_backend: str = "auto"      # with graph: the device's default, or capture | npugraph_ex | ge | inductor
+    compile_cache: Path | None = None  # with graph: kept compiled graphs; None: the default dir; "off": none
     tp: int = 1                       # tensor-parallel degree (under torchrun)
     batch_size: int = 32
     output: Path | None = None        # the results JSON (written by the command line)

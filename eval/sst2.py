@@ -67,7 +67,7 @@ def evaluate(options: SST2Options, model=None) -> dict:
     if model is None:
         model = npu_models.load_model(options.model, options.checkpoint, options.device, options.dtype, options.graph,
                                       options.tp, task="sst2", config_file=options.config,
-                                      graph_backend=options.graph_backend)
+                                      graph_backend=options.graph_backend, compile_cache=options.compile_cache)
     if not model.config.num_labels:
         raise UserError(f"{options.checkpoint} is a BERT encoder without a classification head; "
                         "SST-2 needs a BertForSequenceClassification checkpoint.")
@@ -137,7 +137,7 @@ def make_batch(sequences: list[list[int]], length: int, device):
 @cli_main
 def main(argv=None):
     shown = ["accuracy", "num_examples", "num_computed", "samples_per_second", "time_to_first_batch_s",
-             "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size", "seq_len"]
+             "compile_s", "latency_ms_p50", "latency_ms_p90", "device", "dtype", "batch_size", "seq_len"]
     return run_eval(parse_args, evaluate, shown, argv)
 
 

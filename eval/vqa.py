@@ -89,7 +89,7 @@ def load_vqa_model(options: VQAOptions, entry, num_answers: int):
     config = dataclasses.replace(entry.default_config(), num_answers=num_answers) if options.checkpoint is None else None
     model = npu_models.load_model(entry.name, options.checkpoint, options.device, options.dtype, options.graph,
                                   options.tp, task="vqa", config=config, config_file=options.config,
-                                  graph_backend=options.graph_backend)
+                                  graph_backend=options.graph_backend, compile_cache=options.compile_cache)
     if model.config.num_answers != num_answers:
         raise UserError(f"{options.checkpoint} predicts {model.config.num_answers} answers but the answer list has "
                         f"{num_answers}; pass the --answers file made for this checkpoint.")
@@ -312,8 +312,8 @@ def few(ids: list[int]) -> str:
 @cli_main
 def main(argv=None):
     shown = ["vqa_accuracy", "per_answer_type", "vqa_score", "precision", "recall", "fscore", "num_examples",
-             "num_unreadable", "samples_per_second", "time_to_first_batch_s", "latency_ms_p50", "latency_ms_p90",
-             "device", "dtype", "batch_size"]
+             "num_unreadable", "samples_per_second", "time_to_first_batch_s", "compile_s", "latency_ms_p50",
+             "latency_ms_p90", "device", "dtype", "batch_size"]
     return run_eval(parse_args, evaluate, shown, argv)
 
 

@@ -12,7 +12,7 @@ class RandomWeightsWarning(UserWarning):
 
 
 def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=False, tp=1, task=None, config=None,
-               config_file=None, graph_backend="auto"):
+               config_file=None, graph_backend="auto", compile_cache=None):
     """The one public entry: a ready-to-run model in eval mode.
 
     name_or_path: a registry name ('bert-base-cased-sst2'), a short name ('bert'), or a directory
@@ -24,6 +24,10 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
         on CUDA (with CUDA graphs) and CPU.
     graph_backend: auto (the device's default above) | capture | npugraph_ex | ge | inductor
         (npu_models.runtime.graph); only with graph=True.
+    compile_cache: with graph=True, the directory compiled graphs are kept in, so that the next process loads
+        them instead of compiling again; None: TORCHINDUCTOR_CACHE_DIR if set, else
+        $XDG_CACHE_HOME/npu-models/compile (~/.cache/npu-models/compile); "off" or False: no cache
+        (npu_models.runtime.compile_cache).
     tp: tensor-parallel degree; under torchrun each of the `tp` processes holds its share of every split layer.
     task: picks among models sharing a short name ('vlmo' -> 'vqa' or 'retrieval').
     config: the model config for random weights (no checkpoint); default: the registry's full-size one.
@@ -38,6 +42,8 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     device = runtime.resolve_device(device)
     dtype = runtime.parse_dtype(dtype, device)
     graph_backend = runtime.graph_backend_for(device, graph, graph_backend)
+    if graph:  # an unwritable cache is refused before any weight is read
+        runtime.check_compile_cache(compile_cache)
     if checkpoint is None:  # after the checks above: a refused call warns of nothing
         warnings.warn(f"{entry.name} has RANDOM weights (no checkpoint given): its outputs are meaningless. Pass "
                       "checkpoint= an official checkpoint or a converted directory.", RandomWeightsWarning, stacklevel=2)
@@ -50,7 +56,7 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
         raise UserError(f"{checkpoint} is a {served.task.name} checkpoint ({served.name}); {task} needs a {task} "
                         f"fine-tune such as {entry.name}'s.")
     model = runtime.prepare_model(model, parallel.local_device(device), dtype)
-    return runtime.compile_model(model, device, graph_backend) if graph else model
+    return runtime.compile_model(model, device, graph_backend, compile_cache) if graph else model
 
 
 __all__ = ["RandomWeightsWarning", "UserError", "load_model"]

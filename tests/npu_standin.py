@@ -13,7 +13,8 @@ It encodes the contracts of the real wheel (torch_npu 2.14.0), independently of 
 - a fused op runs only on the chips its doc page names (DOCUMENTED_CHIPS, read from the wheel's
   `_op_plugin_docs.py` and op-plugin's docs/context pages), whatever our plan says;
 - torchair's backend records the graphs it is handed (and the CompilerConfig) and runs them: the real
-  one would hand them to GE here;
+  one would hand them to GE here; `torchair.inference.cache_compile` takes bound nn.Module methods only, as
+  the real one, and records its call (cache_dir, dynamic);
 - NPUGraph (`torch_npu/npu/graphs.py`): `torch.npu.graph(g, pool=...)` captures on a side stream; the
   capture records every aten op with the tensors it reads and writes and refuses what waits for the host
   (.item(), .cpu(), nonzero, ...); replay() re-runs the recorded ops into the same output tensors, as a real
@@ -90,6 +91,7 @@ class StandIn:
         self.calls = collections.Counter()      # op name -> number of calls
         self.graphs = []                        # FX graphs handed to the torchair backend
         self.compiler_configs = []
+        self.cache_compiles = []                # torchair.inference.cache_compile calls: func, cache_dir, dynamic
         self.captures = []                      # NPUGraphs captured, in order
         self.replays = 0
         self.formats = {}                       # storage data_ptr -> (ACL format, the tensor, kept alive)
@@ -539,12 +541,25 @@ def _torchair_modules(state: StandIn):
             return gm.forward  # the real backend hands the graph to GE here
         return backend
 
+    def cache_compile(func, *, config=None, dynamic=True, cache_dir=None, **options):
+        """torchair.inference.cache_compile (inference/_cache_compiler.py): a bound method of an nn.Module only;
+        records the call and compiles through the backend. (The real one keeps the graph in cache_dir and loads
+        it, without guards, in the next process.)"""
+        if not isinstance(func, types.MethodType) or not isinstance(func.__self__, torch.nn.Module):
+            raise ValueError(f"Only torch.nn.Module method can be cached now, got {func}")
+        state.cache_compiles.append({"func": func, "cache_dir": cache_dir, "dynamic": dynamic, "config": config})
+        return torch.compile(func, backend=get_npu_backend(compiler_config=config), fullgraph=True, dynamic=dynamic)
+
+    inference = types.ModuleType("torchair.inference")
+    inference.cache_compile = cache_compile
+    torchair.inference = inference
     compiler_config.CompilerConfig = CompilerConfig
     torchair.get_npu_backend = get_npu_backend
     torchair.CompilerConfig = CompilerConfig
     torchair.configs = configs
     configs.compiler_config = compiler_config
-    return {"torchair": torchair, "torchair.configs": configs, "torchair.configs.compiler_config": compiler_config}
+    return {"torchair": torchair, "torchair.configs": configs, "torchair.configs.compiler_config": compiler_config,
+            "torchair.inference": inference}
 
 
 def install(monkeypatch, chip: str) -> StandIn:

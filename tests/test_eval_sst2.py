@@ -156,12 +156,15 @@ def test_predictions_of_another_run_are_refused_and_more_data_extends_them(tmp_p
 
 
 def test_graph_mode_gives_the_eager_predictions(tmp_path, dev_tsv, compiled_graphs):
-    results = {}
+    results, compile_s = {}, {}
     for mode in ("eager", "graph"):
         out = tmp_path / f"{mode}.jsonl"
         sst2.main(["--checkpoint", str(CHECKPOINT), "--data", str(dev_tsv), "--device", "cpu", "--batch-size", "8",
-                   "--seq-len", "32", "--predictions", str(out)] + (["--graph"] if mode == "graph" else []))
+                   "--seq-len", "32", "--predictions", str(out), "--output", str(tmp_path / f"{mode}.json"),
+                   "--compile-cache", str(tmp_path / "cache")] + (["--graph"] if mode == "graph" else []))
         results[mode] = {r["index"]: r for r in map(json.loads, out.read_text().splitlines())}
+        compile_s[mode] = json.loads((tmp_path / f"{mode}.json").read_text())["compile_s"]
+    assert compile_s["eager"] == 0 and compile_s["graph"] > 0  # beside time_to_first_batch_s in every results JSON
     for index, eager in results["eager"].items():
         assert results["graph"][index]["prediction"] == eager["prediction"]
         assert results["graph"][index]["probs"] == pytest.approx(eager["probs"], abs=1e-5)

@@ -36,6 +36,8 @@ def parse_args(argv) -> BenchOptions:
     parser.add_argument("--no-peer", action="store_true", help="time only our implementation")
     parser.add_argument("--tp", type=int, help="tensor-parallel degree for ours (run under torchrun "
                         "--nproc_per_node N); the peer runs whole on every rank")
+    parser.add_argument("--compile-cache", type=Path, metavar="DIR", help="graph mode: keep compiled graphs here "
+                        "(default: as the eval commands); 'off': no cache")
     parser.add_argument("--warmup", type=int, help="(default 3)")
     parser.add_argument("--iters", type=int, help="(default 10)")
     parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")

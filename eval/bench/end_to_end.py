@@ -43,8 +43,9 @@ def end_to_end(entry, options: BenchOptions, device, dtype) -> list[dict]:
     tokenizer = modelzoo_tokenizer(vocab, config.do_lower_case)
     rows = []
     for mode in options.modes:
-        ours_run = runtime.compile_model(ours, device) if mode == "graph" else ours
-        peer_run = runtime.compile_model(peer_fn, device) if mode == "graph" else peer_fn
+        graph, cache = mode == "graph", options.compile_cache
+        ours_run = runtime.compile_model(ours, device, compile_cache=cache) if graph else ours
+        peer_run = runtime.compile_model(peer_fn, device, compile_cache=cache) if graph else peer_fn
         for batch_size in options.batch_sizes:
             sst2_options = sst2.SST2Options(data=data, batch_size=batch_size, seq_len=options.seq_len, vocab=vocab,
                                             device=str(device), dtype=runtime.dtype_name(dtype), graph=mode == "graph")

@@ -21,6 +21,7 @@ class BenchOptions:
     modes: tuple[str, ...] = MODES
     no_peer: bool = False                 # time only our implementation
     tp: int = 1                           # tensor-parallel degree for ours (under torchrun); the peer runs whole
+    compile_cache: Path | None = None     # graph mode's kept compiled graphs; None: the default dir; "off": none
     warmup: int = 3
     iters: int = 10
     json: Path | None = None              # the rows as a JSON list

@@ -128,7 +128,9 @@ def run_benchmark(run: BenchRun, name: str, entry, bench: Benchmark, build_ours)
         run.say(f"note: {name} has data-dependent shapes (detections); timing it in eager mode only", file=sys.stderr)
     first = len(run.rows)
     for mode in [m for m in run.options.modes if bench.graph or m == "eager"]:
-        fns = {c.key: runtime.compile_model(c.fn, run.device) if mode == "graph" else c.fn for c in part.contenders}
+        cache = run.options.compile_cache
+        fns = {c.key: runtime.compile_model(c.fn, run.device, compile_cache=cache) if mode == "graph" else c.fn
+               for c in part.contenders}
         for batch_size in run.options.batch_sizes:
             time_batch(run, part, fns, mode, batch_size)
     rows = run.rows[first:]

@@ -1,5 +1,6 @@
 """The only code that knows NPU vs CUDA vs CPU: devices, dtypes, kernel choice, graph mode, load-time
-settings, synchronisation."""
+settings, compile caches, synchronisation."""
+from npu_models.runtime.compile_cache import check_compile_cache, compile_seconds, default_compile_cache
 from npu_models.runtime.device import (
     default_dtype,
     device_description,
@@ -25,7 +26,8 @@ from npu_models.runtime.kernels import configure_kernels, kernel_plan, prepare_m
 from npu_models.runtime.settings import apply_device_settings, device_settings
 
 __all__ = [
-    "GRAPH_BACKENDS", "apply_device_settings", "bucket_for", "compile_model", "configure_kernels", "default_dtype",
+    "GRAPH_BACKENDS", "apply_device_settings", "bucket_for", "check_compile_cache", "compile_model", "compile_seconds",
+    "configure_kernels", "default_compile_cache", "default_dtype",
     "device_description", "device_settings", "dtype_name", "graph_backend_for", "import_torch_npu", "is_310p",
     "kernel_plan", "length_buckets", "length_step", "npu_chip_name", "parse_device", "parse_dtype", "prepare_model",
     "resolve_device", "synchronize", "to_model_input",

@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_flatten, tree_map_only, tree_unflatten
 
 from kernels.plan import is_310p, is_a2_or_a3
 from npu_models.errors import UserError, arg
+from npu_models.runtime.compile_cache import FirstCallTimer, code_fingerprint, use_compile_cache
 from npu_models.runtime.device import import_torch_npu, npu_chip_name
 
 GRAPH_BACKENDS = ("auto", "capture", "npugraph_ex", "ge", "inductor")
@@ -83,25 +84,57 @@ def graph_backend_for(device, graph: bool, backend: str = "auto") -> str | None:
     return backend
 
 
-def compile_model(model, device, backend: str = "auto"):
+def compile_model(model, device, backend: str = "auto", compile_cache=None):
     """The graph-mode version of `model` (a module, or one of its methods) for `device`; the original stays
-    usable eagerly. Outputs are the caller's to keep: a later call never overwrites them."""
+    usable eagerly. Outputs are the caller's to keep: a later call never overwrites them. Compiled artifacts
+    are kept in `compile_cache` (runtime.compile_cache: None for the default directory, "off" for none), and
+    the first call per input shape is timed into compile_seconds()."""
     backend = graph_backend_for(device, True, backend)
+    cache = use_compile_cache(compile_cache) if backend != "capture" else None  # a capture is not kept
+    return FirstCallTimer(compiled_for(model, device, backend, cache), model, device, call_key)
+
+
+def compiled_for(model, device, backend: str, cache):
     if backend == "capture":
         return CapturedGraphs(model, graph_api(device.type))
     if backend in ("ge", "npugraph_ex"):
-        return torchair_compile(model, capture=backend == "npugraph_ex")
+        return torchair_compile(model, capture=backend == "npugraph_ex", cache=cache)
     if device.type == "cuda":
         return CudaGraphTrees(torch.compile(model, fullgraph=True, dynamic=False, mode="reduce-overhead"), model)
     return torch.compile(model, fullgraph=True, dynamic=False)
 
 
-def torchair_compile(model, capture: bool):
+def torchair_compile(model, capture: bool, cache=None):
     import_torch_npu()
     import torchair
     from torchair.configs.compiler_config import CompilerConfig
 
-    config = CompilerConfig()
+    config = torchair_config(CompilerConfig(), capture)
+    method = model.forward if isinstance(model, torch.nn.Module) else model
+    if cache is not None and not capture and isinstance(getattr(method, "__self__", None), torch.nn.Module):
+        return torchair_cache_compile(method, config, cache)
+    backend = torchair.get_npu_backend(compiler_config=config)
+    return torch.compile(model, fullgraph=True, backend=backend, dynamic=False)
+
+
+def torchair_cache_compile(method, config, cache):
+    """torchair's GE graph of `method` (a module's bound method), kept under `cache` by
+    torchair.inference.cache_compile.
+
+    Its limits decide how it is called: it caches a bound method of an nn.Module only (other functions, such
+    as the bench's peers, compile uncached); it keeps ONE graph per method and drops its cache when the method recompiles, and a graph
+    loaded from it runs without guards, whatever the input shape: so the graph is compiled with dynamic shapes
+    (one graph for every batch shape; GE runs dynamic shapes), not per static shape. Its key is the module's
+    repr and the config: our code's fingerprint goes into the directory so that edited code never loads a
+    stale graph. Under torch.distributed it adds the rank to the directory itself. The forward must return
+    tensors (or tuples of them): the cached code runs with the caller's globals."""
+    from torchair.inference import cache_compile
+
+    directory = cache / "torchair" / code_fingerprint()
+    return cache_compile(method, config=config, dynamic=True, cache_dir=str(directory))
+
+
+def torchair_config(config, capture: bool):
     # Weights never change during inference: let GE treat them as constants.
     config.experimental_config.frozen_parameter = True
     if capture:
@@ -109,8 +142,7 @@ def torchair_compile(model, capture: bool):
         # deprecated). A replay writes into the same memory: outputs are cloned out.
         config.mode = "npugraph_ex"
         config.debug.aclgraph.enable_output_clone = True
-    backend = torchair.get_npu_backend(compiler_config=config)
-    return torch.compile(model, fullgraph=True, backend=backend, dynamic=False)
+    return config
 
 
 class CudaGraphTrees:
@@ -155,6 +187,12 @@ class Captured:
     graph: object
     inputs: list           # the call's flattened arguments, tensors replaced by static buffers
     outputs: object
+
+
+def call_key(args: tuple, kwargs: dict) -> tuple:
+    """What a compiled graph is specific to, for a call: the arguments' structure and input_key."""
+    leaves, spec = tree_flatten((args, kwargs))
+    return spec, input_key(leaves)
 
 
 def input_key(leaves: list) -> tuple:
