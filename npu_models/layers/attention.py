@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import PORTABLE, attention
+from npu_models.layers.quant import QuantLinear
 
 
 class Attention(nn.Module):
@@ -45,6 +46,14 @@ class Attention(nn.Module):
             return torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         return self.qkv.bias
 
+    def project_qkv(self, x: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """x through the fused q/k/v projection's output features `rows`. A quantized projection holds the
+        assembled bias itself (quantize_model folds q_bias/v_bias into it)."""
+        if isinstance(self.qkv, QuantLinear):
+            return self.qkv(x, rows)
+        bias = self.qkv_bias()
+        return F.linear(x, self.qkv.weight[rows], None if bias is None else bias[rows])
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                 context: torch.Tensor | None = None, cls_only: bool = False):
         """mask (bool, True = attend) and bias are over the keys: x's own tokens, or the context's.
@@ -55,12 +64,12 @@ class Attention(nn.Module):
         queries = x[:, :1] if cls_only else x
         if context is not None:
             (q,), (k, v) = self.split_heads(self.q(queries), 1), self.split_heads(self.kv(context), 2)
-        elif cls_only:  # the fused weight's q rows for the first token, its k/v rows for all
-            inner, weight, qkv_bias = self.num_heads * self.head_dim, self.qkv.weight, self.qkv_bias()
-            (q,) = self.split_heads(F.linear(queries, weight[:inner], None if qkv_bias is None else qkv_bias[:inner]), 1)
-            k, v = self.split_heads(F.linear(x, weight[inner:], None if qkv_bias is None else qkv_bias[inner:]), 2)
+        elif cls_only:  # the fused projection's q rows for the first token, its k/v rows for all
+            inner = self.num_heads * self.head_dim
+            (q,) = self.split_heads(self.project_qkv(queries, slice(None, inner)), 1)
+            k, v = self.split_heads(self.project_qkv(x, slice(inner, None)), 2)
         else:
-            q, k, v = self.split_heads(F.linear(x, self.qkv.weight, self.qkv_bias()), 3)
+            q, k, v = self.split_heads(self.project_qkv(x), 3)
         if cls_only:  # a bias or mask given per query keeps the first query's row
             bias = bias[..., :1, :] if bias is not None and bias.dim() > 1 else bias
             mask = mask[..., :1, :] if mask is not None and mask.dim() > 1 else mask

@@ -25,9 +25,10 @@ def configure_kernels(model: torch.nn.Module, plan: KernelPlan) -> torch.nn.Modu
 
 def prepare_model(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The model on `device` in `dtype`, in eval mode without gradients, with that device's kernels and its
-    weight-derived constants (a module's prepare_for_inference) computed there."""
+    weight-derived constants (a module's prepare_for_inference) computed there, for those kernels."""
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    configure_kernels(model, kernel_plan(device))
     for module in model.modules():  # weight-derived constants computed once, where and as they will be used
         if hasattr(module, "prepare_for_inference"):
             module.prepare_for_inference()
-    return configure_kernels(model, kernel_plan(device))
+    return model

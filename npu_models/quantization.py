@@ -1,0 +1,153 @@
+"""Post-training int8 quantization of a loaded model: calibrate its encoder Linears' input ranges on a few
+batches, then replace those Linears by `QuantLinear`s in place.
+
+What is quantized: every nn.Linear that belongs to an attention layer (q/k/v, the output projection, cross-
+and co-attention) or an MLP (both layers, every multiway expert) - the encoder's matmuls. Embeddings, norms,
+the patch convolution, poolers and task heads stay in float, and `skip` patterns keep more in float.
+
+    calibration = calibrate(model, batches)                   # the float model, w8a8 only
+    quantize_model(model, "w8a8", calibration, skip=("blocks.11.*",))
+    model = runtime.prepare_model(model, device, dtype)       # the device's int8 kernels and their constants
+"""
+import fnmatch
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kernels.quant_matmul import SCHEMES
+from npu_models.errors import UserError
+from npu_models.layers.attention import Attention
+from npu_models.layers.mlp import Mlp
+from npu_models.layers.quant import QuantLinear
+
+CALIBRATION_METHODS = ("minmax", "percentile")
+
+
+def quantizable_linears(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Linear]:
+    """The encoder Linears (children of an Attention or an Mlp) by module path, less those whose path matches
+    a `skip` pattern (fnmatch: 'blocks.0.*', '*.fc2')."""
+    skip = tuple(skip)
+    found = {}
+    for owner_path, owner in model.named_modules():
+        if not isinstance(owner, (Attention, Mlp)):
+            continue
+        for name, child in owner.named_children():
+            path = f"{owner_path}.{name}" if owner_path else name
+            if type(child) is nn.Linear and not any(fnmatch.fnmatchcase(path, pattern) for pattern in skip):
+                found[path] = child
+    return found
+
+
+# ---- calibration ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RangeObserver:
+    """The input range of one Linear over the calibration batches: min/max of everything seen ("minmax"), or
+    the mean over batches of the low and high `percentile` ("percentile": robust to rare outliers)."""
+    method: str
+    percentile: float
+    low: float = float("inf")
+    high: float = float("-inf")
+    batches: int = 0
+
+    def observe(self, x: torch.Tensor) -> None:
+        x = x.detach().float().flatten()
+        if self.method == "minmax":
+            low, high = x.min().item(), x.max().item()
+            self.low, self.high = min(self.low, low), max(self.high, high)
+        else:
+            fraction = self.percentile / 100
+            low = x.kthvalue(max(1, round((1 - fraction) * x.numel()))).values.item()
+            high = x.kthvalue(max(1, round(fraction * x.numel()))).values.item()
+            seen = self.batches
+            self.low = low if seen == 0 else (self.low * seen + low) / (seen + 1)
+            self.high = high if seen == 0 else (self.high * seen + high) / (seen + 1)
+        self.batches += 1
+
+    def range(self) -> tuple[float, float]:
+        return self.low, self.high
+
+
+def default_forward(model: nn.Module, batch) -> None:
+    """A batch is the model's positional arguments (a tuple), keyword arguments (a dict) or one tensor."""
+    if isinstance(batch, dict):
+        model(**batch)
+    elif isinstance(batch, (tuple, list)):
+        model(*batch)
+    else:
+        model(batch)
+
+
+def observe_input(observer: RangeObserver):
+    def hook(module, args, kwargs):
+        observer.observe(args[0] if args else kwargs["x"])
+    return hook
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable, method: str = "minmax", percentile: float = 99.99,
+              skip: Iterable[str] = (), forward: Callable[[nn.Module, object], object] = default_forward
+              ) -> dict[str, tuple[float, float]]:
+    """Run the float model over `batches` (each handed to `forward(model, batch)`; a model with several entry
+    points passes its own) and return each quantizable Linear's input range (low, high) by module path.
+
+    Forward pre-hooks read the inputs. A fused q/k/v projection is applied inside Attention.forward (the
+    layer assembles its bias and may use only some of its rows), so its input is read at the Attention's entry.
+    """
+    if method not in CALIBRATION_METHODS:
+        raise UserError(f"unknown calibration method {method!r}: use one of {', '.join(CALIBRATION_METHODS)}.")
+    if not 50 < percentile <= 100:
+        raise UserError(f"calibration percentile {percentile} must lie in (50, 100], e.g. 99.99.")
+    modules = dict(model.named_modules())
+    observers, handles = {}, []
+    for path, linear in quantizable_linears(model, skip).items():
+        owner_path, _, name = path.rpartition(".")
+        observers[path] = RangeObserver(method, percentile)
+        hooked = modules[owner_path] if name == "qkv" and isinstance(modules[owner_path], Attention) else linear
+        handles.append(hooked.register_forward_pre_hook(observe_input(observers[path]), with_kwargs=True))
+    try:
+        for batch in batches:
+            forward(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    unseen = [path for path, observer in observers.items() if observer.batches == 0]
+    if unseen:
+        raise UserError(f"calibration never ran {len(unseen)} quantizable layer(s), e.g. {unseen[0]}: the calibration "
+                        "forward must exercise every path the model is evaluated with (pass `forward`), or skip them.")
+    return {path: observer.range() for path, observer in observers.items()}
+
+
+# ---- replacing the layers -----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, scheme: str, calibration: dict[str, tuple[float, float]] | None = None,
+                   skip: Iterable[str] = ()) -> nn.Module:
+    """Replace every quantizable Linear (see `quantizable_linears`) by a QuantLinear of `scheme`, in place.
+    w8a8 needs `calibration` (from `calibrate`, same skip) for each of them. The model is then put on its
+    device's kernels by runtime.prepare_model, which derives each layer's constants for them."""
+    if scheme not in SCHEMES:
+        raise UserError(f"unknown quantization scheme {scheme!r}: use one of {', '.join(SCHEMES)}.")
+    linears = quantizable_linears(model, skip)
+    if scheme == "w8a8":
+        missing = [path for path in linears if path not in (calibration or {})]
+        if missing:
+            raise UserError(f"w8a8 needs the calibrated input range of every quantized layer; {len(missing)} have "
+                            f"none, e.g. {missing[0]}: calibrate the float model first (calibrate(model, batches)) with "
+                            "the same skip patterns.")
+    modules = dict(model.named_modules())
+    for path, linear in linears.items():
+        owner_path, _, name = path.rpartition(".")
+        owner = modules[owner_path]
+        bias = None
+        if isinstance(owner, Attention) and name == "qkv" and hasattr(owner, "q_bias"):
+            bias = owner.qkv_bias()  # BEiT/VLMo's separate q/v biases, folded into the quantized projection
+            del owner.q_bias, owner.v_bias
+        range_ = calibration.get(path) if scheme == "w8a8" else None
+        setattr(owner, name, QuantLinear.from_float(linear, scheme, range_, bias=bias))
+    model.quant_scheme = scheme
+    return model
