@@ -10,6 +10,7 @@ the patch convolution, poolers and task heads stay in float, and `skip` patterns
     model = runtime.prepare_model(model, device, dtype)       # the device's int8 kernels and their constants
 """
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -92,7 +93,9 @@ def calibrate(model: nn.Module, batches: Iterable, method: str = "minmax", perce
               skip: Iterable[str] = (), forward: Callable[[nn.Module, object], object] = default_forward
               ) -> dict[str, tuple[float, float]]:
     """Run the float model over `batches` (each handed to `forward(model, batch)`; a model with several entry
-    points passes its own) and return each quantizable Linear's input range (low, high) by module path.
+    points passes its own) and return the input range (low, high) of each quantizable Linear that ran, by
+    module path (a task that never runs some layers, such as VLMo's VQA and the text/image experts of its
+    joint layers, leaves those out).
 
     Forward pre-hooks read the inputs. A fused q/k/v projection is applied inside Attention.forward (the
     layer assembles its bias and may use only some of its rows), so its input is read at the Attention's entry.
@@ -114,11 +117,7 @@ def calibrate(model: nn.Module, batches: Iterable, method: str = "minmax", perce
     finally:
         for handle in handles:
             handle.remove()
-    unseen = [path for path, observer in observers.items() if observer.batches == 0]
-    if unseen:
-        raise UserError(f"calibration never ran {len(unseen)} quantizable layer(s), e.g. {unseen[0]}: the calibration "
-                        "forward must exercise every path the model is evaluated with (pass `forward`), or skip them.")
-    return {path: observer.range() for path, observer in observers.items()}
+    return {path: observer.range() for path, observer in observers.items() if observer.batches}
 
 
 # ---- replacing the layers -----------------------------------------------------------------------------------
@@ -128,17 +127,22 @@ def calibrate(model: nn.Module, batches: Iterable, method: str = "minmax", perce
 def quantize_model(model: nn.Module, scheme: str, calibration: dict[str, tuple[float, float]] | None = None,
                    skip: Iterable[str] = ()) -> nn.Module:
     """Replace every quantizable Linear (see `quantizable_linears`) by a QuantLinear of `scheme`, in place.
-    w8a8 needs `calibration` (from `calibrate`, same skip) for each of them. The model is then put on its
+    w8a8 quantizes the layers `calibration` (from `calibrate`) has a range for; the others, which the calibration
+    never ran, stay in float (with a warning). The model is then put on its
     device's kernels by runtime.prepare_model, which derives each layer's constants for them."""
     if scheme not in SCHEMES:
         raise UserError(f"unknown quantization scheme {scheme!r}: use one of {', '.join(SCHEMES)}.")
     linears = quantizable_linears(model, skip)
     if scheme == "w8a8":
-        missing = [path for path in linears if path not in (calibration or {})]
-        if missing:
-            raise UserError(f"w8a8 needs the calibrated input range of every quantized layer; {len(missing)} have "
-                            f"none, e.g. {missing[0]}: calibrate the float model first (calibrate(model, batches)) with "
-                            "the same skip patterns.")
+        calibrated = {path: linear for path, linear in linears.items() if path in (calibration or {})}
+        if not calibrated:
+            raise UserError("w8a8 needs the calibrated input range of the layers it quantizes and none was given: "
+                            "calibrate the float model first (calibration = calibrate(model, batches)).")
+        uncalibrated = [path for path in linears if path not in calibrated]
+        if uncalibrated:
+            warnings.warn(f"{len(uncalibrated)} layer(s) never ran during calibration and stay in float, e.g. "
+                          f"{uncalibrated[0]}; calibrate on every task the model will run to quantize them.")
+        linears = calibrated
     modules = dict(model.named_modules())
     for path, linear in linears.items():
         owner_path, _, name = path.rpartition(".")
