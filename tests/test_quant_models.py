@@ -226,3 +226,14 @@ def test_quantized_models_on_ascend_int8_ops_eager_and_compiled(ascend_chip, com
         torch.testing.assert_close(compiled.float(), eager.float(), atol=atol, rtol=rtol)
     graphs, breaks = compiled_graphs()
     assert graphs == len(batches) and breaks == 0
+
+
+def test_a_quantized_model_compiles_on_cpu_into_one_graph(compiled_graphs):
+    """Graph mode on CPU (inductor) takes the int8 layers whole: one graph, no break, the eager result."""
+    model, batches = build("bert")
+    model = quantize_model(model, "w8a8", calibrate(model, batches, forward=run_method))
+    model = runtime.prepare_model(model, torch.device("cpu"), torch.float32)
+    (method, args), = batches
+    compiled = runtime.compile_model(model, torch.device("cpu"))(*args)
+    assert compiled_graphs() == (1, 0)
+    torch.testing.assert_close(compiled, run_method(model, batches[0]), atol=1e-5, rtol=1e-5)
