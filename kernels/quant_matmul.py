@@ -99,7 +99,8 @@ def quant_bias_and_deq_scale(params: QuantParams) -> tuple[torch.Tensor, torch.T
     bias = torch.zeros_like(deq_scale) if params.bias is None else params.bias.float()
     scaled = torch.round(bias.double() / deq_scale.double()).to(torch.int64) - correction
     if scaled.abs().max() >= 2 ** 31:
-        raise ValueError("a bias is too large for the int32 quant_bias at this scale: keep the layer in float (skip)")
+        raise ValueError(f"its bias reaches {scaled.abs().max().item():.3g} units of its dequantization scale, "
+                         "more than the int32 quant_bias holds")
     return scaled.to(torch.int32), deq_scale
 
 
@@ -132,7 +133,8 @@ def int_mm_linear(x2d: torch.Tensor, params: QuantParams, scheme: str) -> torch.
     """int8 x int8 -> int32 product, then one dequantizing multiply-add per output element (fp32)."""
     if scheme == "w8a16":  # no int8 activation: the int8 weight converts exactly to the activation dtype
         out = F.linear(x2d, params.weight.to(x2d.dtype))
-        return out.mul_(params.weight_scale) if params.bias is None else torch.addcmul(params.bias, out, params.weight_scale)
+        scale = params.weight_scale
+        return out.mul_(scale) if params.bias is None else torch.addcmul(params.bias, out, scale)
     if scheme == "w8a8":
         xq = quantize_per_tensor(x2d, params.input_scale, params.input_offset)
         product = torch._int_mm(xq, params.weight.t())

@@ -126,10 +126,10 @@ def calibrate(model: nn.Module, batches: Iterable, method: str = "minmax", perce
 @torch.no_grad()
 def quantize_model(model: nn.Module, scheme: str, calibration: dict[str, tuple[float, float]] | None = None,
                    skip: Iterable[str] = ()) -> nn.Module:
-    """Replace every quantizable Linear (see `quantizable_linears`) by a QuantLinear of `scheme`, in place.
-    w8a8 quantizes the layers `calibration` (from `calibrate`) has a range for; the others, which the calibration
-    never ran, stay in float (with a warning). The model is then put on its
-    device's kernels by runtime.prepare_model, which derives each layer's constants for them."""
+    """Replace every quantizable Linear (see `quantizable_linears`) by a QuantLinear of `scheme`, in place (all
+    of them or, on an error, none). w8a8 quantizes the layers `calibration` (from `calibrate`) has a range for;
+    the others, which the calibration never ran, stay in float (with a warning). runtime.prepare_model then
+    puts the model on its device's kernels and derives each layer's constants for them."""
     if scheme not in SCHEMES:
         raise UserError(f"unknown quantization scheme {scheme!r}: use one of {', '.join(SCHEMES)}.")
     linears = quantizable_linears(model, skip)
@@ -144,14 +144,23 @@ def quantize_model(model: nn.Module, scheme: str, calibration: dict[str, tuple[f
                           f"{uncalibrated[0]}; calibrate on every task the model will run to quantize them.")
         linears = calibrated
     modules = dict(model.named_modules())
+    quantized = {}
     for path, linear in linears.items():
         owner_path, _, name = path.rpartition(".")
         owner = modules[owner_path]
-        bias = None
-        if isinstance(owner, Attention) and name == "qkv" and hasattr(owner, "q_bias"):
-            bias = owner.qkv_bias()  # BEiT/VLMo's separate q/v biases, folded into the quantized projection
-            del owner.q_bias, owner.v_bias
+        # BEiT/VLMo's separate q and v biases are folded into the quantized fused projection
+        folded = isinstance(owner, Attention) and name == "qkv" and hasattr(owner, "q_bias")
         range_ = calibration.get(path) if scheme == "w8a8" else None
-        setattr(owner, name, QuantLinear.from_float(linear, scheme, range_, bias=bias))
+        try:
+            quantized[path] = QuantLinear.from_float(linear, scheme, range_, owner.qkv_bias() if folded else None)
+        except ValueError as err:
+            raise UserError(f"{path} cannot be quantized with {scheme}: {err}; keep it in float with "
+                            f"skip=({path!r},).") from None
+    for path, layer in quantized.items():
+        owner_path, _, name = path.rpartition(".")
+        owner = modules[owner_path]
+        setattr(owner, name, layer)
+        if name == "qkv" and hasattr(owner, "q_bias"):
+            del owner.q_bias, owner.v_bias
     model.quant_scheme = scheme
     return model

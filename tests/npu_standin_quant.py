@@ -62,7 +62,8 @@ def _chip_documented(op):
 def trans_quant_param(scale, offset=None, round_mode=0):
     _chip_documented("npu_trans_quant_param")
     _check(scale.dtype == torch.float32, f"npu_trans_quant_param scale dtype {scale.dtype}: float32")
-    _check(scale.dim() == 1 or (scale.dim() == 2 and scale.shape[0] == 1), f"scale shape {list(scale.shape)}: (t,) or (1, n)")
+    _check(scale.dim() == 1 or (scale.dim() == 2 and scale.shape[0] == 1),
+           f"scale shape {list(scale.shape)}: (t,) or (1, n)")
     _check(round_mode in (0, 1), f"round_mode={round_mode}: 0 or 1")
     bits = scale.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
     if round_mode == 1:
@@ -119,7 +120,7 @@ def _check_quant_matmul_shapes(x1, x2, scale, pertoken_scale, bias):
     _check(x1.shape[-1] == k, f"x1 {list(x1.shape)} and x2 {list(x2.shape)}: K differs")
     _check(k <= 65535 and n <= 65535, f"K={k} N={n}: the last dims of x1 and x2 are at most 65535")
     _check(scale.dim() == 1 and scale.shape[0] in (1, n), f"scale shape {list(scale.shape)}: (1,) or ({n},)")
-    if _active().inference_card:  # 必须先将x2转置后再转亲和format: the weight reaches the op as (n, k) transposed
+    if _active().inference_card:  # 必须先将x2转置后再转亲和format: the weight comes as (n, k), transposed
         _check(x2.dim() == 2 and x2.stride(0) == 1 and x2.stride(1) == k,
                "x2 must be the transpose of a contiguous (n, k) weight on Atlas inference cards (transposed "
                "before its NZ cast)")
@@ -156,7 +157,8 @@ def quant_matmul(x1, x2, scale, *, offset=None, pertoken_scale=None, bias=None, 
 def quant_matmul_fake(x1, x2, scale, *, pertoken_scale=None, output_dtype=None, **unused):
     output_dtype = _dtype(output_dtype, torch.int8)
     # 目前输出int8或float16且无pertoken_scale情况下, 图模式不支持scale直接传入float32数据类型
-    _check(not (output_dtype in (torch.int8, torch.float16) and pertoken_scale is None and scale.dtype == torch.float32),
+    float_scale = scale.dtype == torch.float32
+    _check(not (output_dtype in (torch.int8, torch.float16) and pertoken_scale is None and float_scale),
            "in graph mode a float32 scale is not supported for int8/float16 output without pertoken_scale: "
            "pass npu_trans_quant_param's int64")
     return x1.new_empty((*x1.shape[:-1], x2.shape[-1]), dtype=output_dtype)

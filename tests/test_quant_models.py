@@ -35,7 +35,8 @@ QUANTIZED = {
 FLOAT = {"bert": ["pooler", "classifier"], "vit": ["head"], "vlmo-vqa": ["pooler", "vqa_head.0", "vqa_head.3"],
          "vlmo-retrieval": ["pooler", "text_proj", "image_proj"],
          "blip": ["vision_proj", "text_proj", "itm_head"],
-         "vilbert": ["image_embeddings.features", "image_embeddings.locations", "text_pooler", "image_pooler", "classifier"]}
+         "vilbert": ["image_embeddings.features", "image_embeddings.locations", "text_pooler", "image_pooler",
+                     "classifier"]}
 
 
 def build(name):
@@ -73,7 +74,7 @@ def test_every_encoder_linear_and_no_head_is_quantized(name):
     for pattern in QUANTIZED[family]:  # every kind of encoder linear, in every layer that has it
         expected = {path for path in before if fnmatch.fnmatchcase(path, pattern)}
         assert expected and expected <= quantized, pattern
-    assert set(FLOAT.get(name, FLOAT.get(family))) <= float_linears(model)  # task heads, poolers and embedding projections
+    assert set(FLOAT.get(name, FLOAT.get(family))) <= float_linears(model)  # heads, poolers, embedding projections
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -160,6 +161,12 @@ def test_quantization_errors_name_the_fix():
         quantize_model(model, "w8a8")
     with pytest.raises(UserError, match="calibration method"):
         calibrate(model, [], method="entropy")
+    with torch.no_grad():
+        model.blocks[1].mlp.fc2.bias[3] = 1e6  # no int32 holds it in units of a (1e-3 range) x (weight) scale
+    ranges = {path: (-1e-3, 1e-3) for path in quantizable_linears(model)}
+    with pytest.raises(UserError, match=r"blocks\.1\.mlp\.fc2 cannot be quantized with w8a8.*skip=\('blocks.1.mlp.fc2',\)"):
+        quantize_model(model, "w8a8", ranges)
+    assert not any(isinstance(module, QuantLinear) for module in model.modules())  # nothing half-done
     quantize_model(model, "w8a8-dynamic")
     with pytest.raises(UserError, match="per-token activation scales"):  # refused when the model is loaded
         prepare(model, plan_for_ascend_chip("Ascend310P3"))
@@ -170,7 +177,7 @@ def test_a_quantized_model_saves_its_int8_state_and_loads_it_back():
     quantize_model(model, "w8a8", calibrate(model, batches, forward=run_method))
     state = model.state_dict()
     assert state["blocks.0.attn.qkv.weight"].dtype == torch.int8
-    assert {"blocks.0.attn.qkv.weight_scale", "blocks.0.attn.qkv.input_scale", "blocks.0.attn.qkv.input_offset"} <= state.keys()
+    assert {f"blocks.0.attn.qkv.{name}" for name in ("weight_scale", "input_scale", "input_offset")} <= state.keys()
     prepared = runtime.prepare_model(model, torch.device("cpu"), torch.float32)
     assert "blocks.0.attn.qkv.deq_scale" not in prepared.state_dict()  # derived per device, not saved
     fresh, _ = build("bert")

@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from kernels import PORTABLE
-from kernels.quant_matmul import (SCHEMES, QuantParams, activation_qparams, prepare_quant_params, quant_linear,
-                                  quantize_weight, unsupported_reason)
+from kernels.quant_matmul import (SCHEMES, QuantParams, activation_qparams, prepare_quant_params,
+                                  quant_bias_and_deq_scale, quant_linear, quantize_weight, unsupported_reason)
 from npu_models.errors import UserError
 
 
@@ -53,6 +53,7 @@ class QuantLinear(nn.Module):
             input_scale, input_offset = activation_qparams(*input_range)
             layer.input_scale = input_scale.to(linear.weight.device, linear.weight.dtype)
             layer.input_offset = input_offset.to(linear.weight.device)
+            quant_bias_and_deq_scale(layer.params())  # refuses a bias the int32 quant_bias cannot hold, now
         return layer
 
     def params(self) -> QuantParams:
