@@ -77,6 +77,12 @@ def test_every_encoder_linear_and_no_head_is_quantized(name):
     assert set(FLOAT.get(name, FLOAT.get(family))) <= float_linears(model)  # heads, poolers, embedding projections
 
 
+# VLMo's tasks skip some experts and ViLBERT never runs the layers after its last co-attention: calibration
+# warns that those stay in float.
+EXPECTED_WARNING = "ignore:.*never ran during calibration:UserWarning"
+
+
+@pytest.mark.filterwarnings(EXPECTED_WARNING)
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("name", CASES)
 def test_quantized_models_stay_close_to_float_on_cpu(name, scheme):
@@ -203,6 +209,7 @@ def count_quant_layer_calls(model):
     return calls
 
 
+@pytest.mark.filterwarnings(EXPECTED_WARNING)
 @pytest.mark.parametrize("name, profile, scheme", ASCEND_CASES)
 def test_quantized_models_on_ascend_int8_ops_eager_and_compiled(ascend_chip, compiled_graphs, name, profile, scheme):
     """Every quantized layer's call is one call of the chip's int8 matmul (310P: static w8a8 through
