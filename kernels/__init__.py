@@ -6,6 +6,8 @@ from kernels.activation import gelu
 from kernels.attention_backends import attention, to_ascend_mask
 from kernels.norm import add_layer_norm
 from kernels.plan import EAGER, PORTABLE, KernelPlan, plan_for_ascend_chip
+from kernels.quant_matmul import SCHEMES as QUANT_SCHEMES
+from kernels.quant_matmul import quant_linear
 
-__all__ = ["EAGER", "PORTABLE", "KernelPlan", "add_layer_norm", "attention", "gelu", "plan_for_ascend_chip",
-           "to_ascend_mask"]
+__all__ = ["EAGER", "PORTABLE", "QUANT_SCHEMES", "KernelPlan", "add_layer_norm", "attention", "gelu",
+           "plan_for_ascend_chip", "quant_linear", "to_ascend_mask"]

@@ -61,6 +61,7 @@ OP_DOCS = {
     "npu_gelu": OpDoc("op-plugin docs/context/torch_npu-npu_gelu.md", frozenset({"inference", "A2"})),
     # A schema and a meta kernel, but no doc page: neither in the wheel nor in op-plugin's docs/context.
     "npu_add_layer_norm": OpDoc(f"no doc page ({WHEEL_DOCS}, op-plugin docs/context)", frozenset()),
+    "npu_quant_matmul": OpDoc(WHEEL_DOCS, frozenset({"inference", "A2", "A3"})),  # per-chip limits: AscendQuantOps
 }
 FAMILY_NAMES = {"inference": "the Atlas inference series (300I/310P)", "A2": "Atlas A2", "A3": "Atlas A3"}
 
@@ -92,29 +93,61 @@ def doc_reason(op: str, family: str | None) -> str:
 
 
 @dataclass(frozen=True)
+class AscendQuantOps:
+    """What one Ascend chip family's int8 matmul operators accept (torch_npu 2.14.0 `_op_plugin_docs.py`).
+
+    npu_quant_matmul (int8 x int8 -> float, per-channel `scale`, int32 `bias`) is documented for A2, A3 and
+    the Atlas inference cards; `pertoken_scale` is "not supported" on the inference cards, and bf16 output
+    only on A2/A3. npu_weight_quant_batchmatmul (float x int8) takes fp16 activations on the inference cards,
+    fp16/bf16 on A2/A3. npu_dynamic_quant (per-token, symmetric) lists A2/A3 only; npu_quantize (per tensor,
+    div_mode=True) lists A2 and the Atlas inference series, not A3. Both matmuls take K, N <= 65535.
+    """
+    matmul_dtypes: tuple[torch.dtype, ...]       # the activation/output dtypes of both matmuls
+    per_token: bool                              # npu_dynamic_quant + npu_quant_matmul(pertoken_scale=...)
+    quantize_op: bool                            # npu_quantize for the static activation (else the aten math)
+    max_k_n: int = 65535
+
+    def takes(self, scheme: str, dtype: torch.dtype, k: int, n: int) -> bool:
+        return (dtype in self.matmul_dtypes and max(k, n) <= self.max_k_n
+                and (scheme != "w8a8-dynamic" or self.per_token))
+
+
+@dataclass(frozen=True)
 class KernelPlan:
-    """attention: eager | sdpa | ascend;  gelu: eager | torch | ascend;  add_layer_norm: eager | torch.
+    """attention: eager | sdpa | ascend;  gelu: eager | torch | ascend;  add_layer_norm: eager | torch;
+    quant_matmul: eager | int_mm | ascend.
 
     ascend_attention is the fused op and its limits (attention='ascend'); ascend_dtypes are the dtypes
-    npu_gelu takes on the chip. Cases an Ascend op cannot take fall back to the eager math (fp32 softmax /
-    statistics), decided from static shapes and dtypes. reasons: (operator, why) for each choice on an
-    Ascend chip, for the doctor and the README.
+    npu_gelu takes on the chip; ascend_quant are the chip's int8 matmul ops (quant_matmul='ascend'). Cases an
+    Ascend op cannot take fall back to the eager math (fp32 softmax / statistics, dequantized weights),
+    decided from static shapes and dtypes. reasons: (operator, why) for each choice on an Ascend chip, for
+    the doctor and the README.
     """
     attention: str = "sdpa"
     gelu: str = "torch"
     add_layer_norm: str = "torch"
     ascend_attention: AscendAttentionOp | None = None
     ascend_dtypes: tuple[torch.dtype, ...] = ()
+    quant_matmul: str = "int_mm"
+    ascend_quant: AscendQuantOps | None = None
     reasons: tuple[tuple[str, str], ...] = ()
 
     def fused_ops(self) -> tuple[str, ...]:
-        """The torch_npu fused operators this plan calls."""
+        """The torch_npu fused operators this plan calls (the int8 ones are chosen per layer: see ascend_quant)."""
         return tuple(([self.ascend_attention.name] if self.attention == "ascend" else [])
                      + (["npu_gelu"] if self.gelu == "ascend" else []))
 
 
-PORTABLE = KernelPlan()  # CPU and CUDA: torch's own fused kernels
-EAGER = KernelPlan(attention="eager", gelu="eager", add_layer_norm="eager")  # the plain math, for tests
+PORTABLE = KernelPlan()  # CPU and CUDA: torch's own fused kernels, torch._int_mm for int8
+EAGER = KernelPlan(attention="eager", gelu="eager", add_layer_norm="eager", quant_matmul="eager")  # the plain math
+
+
+# Atlas 300I / 310P: fp16 only, static per-tensor activations (no pertoken_scale, no npu_dynamic_quant).
+QUANT_310P = AscendQuantOps(matmul_dtypes=(torch.float16,), per_token=False, quantize_op=True)
+# Atlas A2: fp16/bf16, per-token scales; npu_quantize is documented for A2 but not for A3.
+QUANT_A2 = AscendQuantOps(matmul_dtypes=(torch.float16, torch.bfloat16), per_token=True, quantize_op=True)
+QUANT_A3 = AscendQuantOps(matmul_dtypes=(torch.float16, torch.bfloat16), per_token=True, quantize_op=False)
+QUANT_OPS = {"inference": QUANT_310P, "A2": QUANT_A2, "A3": QUANT_A3}
 
 
 def is_310p(chip_name: str) -> bool:
@@ -149,7 +182,10 @@ def plan_for_ascend_chip(chip_name: str) -> KernelPlan:
         gelu = "eager"
         reasons.append(("gelu", f"erf formula, as torch's gelu runs the tanh form on NPU; {doc_reason('npu_gelu', family)}"))
     reasons.append(("add_layer_norm", f"aten add + layer_norm; {doc_reason('npu_add_layer_norm', family)}"))
+    quant = QUANT_OPS.get(family)
+    reasons.append(("quant_matmul", doc_reason("npu_quant_matmul", family) if quant else
+                    "dequantized eager math: no int8 matmul op's doc names this chip"))
     return KernelPlan(attention="ascend" if attention_op else "eager", gelu=gelu, add_layer_norm="torch",
                       ascend_attention=attention_op,
                       ascend_dtypes=ELEMENTWISE_DTYPES.get(family, (torch.float16, torch.bfloat16, torch.float32)),
-                      reasons=tuple(reasons))
+                      quant_matmul="ascend" if quant else "eager", ascend_quant=quant, reasons=tuple(reasons))

@@ -568,6 +568,7 @@ def install(monkeypatch, chip: str) -> StandIn:
     from npu_models.runtime import device as device_module
 
     _register_ops()
+    import tests.npu_standin_quant  # noqa: F401  (registers the int8 ops: npu_quant_matmul, ...)
     state = StandIn(chip)
     torch_npu = types.ModuleType("torch_npu")
     torch_npu._C = types.ModuleType("torch_npu._C")

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import PORTABLE, attention
+from npu_models.layers.quant import QuantLinear
 
 
 class Attention(nn.Module):
@@ -49,14 +50,23 @@ class Attention(nn.Module):
             return torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         return self.qkv.bias
 
-    def q_and_kv_weights(self):
-        """(q weight, q bias, kv weight, kv bias): the cross-attention's own, or the fused weight's rows."""
-        if not hasattr(self, "qkv"):
-            return self.q.weight, self.q.bias, self.kv.weight, self.kv.bias
-        inner, weight, bias = self.num_heads * self.head_dim, self.qkv.weight, self.qkv_bias()
-        if bias is None:
-            return weight[:inner], None, weight[inner:], None
-        return weight[:inner], bias[:inner], weight[inner:], bias[inner:]
+    def project_qkv(self, x: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """x through the fused q/k/v projection's output features `rows`. A quantized projection holds the
+        assembled bias itself (quantize_model folds q_bias/v_bias into it)."""
+        if isinstance(self.qkv, QuantLinear):
+            return self.qkv(x, rows)
+        bias = self.qkv_bias()
+        return F.linear(x, self.qkv.weight[rows], None if bias is None else bias[rows])
+
+    def project(self, x: torch.Tensor, keys: torch.Tensor | None) -> list[torch.Tensor]:
+        """q from the queries x, k and v from the keys, each [B, H, S, D]."""
+        if keys is None or keys is x:  # the same tokens: q, k and v in one fused matmul
+            return self.split_heads(self.project_qkv(x), 3)
+        if not hasattr(self, "qkv"):  # cross-attention: its own q and kv projections
+            return [*self.split_heads(self.q(x), 1), *self.split_heads(self.kv(keys), 2)]
+        inner = self.num_heads * self.head_dim  # queries that are rows of the keys: the fused weight's rows
+        return [*self.split_heads(self.project_qkv(x, slice(None, inner)), 1),
+                *self.split_heads(self.project_qkv(keys, slice(inner, None)), 2)]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                 keys: torch.Tensor | None = None):
@@ -65,11 +75,6 @@ class Attention(nn.Module):
         mask (bool, True = attend) and bias are over (query, key) pairs, broadcast over the dimensions they
         lack: a key-padding mask [B, 1, 1, Sk] serves any queries, a bias with query rows has x's rows.
         """
-        if keys is None or keys is x:  # the same tokens: q, k and v in one fused matmul
-            q, k, v = self.split_heads(F.linear(x, self.qkv.weight, self.qkv_bias()), 3)
-        else:
-            q_weight, q_bias, kv_weight, kv_bias = self.q_and_kv_weights()
-            (q,) = self.split_heads(F.linear(x, q_weight, q_bias), 1)
-            k, v = self.split_heads(F.linear(keys, kv_weight, kv_bias), 2)
+        q, k, v = self.project(x, keys)
         out = attention(q, k, v, mask, bias=bias, plan=self.kernel_plan)
         return self.proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.num_heads * self.head_dim))

@@ -27,10 +27,12 @@ def configure_kernels(model: torch.nn.Module, plan: KernelPlan) -> torch.nn.Modu
 def prepare_model(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The model on `device` in `dtype`, in eval mode without gradients, with that device's kernels, its
     weight-derived constants (a module's prepare_for_inference) computed there, and the device's load-time
-    settings (runtime.settings: binary kernels, NZ weights on 310P) applied last. load_model calls it after
-    the tensor-parallel cut, so the settings apply to this rank's share."""
+    settings (runtime.settings: binary kernels, NZ weights on 310P) applied last. The kernels are chosen
+    before the constants, which may depend on them (QuantLinear's deq_scale). load_model calls it after the
+    tensor-parallel cut, so the settings apply to this rank's share."""
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    configure_kernels(model, kernel_plan(device))
     for module in model.modules():  # weight-derived constants computed once, where and as they will be used
         if hasattr(module, "prepare_for_inference"):
             module.prepare_for_inference()
-    return apply_device_settings(configure_kernels(model, kernel_plan(device)), device)
+    return apply_device_settings(model, device)
