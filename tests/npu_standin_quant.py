@@ -47,13 +47,17 @@ def _dtype(code, default):
 
 
 def _a3() -> bool:
-    return _active().chip.startswith("Ascend910_93")
+    return _active().family == "A3"
+
+
+def _a2_or_a3(chip) -> bool:
+    return chip.family in ("A2", "A3")
 
 
 def _chip_documented(op):
     chip = _active()
     chip.calls[op] += 1
-    _check(chip.inference_card or chip.a2_or_a3, f"{op} is documented for Atlas A2/A3 and the inference cards only")
+    _check(chip.inference_card or _a2_or_a3(chip), f"{op} is documented for Atlas A2/A3 and the inference cards only")
 
 
 # ---- npu_trans_quant_param -----------------------------------------------------------------------------------
@@ -205,7 +209,7 @@ def dynamic_quant(input, *, smooth_scales=None, group_index=None, dst_type=None,
                   dst_type_max=0.0):
     chip = _active()
     chip.calls["npu_dynamic_quant"] += 1
-    _check(chip.a2_or_a3, "npu_dynamic_quant is documented for Atlas A2/A3 only")
+    _check(_a2_or_a3(chip), "npu_dynamic_quant is documented for Atlas A2/A3 only")
     _check(input.dtype in (torch.float16, torch.bfloat16) and input.dim() > 1,
            f"input {input.dtype} {input.dim()}-D: float16/bfloat16 with more than one dimension")
     _check(smooth_scales is None and group_index is None and quant_mode == "pertoken" and dst_type_max == 0.0,
@@ -224,7 +228,7 @@ def dynamic_quant_fake(input, **unused):
 def quantize(self, scales, zero_points, dtype, axis=1, div_mode=True):
     chip = _active()
     chip.calls["npu_quantize"] += 1
-    _check(chip.inference_card or (chip.a2_or_a3 and not _a3()),
+    _check(chip.inference_card or chip.family == "A2",
            "npu_quantize is documented for Atlas A2 and the Atlas inference series only (not A3)")
     # div_mode=False: "支持Atlas A2"; the inference cards take the division form
     _check(div_mode or not chip.inference_card, "div_mode=False is documented for Atlas A2 only")

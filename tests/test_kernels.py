@@ -157,8 +157,9 @@ def test_310p_plan_uses_pfa_documented_gelu_and_aten_layer_norm_and_says_why():
     plan = plan_for_ascend_chip("Ascend310P3")
     assert plan.fused_ops() == ("npu_prompt_flash_attention", "npu_gelu") and plan.add_layer_norm == "torch"
     reasons = dict(plan.reasons)
-    assert set(reasons) == {"attention", "gelu", "add_layer_norm"}
+    assert set(reasons) == {"attention", "gelu", "add_layer_norm", "quant_matmul"}
     assert "inference series" in reasons["attention"] and "_op_plugin_docs.py" in reasons["attention"]
+    assert "npu_quant_matmul: its doc names the Atlas inference series" in reasons["quant_matmul"]
     assert "torch_npu-npu_gelu.md" in reasons["gelu"]
     assert "no doc page" in reasons["add_layer_norm"]
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from kernels.quant_matmul import SCHEMES
 from npu_models import runtime
-from npu_models.bert import Bert, BertConfig
+from npu_models.models.bert.model import Bert, BertConfig
 from npu_models.quantization import calibrate, quantize_model
 
 CLS, VOCAB, MAX_LEN = 1, 40, 16
