@@ -60,18 +60,24 @@ def test_both_annotation_formats_read_the_same_split(tmp_path, karpathy):
     assert split.image_to_texts == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14]]
 
 
+def direct_vlmo_scores(directory):
+    """The VLMo retrieval model of `directory`, its split, the preprocessed images and the image x caption
+    similarities computed directly, without the eval loop."""
+    model = npu_models.load_model("vlmo", directory / "retrieval.pt", device="cpu", task="retrieval")
+    split = read_retrieval(directory)
+    pixels = torch.stack([preprocess(p, model.config.transform) for p in split.image_paths])
+    ids, masks = encode_padded(bert_tokenizer(directory / "vocab.txt", True, 12), split.texts, 12)
+    with torch.no_grad():
+        return model, split, pixels, model.image_embeds(pixels) @ model.text_embeds(ids, masks).T
+
+
 def test_eval_equals_recall_of_directly_computed_embeddings(tmp_path):
     write_dataset(tmp_path, karpathy=True)
     out = tmp_path / "out.json"
     retrieval.main(["--model", "vlmo", "--checkpoint", str(tmp_path / "retrieval.pt"), "--data", str(tmp_path),
                     "--device", "cpu", "--batch-size", "2", "--num-workers", "0", "--output", str(out)])
     results = json.loads(out.read_text())
-    model = npu_models.load_model("vlmo", tmp_path / "retrieval.pt", device="cpu", task="retrieval")
-    split = read_retrieval(tmp_path)
-    pixels = torch.stack([preprocess(p, model.config.transform) for p in split.image_paths])
-    ids, masks = encode_padded(bert_tokenizer(tmp_path / "vocab.txt", True, 12), split.texts, 12)
-    with torch.no_grad():
-        scores = model.image_embeds(pixels) @ model.text_embeds(ids, masks).T
+    model, split, pixels, scores = direct_vlmo_scores(tmp_path)
     expected = metrics.retrieval_recall(scores, scores.T, split.image_to_texts, split.text_to_image)
     assert {k: results[k] for k in expected} == expected
     assert (results["num_images"], results["num_texts"]) == (3, 15)
@@ -139,12 +145,7 @@ def test_vlmo_predictions_list_each_querys_top10_as_json_lines_and_resume(tmp_pa
     predictions = tmp_path / "p.jsonl"
     first = run_vlmo(tmp_path, "--predictions", str(predictions))
     records = [json.loads(line) for line in predictions.read_text().splitlines()]
-    model = npu_models.load_model("vlmo", tmp_path / "retrieval.pt", device="cpu", task="retrieval")
-    split = read_retrieval(tmp_path)
-    pixels = torch.stack([preprocess(p, model.config.transform) for p in split.image_paths])
-    ids, masks = encode_padded(bert_tokenizer(tmp_path / "vocab.txt", True, 12), split.texts, 12)
-    with torch.no_grad():
-        scores = model.image_embeds(pixels) @ model.text_embeds(ids, masks).T
+    model, split, pixels, scores = direct_vlmo_scores(tmp_path)
     assert [r["key"] for r in records] == [f"i2t:{i}" for i in range(3)] + [f"t2i:{t}" for t in range(15)]
     assert [r["query"] for r in records] == [p.name for p in split.image_paths] + split.texts
     assert [r["top10"] for r in records[:3]] == scores.topk(10, dim=1).indices.tolist()  # 10 of 15 captions
