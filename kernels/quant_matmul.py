@@ -104,6 +104,15 @@ def quant_bias_and_deq_scale(params: QuantParams) -> tuple[torch.Tensor, torch.T
     return scaled.to(torch.int32), deq_scale
 
 
+def dequantized_bias(params: QuantParams, scheme: str) -> torch.Tensor | None:
+    """The bias the scheme's int8 kernels add, as a float: w8a8 adds it inside the int32 quant_bias, so rounded
+    to whole units of deq_scale; the other schemes add the float bias itself."""
+    if params.bias is None or scheme != "w8a8":
+        return params.bias
+    deq_scale = (params.input_scale.float() * params.weight_scale.float()).double()
+    return (torch.round(params.bias.double() / deq_scale) * deq_scale).to(params.bias.dtype)
+
+
 # ---- the eager reference -----------------------------------------------------------------------------------
 
 

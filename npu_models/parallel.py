@@ -8,6 +8,11 @@ are shared out as evenly as possible (3 heads over 2 ranks: 1 + 2), so every fix
 fewer heads than ranks is refused by name. The all-reduce is a functional collective, which torch.compile
 traces, so graph mode works under TP. This module is the only one that knows ranks.
 
+Quantized layers (npu_models/quantization.py) split like their float ones: the whole model is quantized, then
+cut. Column-parallel parts keep their rows' int8 weights, per-channel scales and bias; row-parallel parts
+(RowParallelQuantLinear) keep the whole input's activation scale and offset, cut the weight's columns, and add
+the bias once after the all-reduce.
+
 Data parallelism: more processes than --tp form tp x dp; each data-parallel rank evaluates its share of
 the batches and gathers Python objects (prediction records, CPU tensors) over a gloo group of the whole world.
 """
@@ -25,7 +30,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.quant_matmul import dequantized_bias
 from npu_models.errors import UserError, arg
+from npu_models.layers.quant import QuantLinear
 
 BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 # A rank that dies makes the others fail within this many seconds instead of hanging.
@@ -223,6 +230,81 @@ class RowParallelLinear(nn.Module):
         return out if self.bias is None else out + self.bias
 
 
+class RowParallelQuantLinear(QuantLinear):
+    """A QuantLinear whose input features are split over the ranks. Every rank quantizes its columns of the
+    input with the whole input's activation scale and offset (w8a8: the calibrated range, the same on every
+    rank, so its int8 columns are the whole input's), multiplies them by its columns of the int8 weight and
+    dequantizes; the all-reduce sums the parts, then the bias is added once. The w8a8 offset's correction
+    -offset * rowsum(W) is linear in the columns: each rank's quant_bias holds its own columns' share (and no
+    bias), so the parts sum to the whole. w8a8-dynamic's per-token scales are those of the rank's columns (as
+    vLLM's row-parallel layers do): no collective for them, each part at least as precise as the whole's.
+
+    The bias is the one the int8 kernel would have added (kernels.quant_matmul.dequantized_bias: w8a8 rounds it
+    to deq_scale units), so tp=N sums what tp=1 computes, in another order."""
+
+    def __init__(self, layer: QuantLinear, columns: torch.Tensor, tp: TensorParallel):
+        super().__init__(len(columns), layer.out_features, layer.scheme, bias=layer.bias is not None)
+        self.tp = tp
+        copy_quant_state(self, layer, slice(None), columns)
+        self.bias = dequantized_bias(layer.state(), layer.scheme)
+        if layer.deq_scale is not None:  # cut after prepare_model: derive this part's constants again
+            self.prepare_for_inference()
+
+    def matmul_bias(self) -> torch.Tensor | None:
+        return None  # added once, after the all-reduce
+
+    def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        if rows is not None:
+            raise ValueError("a row-parallel layer computes all its output features")
+        out = all_reduce(super().forward(x), self.tp)
+        return out if self.bias is None else out + self.bias
+
+
+@torch.no_grad()
+def copy_quant_state(part: QuantLinear, layer: QuantLinear, rows, columns) -> None:
+    """`part` holds `layer`'s int8 weight at (rows, columns) and their per-channel scales; the per-tensor input
+    scale and offset are the whole input's."""
+    part.weight = layer.weight[rows][:, columns].clone()
+    part.weight_scale = layer.weight_scale[rows].clone()
+    if layer.input_scale is not None:
+        part.input_scale, part.input_offset = layer.input_scale.clone(), layer.input_offset.clone()
+    part.kernel_plan = layer.kernel_plan
+
+
+@torch.no_grad()
+def quant_rows_of(layer: QuantLinear, rows: torch.Tensor) -> QuantLinear:
+    """The quantized linear restricted to some output features (column parallel): the weight's rows, their
+    scales and bias; the activation's scale and offset unchanged."""
+    part = QuantLinear(layer.in_features, len(rows), layer.scheme, bias=layer.bias is not None)
+    copy_quant_state(part, layer, rows, slice(None))
+    if layer.bias is not None:
+        part.bias = layer.bias[rows].clone()
+    if layer.deq_scale is not None:  # cut after prepare_model: derive this part's constants again
+        part.prepare_for_inference()
+    return part
+
+
+def check_splittable(layer: nn.Module, path: str) -> None:
+    """A layer the plan cuts must be a float nn.Linear or a QuantLinear: anything else (a layer cut already, a
+    foreign quantized module) would be copied into a float Linear and lose what it is."""
+    if type(layer) not in (nn.Linear, QuantLinear):
+        raise UserError(f"{path} is a {type(layer).__module__}.{type(layer).__qualname__}, which tensor parallelism "
+                        f"cannot cut: it cuts float nn.Linear layers and npu_models' QuantLinear, each once; quantize "
+                        f"with npu_models.quantization.quantize_model (then cut the whole model), or run with tp=1.")
+
+
+def column_parallel(layer: nn.Module, rows: torch.Tensor, path: str) -> nn.Module:
+    check_splittable(layer, path)
+    return quant_rows_of(layer, rows) if isinstance(layer, QuantLinear) else rows_of(layer, rows)
+
+
+def row_parallel(layer: nn.Module, columns: torch.Tensor, tp: TensorParallel, path: str) -> nn.Module:
+    check_splittable(layer, path)
+    if isinstance(layer, QuantLinear):
+        return RowParallelQuantLinear(layer, columns, tp)
+    return RowParallelLinear(layer, columns, tp)
+
+
 def rows_of(linear: nn.Linear, rows: torch.Tensor) -> nn.Linear:
     """The linear restricted to some output features (column parallel)."""
     part = nn.Linear(linear.in_features, len(rows), bias=linear.bias is not None, device=linear.weight.device,
@@ -248,22 +330,22 @@ def split_attention(attention: nn.Module, tp: TensorParallel, path: str) -> None
     mine, dim = tp.share(heads), attention.head_dim
     inner = heads * dim
     if hasattr(attention, "qkv"):
-        attention.qkv = rows_of(attention.qkv, head_units(mine, dim, 3, inner))
+        attention.qkv = column_parallel(attention.qkv, head_units(mine, dim, 3, inner), f"{path}.qkv")
     else:
-        attention.q = rows_of(attention.q, head_units(mine, dim, 1, inner))
-        attention.kv = rows_of(attention.kv, head_units(mine, dim, 2, inner))
+        attention.q = column_parallel(attention.q, head_units(mine, dim, 1, inner), f"{path}.q")
+        attention.kv = column_parallel(attention.kv, head_units(mine, dim, 2, inner), f"{path}.kv")
     for name in ("q_bias", "v_bias"):  # BEiT/VLMo: separate q and v biases, split like q and v
         if hasattr(attention, name):
             setattr(attention, name, nn.Parameter(getattr(attention, name).detach()[head_units(mine, dim, 1, inner)],
                                                   requires_grad=False))
-    attention.proj = RowParallelLinear(attention.proj, head_units(mine, dim, 1, inner), tp)
+    attention.proj = row_parallel(attention.proj, head_units(mine, dim, 1, inner), tp, f"{path}.proj")
     attention.num_heads = mine.stop - mine.start
 
 
 def split_mlp(mlp: nn.Module, tp: TensorParallel, path: str) -> None:
     units = torch.arange(mlp.fc1.out_features)[tp.share(mlp.fc1.out_features)]
-    mlp.fc1 = rows_of(mlp.fc1, units)
-    mlp.fc2 = RowParallelLinear(mlp.fc2, units, tp)
+    mlp.fc1 = column_parallel(mlp.fc1, units, f"{path}.fc1")
+    mlp.fc2 = row_parallel(mlp.fc2, units, tp, f"{path}.fc2")
 
 
 def split_head_columns(owner: nn.Module, name: str, tp: TensorParallel, heads: int, path: str) -> None:

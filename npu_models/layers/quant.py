@@ -1,4 +1,6 @@
 """The quantized linear layer: int8 weights with their scales, in place of an nn.Linear."""
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -56,17 +58,23 @@ class QuantLinear(nn.Module):
             quant_bias_and_deq_scale(layer.params())  # refuses a bias the int32 quant_bias cannot hold, now
         return layer
 
+    def matmul_bias(self) -> torch.Tensor | None:
+        """The bias the int8 kernel adds (a row-parallel part adds its own after the all-reduce instead)."""
+        return self.bias
+
+    def state(self) -> QuantParams:
+        """The layer's tensors as the kernel's math sees them, without the derived constants."""
+        return QuantParams(self.weight, self.weight_scale, self.matmul_bias(), self.input_scale, self.input_offset)
+
     def params(self) -> QuantParams:
-        return QuantParams(self.weight, self.weight_scale, self.bias, self.input_scale, self.input_offset,
-                           self.deq_scale, self.quant_bias)
+        return replace(self.state(), deq_scale=self.deq_scale, quant_bias=self.quant_bias)
 
     def prepare_for_inference(self) -> None:
         """Derive the backend's constants for `kernel_plan` from the layer's state, where it lives now."""
         reason = unsupported_reason(self.scheme, self.kernel_plan)
         if reason:
             raise UserError(f"this device cannot run the model as quantized: {reason}.")
-        state = QuantParams(self.weight, self.weight_scale, self.bias, self.input_scale, self.input_offset)
-        prepared = prepare_quant_params(state, self.scheme, self.kernel_plan)
+        prepared = prepare_quant_params(self.state(), self.scheme, self.kernel_plan)
         self.deq_scale, self.quant_bias = prepared.deq_scale, prepared.quant_bias
 
     def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
