@@ -58,6 +58,9 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
         raise UserError(f"{entry.name} names no outputs to compare (its spec's `outputs`); nothing can be verified.")
     if quant != "none" and quant not in QUANT_TOLERANCE:
         raise UserError(f"unknown --quant {quant!r}: use none or one of {', '.join(QUANT_TOLERANCE)}.")
+    if quant == "none" and relative is not None:
+        raise UserError("--relative bounds a quantized model's relative error: give --quant too, or use "
+                        "--atol/--rtol for the float model.")
     if quant != "none" and tp > 1:
         raise UserError(f"--quant {quant} runs at tp=1 only: quantized layers have no tensor-parallel cut yet; "
                         "drop --tp.")

@@ -40,7 +40,9 @@ def test_verify_quant_really_quantizes(scheme, monkeypatch):
     rows = verify.verify("bert", BERT_FIXTURE, quant=scheme)
     assert len(made) == 3 * 4  # the fixture's three layers: q/k/v, proj, fc1, fc2
     assert all(r["ok"] for r in rows)
-    assert 1e-3 < max(r["relative_diff"] for r in rows) <= QUANT_TOLERANCE[scheme]
+    worst = max(r["relative_diff"] for r in rows)
+    assert 1e-3 < worst <= QUANT_TOLERANCE[scheme]
+    assert not all(r["ok"] for r in verify.verify("bert", BERT_FIXTURE, quant=scheme, relative=worst / 2))
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -71,7 +73,8 @@ def test_verify_quant_fails_a_static_input_scale_off_by_2x(monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [(["--quant", "int4"], "unknown --quant 'int4'"),
-                                           (["--quant", "w8a8", "--tp", "2"], "tp=1 only")])
+                                           (["--quant", "w8a8", "--tp", "2"], "tp=1 only"),
+                                           (["--relative", "0.1"], "give --quant too")])
 def test_verify_refuses_an_unknown_scheme_and_quant_under_tp(args, message, capsys):
     with pytest.raises(SystemExit) as info:
         verify.main(["--model", "bert", str(BERT_FIXTURE), *args])

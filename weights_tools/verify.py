@@ -29,11 +29,12 @@ def main(argv=None):
     parser.add_argument("--rtol", type=float, help="relative tolerance (default: as --atol)")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (run under torchrun "
                         "--nproc_per_node N); every rank checks the full outputs")
-    parser.add_argument("--quant", default="none", help="none (default) | " + " | ".join(QUANT_TOLERANCE) + ": quantize "
-                        "each model on the fly, calibrated on the fixture's inputs, and judge each output by its "
+    parser.add_argument("--quant", default="none", help="none (default) | " + " | ".join(QUANT_TOLERANCE)
+                        + ": quantize each model on the fly, calibrated on the fixture's inputs, and judge each output by its "
                         "relative error max|ours - ref| / max|ref| (default bound per scheme: "
                         + ", ".join(f"{s} {t:g}" for s, t in QUANT_TOLERANCE.items()) + ")")
-    parser.add_argument("--relative", type=float, help="with --quant: the relative error bound instead of the scheme's")
+    parser.add_argument("--relative", type=float,
+                        help="with --quant: the relative error bound instead of the scheme's")
     args = parser.parse_args(argv)
     rows = verify(args.model, args.directory, args.device, args.dtype, args.atol, args.rtol, args.tp, args.quant,
                   args.relative)
