@@ -99,6 +99,7 @@ def test_bench_times_float_and_int8_side_by_side(tmp_path, capsys, monkeypatch):
     # every encoder Linear of the fixture's 3 layers ran as a w8a8 QuantLinear (calibration covered them all)
     assert len({id(layer) for layer in calls}) == 3 * 4 and {layer.scheme for layer in calls} == {"w8a8"}
     assert 1e-4 < int8["max_abs_diff_vs_peer"] < 1 and peer["max_abs_diff_vs_peer"] < 1e-5
+    assert int8["gflop_per_batch"] == pytest.approx(ours["gflop_per_batch"], rel=1e-3)  # int8 GEMMs counted too
     assert int8["param_mb_per_rank"] < ours["param_mb_per_rank"]  # int8 weights: a quarter of fp32's
     streamed = capsys.readouterr().out
     assert "quant" in streamed.splitlines()[streamed.splitlines().index("bert-base-cased-sst2") + 1]
