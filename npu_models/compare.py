@@ -1,6 +1,10 @@
 """How verify compares our outputs with a reference fixture's: values within atol + rtol*|ref|, and ranking
 outputs (candidate indices) by the rule in `compare_ranking`. Each comparison is one row:
-{name, shape, max_abs_diff, tolerance, ok, note}."""
+{name, shape, max_abs_diff, tolerance, ok, note}.
+
+A quantized model is judged by relative error instead (`compare_outputs(..., relative=r)`): every cell within
+r * max|ref| of the reference tensor, i.e. max|ours - ref| / max|ref| <= r, and ranking near ties within
+r * max|scores|: int8 rounding moves every output by a fraction of its scale, not of each cell."""
 import torch
 
 from npu_models.spec import Ranking
@@ -53,15 +57,35 @@ def compare_ranking(name: str, ours: torch.Tensor, reference: torch.Tensor, refe
     return {**row, "max_abs_diff": gap.max().item() if gap.numel() else 0.0, "ok": ok, "note": note}, moved
 
 
+def relative_bounds(reference: torch.Tensor, atol: float, rtol: float, relative: float | None) -> tuple[float, float]:
+    """(atol, rtol) for one reference tensor: as given, or for a relative bound r, (r * max|ref|, 0). Integer
+    outputs (indices, labels) stay compared as given: exactly."""
+    if relative is None or not reference.is_floating_point():
+        return atol, rtol
+    return relative * (reference.double().abs().max().item() if reference.numel() else 0.0), 0.0
+
+
+def relative_row(row: dict, reference: torch.Tensor, relative: float | None) -> dict:
+    """A row judged by a relative bound says so, with its relative error max|ours - ref| / max|ref|."""
+    if relative is None or not reference.is_floating_point():
+        return row
+    scale = reference.double().abs().max().item() if reference.numel() else 0.0
+    return {**row, "tolerance": f"{relative:g} * max|ref|",
+            "relative_diff": row["max_abs_diff"] / scale if scale else row["max_abs_diff"]}
+
+
 def compare_outputs(produced: dict, references: dict, rankings: dict[str, Ranking], atol: float, rtol: float,
-                    prefix: str = "") -> list[dict]:
-    """One row per reference tensor we produce, in the reference's order."""
+                    prefix: str = "", relative: float | None = None) -> list[dict]:
+    """One row per reference tensor we produce, in the reference's order. `relative` (a quantized model): each
+    tensor within relative * max|ref| (rankings: of the scores), which replaces atol and rtol."""
     ranking_rows, excluded = {}, {}
     for name, ranking in rankings.items():
         if name not in produced or name not in references or ranking.scores not in references:
             continue  # nothing to judge a swap by: the indices are compared as values, exactly as before
         scores = references[ranking.scores].T if ranking.transposed else references[ranking.scores]
-        ranking_rows[name], moved = compare_ranking(prefix + name, produced[name], references[name], scores, atol, rtol)
+        row, moved = compare_ranking(prefix + name, produced[name], references[name], scores,
+                                     *relative_bounds(scores, atol, rtol, relative))
+        ranking_rows[name] = relative_row(row, scores, relative)
         for scattered in ranking.scattered:
             if scattered in references:
                 mask = torch.zeros(references[scattered].shape, dtype=torch.bool)
@@ -73,5 +97,7 @@ def compare_outputs(produced: dict, references: dict, rankings: dict[str, Rankin
         if name in ranking_rows:
             rows.append(ranking_rows[name])
         elif name in produced:
-            rows.append(compare(prefix + name, produced[name], reference, atol, rtol, *excluded.get(name, (None, ""))))
+            row = compare(prefix + name, produced[name], reference, *relative_bounds(reference, atol, rtol, relative),
+                          *excluded.get(name, (None, "")))
+            rows.append(relative_row(row, reference, relative))
     return rows

@@ -15,12 +15,20 @@ from npu_models import parallel, registry, runtime
 from npu_models.checkpoints.io import is_converted_dir, read_state_dict
 from npu_models.compare import compare, compare_outputs  # noqa: F401 (compare: part of this module's API)
 from npu_models.errors import UserError
+from npu_models.quantization import calibrate, quantize_model
 
 # (atol, rtol) per dtype. fp32 is the parity bar: real bugs such as a tanh GELU move logits by ~5e-5.
 # bf16 (8-bit mantissa) and fp16 (11-bit) round every op; over the fixtures' 2-12 layers the largest
 # differences measured against the fp32 reference were 6.2e-2 (bf16) and 7.4e-3 (fp16), so these bounds
 # catch wrong masks, layouts or kernels, not last-bit effects.
 DEFAULT_TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (5e-2, 5e-2), torch.float16: (1e-2, 1e-2)}
+# Relative error max|ours - ref| / max|ref| per output tensor allowed for a model quantized on the fly (verify
+# --quant), against the float reference. Largest measured on the five shipped fixtures (tests/fixtures/reference,
+# fp32 on CPU, tensor: fixture): w8a8 6.3e-2 (BERT's pooler_output; others <= 3.1e-2), w8a8-dynamic 7.8e-2 (BERT's
+# pooler_output; BLIP's itm_prob 4.2e-2), w8a16 5.5e-2 (BERT's pooler_output; others <= 2.0e-2). The bounds are
+# those maxima with a 1.5x margin: int8 rounding stays under them, while a wrong scale, offset or layout moves
+# outputs by tens of percent.
+QUANT_TOLERANCE = {"w8a8": 0.1, "w8a8-dynamic": 0.12, "w8a16": 0.08}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz", ".tar.gz")
 FIXTURE_FILES = ("inputs.safetensors", "outputs.safetensors", "preprocessed.safetensors")
 
@@ -38,13 +46,25 @@ def find_checkpoints(directory: Path) -> list[Path]:
     return found
 
 
-def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rtol=None, tp=1) -> list[dict]:
+def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rtol=None, tp=1, quant="none",
+           relative=None) -> list[dict]:
     """One row per compared tensor (per checkpoint); raises UserError when nothing can be compared.
-    atol/rtol default to DEFAULT_TOLERANCE for the dtype."""
+    atol/rtol default to DEFAULT_TOLERANCE for the dtype. `quant` (a scheme of QUANT_TOLERANCE): each model is
+    quantized on the fly, calibrated on the fixture's own inputs, and judged by relative error within
+    `relative` (default QUANT_TOLERANCE[quant]) instead of atol/rtol."""
     directory = Path(directory)
     entry = registry.get_entry(model_name)
     if entry.outputs is None:
         raise UserError(f"{entry.name} names no outputs to compare (its spec's `outputs`); nothing can be verified.")
+    if quant != "none" and quant not in QUANT_TOLERANCE:
+        raise UserError(f"unknown --quant {quant!r}: use none or one of {', '.join(QUANT_TOLERANCE)}.")
+    if quant == "none" and relative is not None:
+        raise UserError("--relative bounds a quantized model's relative error: give --quant too, or use "
+                        "--atol/--rtol for the float model.")
+    if quant != "none" and tp > 1:
+        raise UserError(f"--quant {quant} runs at tp=1 only: quantized layers have no tensor-parallel cut yet; "
+                        "drop --tp.")
+    relative = None if quant == "none" else QUANT_TOLERANCE[quant] if relative is None else relative
     device = runtime.resolve_device(device)  # a device this machine lacks is refused before any work
     dtype = runtime.parse_dtype(dtype, device)
     for name in ("inputs.safetensors", "outputs.safetensors"):
@@ -62,26 +82,41 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
     rows = []
     for checkpoint in checkpoints:
         model = registry.build_model(entry, checkpoint, tp=group)
-        model = runtime.prepare_model(model, parallel.local_device(device), dtype)
         accepted = inspect.signature(entry.outputs).parameters
+        if quant != "none":  # calibrated in float32, as built, before prepare_model puts it on the device
+            with torch.no_grad():
+                quantize_on_inputs(model, entry, quant, {k: v for k, v in inputs.items() if k in accepted})
+        model = runtime.prepare_model(model, parallel.local_device(device), dtype)
         with torch.no_grad():  # fixtures may carry extra inputs (raw images for preprocessing checks)
             produced = entry.outputs(model, **{k: runtime.to_model_input(v, device, dtype)
                                                for k, v in inputs.items() if k in accepted})
         prefix = f"{checkpoint.name}/" if len(checkpoints) > 1 else ""
-        rows += compare_outputs(produced, references, entry.rankings, atol, rtol, prefix)
+        rows += compare_outputs(produced, references, entry.rankings, atol, rtol, prefix, relative)
     if not rows:
         raise UserError(f"our {entry.name} model produces none of the tensors in {directory / 'outputs.safetensors'} "
                         f"({', '.join(references)}).")
     return rows
 
 
+def quantize_on_inputs(model, entry, scheme: str, inputs: dict) -> None:
+    """`model` quantized with `scheme` in place, w8a8 calibrated on the fixture's inputs through the spec's
+    `outputs` (every entry point the fixture checks)."""
+    parameter = next(model.parameters())
+    batch = {k: runtime.to_model_input(v, parameter.device, parameter.dtype) for k, v in inputs.items()}
+    calibration = calibrate(model, [batch], forward=lambda m, b: entry.outputs(m, **b)) if scheme == "w8a8" else None
+    quantize_model(model, scheme, calibration)
+
+
 def format_rows(rows: list[dict]) -> str:
     width = max(len(r["name"]) for r in rows)
     lines = [f"{'tensor':<{width}}  {'shape':<18} {'max abs diff':>12}  {'tolerance':<20} result"]
     for r in rows:
+        relative = f"relative {r['relative_diff']:.1e} " if "relative_diff" in r else ""
         lines.append(f"{r['name']:<{width}}  {str(r['shape']):<18} {r['max_abs_diff']:>12.3e}  "
-                     f"{r['tolerance']:<20} {'PASS' if r['ok'] else 'FAIL'} {r['note']}".rstrip())
+                     f"{r['tolerance']:<20} {'PASS' if r['ok'] else 'FAIL'} {relative}{r['note']}".rstrip())
     passed = sum(r["ok"] for r in rows)
+    relative = [r["relative_diff"] for r in rows if "relative_diff" in r]
     lines.append(f"verify: {passed}/{len(rows)} tensors within tolerance, "
-                 f"max abs diff {max(r['max_abs_diff'] for r in rows):.1e}")
+                 f"max abs diff {max(r['max_abs_diff'] for r in rows):.1e}"
+                 + (f", max relative diff {max(relative):.1e}" if relative else ""))
     return "\n".join(lines)

@@ -167,13 +167,13 @@ def test_end_to_end_is_for_sst2_models(capsys):
 
 def test_markdown_table_sets_each_implementation_at_its_best_mode_side_by_side():
     def row(impl, mode, rate):
-        return {"model": "m", "impl": impl, "mode": mode, "batch_size": 8, "seq_len": 128, "samples_per_second": rate,
+        return {"model": "m", "impl": impl, "quant": "none", "mode": mode, "batch_size": 8, "seq_len": 128, "samples_per_second": rate,
                 "latency_ms_p50": 1.0, "tflops": 1.0, "fraction_of_peak": 0.5, "tp": 1, "device": "cpu",
                 "dtype": "fp32", "date": "2026-11-28", "max_abs_diff_vs_peer": None if impl == "ours" else 1e-6}
     table = report.markdown_table([row("ours", "eager", 10.0), row("peer", "eager", 8.0), row("ours", "graph", 30.0),
                                   row("peer", "graph", 20.0)])
     assert table.count("\n| m | ") == 5  # four rows, one best-against-best line
-    assert "| m | 8 | graph, 30.0/s | graph, 20.0/s | 1.50x |" in table
+    assert "| m | 8 | none | graph, 30.0/s | graph, 20.0/s | 1.50x |" in table
 
 
 def test_model_all_takes_no_checkpoint(capsys):

@@ -4,8 +4,9 @@
 
 DIR holds one or more checkpoints in the official layout, `inputs.safetensors` and `outputs.safetensors`.
 Every checkpoint is converted and run on the inputs; every output tensor our model produces is compared.
-Exit status 0 only when all of them are within tolerance. The machinery is npu_models.verify (the doctor
-runs it too); this module is its command line.
+Exit status 0 only when all of them are within tolerance. `--quant w8a8` (or w8a8-dynamic, w8a16) quantizes
+each model on the fly, calibrated on the fixture's own inputs, and judges it by relative error. The machinery
+is npu_models.verify (the doctor runs it too); this module is its command line.
 """
 import argparse
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from npu_models import parallel
 from npu_models.errors import cli_main
-from npu_models.verify import DEFAULT_TOLERANCE, compare, find_checkpoints, format_rows, verify  # noqa: F401
+from npu_models.verify import DEFAULT_TOLERANCE, QUANT_TOLERANCE, compare, find_checkpoints, format_rows, verify  # noqa: F401
 
 
 @cli_main
@@ -28,8 +29,15 @@ def main(argv=None):
     parser.add_argument("--rtol", type=float, help="relative tolerance (default: as --atol)")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (run under torchrun "
                         "--nproc_per_node N); every rank checks the full outputs")
+    parser.add_argument("--quant", default="none", help="none (default) | " + " | ".join(QUANT_TOLERANCE)
+                        + ": quantize each model on the fly, calibrated on the fixture's inputs, and judge each output by its "
+                        "relative error max|ours - ref| / max|ref| (default bound per scheme: "
+                        + ", ".join(f"{s} {t:g}" for s, t in QUANT_TOLERANCE.items()) + ")")
+    parser.add_argument("--relative", type=float,
+                        help="with --quant: the relative error bound instead of the scheme's")
     args = parser.parse_args(argv)
-    rows = verify(args.model, args.directory, args.device, args.dtype, args.atol, args.rtol, args.tp)
+    rows = verify(args.model, args.directory, args.device, args.dtype, args.atol, args.rtol, args.tp, args.quant,
+                  args.relative)
     if parallel.is_main_process():
         print(format_rows(rows))
     return 0 if all(r["ok"] for r in rows) else 1

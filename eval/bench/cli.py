@@ -9,7 +9,8 @@ loaded with the same weights), it runs warm-up iterations, then times --iters it
 synchronised, the implementations taking turns, and reports samples/s, the median and p90 latency, the first
 call (compilation included in graph mode), the FLOPs counted and their fraction of a dense matmul measured in
 the same run. Graph mode is each one's best: compiled, with CUDA graphs on CUDA. Rows are written as they
-arrive.
+arrive. --quant none,w8a8 times ours in float and int8 side by side (quantized on the fly, w8a8 calibrated on
+the bench's own inputs); every row names its `quant`.
 """
 import sys
 from pathlib import Path
@@ -48,6 +49,9 @@ def parse_args(argv) -> BenchOptions:
                              "flow (every sentence padded to --seq-len, transformers' tokenizer and model)")
     parser.add_argument("--data", type=Path, help="with --end-to-end: SST-2 dev.tsv (default: 872 sentences of "
                         "random words with SST-2's length mix)")
+    parser.add_argument("--quant", help="comma list of none (our float model), w8a8, w8a8-dynamic, w8a16: ours "
+                        "quantized on the fly, calibrated on the bench's own inputs, timed beside float "
+                        "(default none)")
     given = vars(parser.parse_args(argv))
     if "batch_sizes" in given:
         try:
@@ -56,6 +60,8 @@ def parse_args(argv) -> BenchOptions:
             raise UserError(f"--batch-sizes must be comma-separated integers, got '{given['batch_sizes']}'.") from None
     if "modes" in given:
         given["modes"] = tuple(given["modes"].split(","))
+    if "quant" in given:
+        given["quant"] = tuple(given["quant"].split(","))
     return BenchOptions(**given)
 
 

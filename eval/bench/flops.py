@@ -14,11 +14,19 @@ def attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return 2 * batch * heads * q_len * key_shape[-2] * (head_dim + value_shape[-1])
 
 
+def int_mm_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """An int8 GEMM (quantized layers on CUDA and CPU) does the multiply-adds of the float matmul it replaces:
+    counted like one, so an int8 row's work equals its float row's (torch's counter has no formula for it)."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
 def counted_flops(fn, inputs) -> int:
-    """Floating-point operations of one call, counted by torch (matmuls, convolutions, attention)."""
+    """Floating-point operations of one call, counted by torch (matmuls, convolutions, attention; int8 GEMMs
+    as the matmuls they replace)."""
     from torch.utils.flop_counter import FlopCounterMode
-    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention_flops}
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention_flops,
+               torch.ops.aten._int_mm: int_mm_flops}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn(*inputs)
     return counter.get_total_flops()
 

@@ -3,10 +3,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.options import paths_from_strings
+from kernels.quant_matmul import SCHEMES
 from npu_models import registry
 from npu_models.errors import UserError
 
 MODES = ("eager", "graph")
+QUANT = ("none", *SCHEMES)  # "none": our float model
 
 
 @dataclass
@@ -29,10 +31,16 @@ class BenchOptions:
     plot: Path | None = None              # a PNG of throughput against batch size
     end_to_end: bool = False              # SST-2 models: eval.sst2's own code path against the ModelZoo flow
     data: Path | None = None              # end-to-end: SST-2 dev.tsv; None: random words with SST-2's length mix
+    quant: tuple[str, ...] = ("none",)    # ours as float ("none") and/or quantized on the fly, side by side
 
     def __post_init__(self):
         if self.batch_sizes is None:
             self.batch_sizes = [32] if self.end_to_end else [1, 8, 32]
         if set(self.modes) - set(MODES):
             raise UserError(f"--modes takes eager and/or graph, got '{','.join(self.modes)}'.")
+        if set(self.quant) - set(QUANT) or not self.quant:
+            raise UserError(f"--quant takes a comma list of {', '.join(QUANT)}, got '{','.join(self.quant)}'.")
+        if set(self.quant) != {"none"} and (self.tp > 1 or self.end_to_end):
+            raise UserError(f"--quant {','.join(self.quant)} times the model parts at tp=1: quantized layers have no "
+                            "tensor-parallel cut yet and --end-to-end runs float; drop --tp / --end-to-end.")
         paths_from_strings(self)

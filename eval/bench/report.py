@@ -6,7 +6,7 @@ from pathlib import Path
 from eval.store import write_json_atomic
 from npu_models.errors import UserError
 
-COLUMNS = ["model", "impl", "mode", "batch_size", "seq_len", "samples_per_second", "latency_ms_p50",
+COLUMNS = ["model", "impl", "quant", "mode", "batch_size", "seq_len", "samples_per_second", "latency_ms_p50",
            "latency_ms_p90", "first_call_s", "gflop_per_batch", "tflops", "fraction_of_peak", "device", "dtype", "tp",
            "param_mb_per_rank", "max_abs_diff_vs_peer", "date"]
 
@@ -30,9 +30,10 @@ def plot(rows: list[dict], path: Path) -> None:
     except ImportError:
         raise UserError("--plot needs matplotlib: `pip install -e .[plot]`.") from None
     figure, axes = plt.subplots(figsize=(6, 4))
-    for impl, mode in sorted({(r["impl"], r["mode"]) for r in rows}):
-        points = sorted((r["batch_size"], r["samples_per_second"]) for r in rows if (r["impl"], r["mode"]) == (impl, mode))
-        axes.plot(*zip(*points), marker="o", label=f"{impl} {mode}")
+    for impl, quant, mode in sorted({(r["impl"], r["quant"], r["mode"]) for r in rows}):
+        points = sorted((r["batch_size"], r["samples_per_second"]) for r in rows
+                        if (r["impl"], r["quant"], r["mode"]) == (impl, quant, mode))
+        axes.plot(*zip(*points), marker="o", label=f"{impl} {mode}" + ("" if quant == "none" else f" {quant}"))
     first = rows[0]
     axes.set(xscale="log", xlabel="batch size", ylabel="samples / s",
              title=f"{first['model']} seq {first['seq_len']}, {first['dtype']}, {first['device']}")
@@ -45,12 +46,12 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'impl':<5} {'mode':<6} {'tp':>2} {'batch':>5} {'seq':>4} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} "
+    header = (f"{'impl':<5} {'mode':<6} {'quant':<12} {'tp':>2} {'batch':>5} {'seq':>4} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} "
               f"{'% peak':>7} {'MiB/rank':>9} {'diff vs peer':>12}")
     lines = [header]
     for r in rows:
         diff = "" if r["max_abs_diff_vs_peer"] is None else f"{r['max_abs_diff_vs_peer']:.1e}"
-        lines.append(f"{r['impl']:<5} {r['mode']:<6} {r['tp']:>2} {r['batch_size']:>5} {r['seq_len']:>4} "
+        lines.append(f"{r['impl']:<5} {r['mode']:<6} {r['quant']:<12} {r['tp']:>2} {r['batch_size']:>5} {r['seq_len']:>4} "
                      f"{r['samples_per_second']:>10.1f} {r['latency_ms_p50']:>9.2f} {r['latency_ms_p90']:>9.2f} "
                      f"{100 * r['fraction_of_peak']:>7.1f} {r['param_mb_per_rank']:>9.1f} {diff:>12}")
     return "\n".join(lines)
@@ -59,18 +60,19 @@ def format_table(rows: list[dict]) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """Every row as one markdown table, then each implementation's best mode per model part and batch size
     set side by side (the honest ratio: each at its fastest)."""
-    lines = ["| model | impl | mode | batch | seq | samples/s | p50 ms | TFLOP/s | % of peak | max diff vs peer |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | impl | quant | mode | batch | seq | samples/s | p50 ms | TFLOP/s | % of peak | max diff vs peer |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         diff = "" if r["max_abs_diff_vs_peer"] is None else f"{r['max_abs_diff_vs_peer']:.1e}"
-        lines.append(f"| {r['model']} | {r['impl']}{'' if r['tp'] == 1 else ' tp' + str(r['tp'])} | {r['mode']} | "
+        lines.append(f"| {r['model']} | {r['impl']}{'' if r['tp'] == 1 else ' tp' + str(r['tp'])} | {r['quant']} | {r['mode']} | "
                      f"{r['batch_size']} | {r['seq_len']} | {r['samples_per_second']:.1f} | {r['latency_ms_p50']:.2f} | "
                      f"{r['tflops']:.2f} | {100 * r['fraction_of_peak']:.1f} | {diff} |")
     pairs = best_against_best(rows)
     if pairs:
-        lines += ["", "| model | batch | ours best | peer best | ours / peer |", "|---|---:|---|---|---:|"]
+        lines += ["", "| model | batch | quant | ours best | peer best | ours / peer |", "|---|---:|---|---|---|---:|"]
         for ours, peer in pairs:
-            lines.append(f"| {ours['model']} | {ours['batch_size']} | {ours['mode']}, {ours['samples_per_second']:.1f}/s | "
+            lines.append(f"| {ours['model']} | {ours['batch_size']} | {ours['quant']} | "
+                         f"{ours['mode']}, {ours['samples_per_second']:.1f}/s | "
                          f"{peer['mode']}, {peer['samples_per_second']:.1f}/s | "
                          f"{ours['samples_per_second'] / peer['samples_per_second']:.2f}x |")
     first = rows[0]
@@ -80,13 +82,14 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def best_against_best(rows: list[dict]) -> list[tuple[dict, dict]]:
-    """(ours, the whole peer) at each one's fastest mode, per model part, batch size and our tp degree."""
+    """(ours, the whole peer) at each one's fastest mode, per model part, batch size, our tp degree and our
+    quantization (float and int8 each against the float peer)."""
     best = {}
     for r in rows:
-        key = (r["model"], r["batch_size"], r["impl"], r["tp"])
+        key = (r["model"], r["batch_size"], r["impl"], r["tp"], r["quant"])
         if key not in best or r["samples_per_second"] > best[key]["samples_per_second"]:
             best[key] = r
-    pairs = [(best[key], best.get((key[0], key[1], "peer", 1))) for key in best if key[2] == "ours"]
+    pairs = [(best[key], best.get((key[0], key[1], "peer", 1, "none"))) for key in best if key[2] == "ours"]
     return [(ours, peer) for ours, peer in pairs if peer is not None]
 
 

@@ -20,7 +20,9 @@ from eval.timing import latency_percentiles, time_interleaved, timed_call
 from npu_models import parallel, registry, runtime
 from npu_models.spec import Benchmark
 from npu_models.errors import UserError
+from npu_models.layers.quant import QuantLinear
 from npu_models.parallel import TensorParallel
+from npu_models.quantization import calibrate, quantize_model
 
 
 @dataclass
@@ -29,10 +31,11 @@ class Contender:
     module: torch.nn.Module        # moved to the device and dtype
     fn: Callable                   # (*inputs) -> output tensor: the part that is timed
     tp: int = 1                    # the tensor-parallel degree it runs at
+    quant: str = "none"            # ours quantized on the fly with this scheme; "none": float
 
     @property
     def key(self) -> str:
-        return f"{self.impl}@tp{self.tp}"
+        return f"{self.impl}@tp{self.tp}" + ("" if self.quant == "none" else f"/{self.quant}")
 
 
 @dataclass
@@ -148,6 +151,7 @@ def contenders_of(run: BenchRun, name: str, entry, bench: Benchmark, build_ours)
     if run.options.no_peer or make_peer is None:
         ours = build_ours()
         config = ours.config
+        float_copy = functools.partial(registry.build_model, entry, checkpoint, device=run.device)  # ours: maybe prepared
         if tp.size > 1:
             try:
                 whole = registry.build_model(entry, checkpoint)
@@ -157,16 +161,33 @@ def contenders_of(run: BenchRun, name: str, entry, bench: Benchmark, build_ours)
         peer_module, peer_fn, config, state = make_peer(checkpoint)
         ours = entry.build(config)
         ours.load_state_dict(state)
+        float_copy = functools.partial(copy.deepcopy, ours)
         whole = copy.deepcopy(ours) if tp.size > 1 else None
         ours = parallel.apply_plan(ours, registry.entry_for_config(entry, config).tp_plan, tp)  # the peer runs whole
         peer = Contender("peer", peer_module, peer_fn)
-    contenders = [Contender("ours", ours, bench.timed_part(ours), tp.size)]
+    quantized = [quantized_contender(run, bench, config, float_copy(), s) for s in run.options.quant if s != "none"]
+    contenders = [Contender("ours", ours, bench.timed_part(ours), tp.size)] if "none" in run.options.quant else []
     contenders += [Contender("ours", whole, bench.timed_part(whole))] if whole is not None else []
+    contenders += quantized
     contenders += [peer] if peer is not None else []
     if checkpoint is None:
         run.say("note: random full-size weights (no --checkpoint); speed does not depend on their values",
                 file=sys.stderr)
     return config, contenders
+
+
+def quantized_contender(run: BenchRun, bench: Benchmark, config, model: torch.nn.Module, scheme: str) -> Contender:
+    """Ours (a float copy, before prepare_model) quantized with `scheme`; w8a8 calibrated in float32 on the part's
+    own inputs at the largest batch size, through the part that is timed."""
+    calibration = None
+    if scheme == "w8a8":
+        inputs, _ = bench.make_inputs(config, max(run.options.batch_sizes), run.options.seq_len, run.device)
+        parameter = next(model.parameters())
+        inputs = tuple(runtime.to_model_input(t, parameter.device, parameter.dtype) for t in inputs)
+        timed = bench.timed_part(model)
+        calibration = calibrate(model, [inputs], forward=lambda _, batch: timed(*batch))
+    quantize_model(model, scheme, calibration)
+    return Contender("ours", model, bench.timed_part(model), quant=scheme)
 
 
 def time_batch(run: BenchRun, part: Part, fns: dict, mode: str, batch_size: int) -> None:
@@ -180,16 +201,19 @@ def time_batch(run: BenchRun, part: Part, fns: dict, mode: str, batch_size: int)
             output, first_call[c.key] = timed_call(fns[c.key], inputs, run.device)
             outputs[c.key] = output.float()
     timings = time_interleaved(fns, inputs, run.device, run.options.warmup, run.options.iters)
-    ours_output = outputs.get(f"ours@tp{run.tp.size}")
+    ours_output, peer_output = outputs.get(f"ours@tp{run.tp.size}"), outputs.get("peer@tp1")
     for c in part.contenders:
         seconds = timings[c.key]
         if (c.key, batch_size) not in part.flops:  # counted eagerly: the work graph mode does too
             part.flops[c.key, batch_size] = counted_flops(c.fn, inputs)
         flops = part.flops[c.key, batch_size]
         achieved = flops / statistics.median(seconds)
-        diff = ((ours_output - outputs[c.key]).abs().max().item()
-                if c.impl == "peer" and ours_output is not None else None)
-        run.add({"model": part.name, "impl": c.impl, "mode": mode, "batch_size": batch_size, "seq_len": seq_len,
+        diff = None  # the peer's row: against our float model; an int8 row: against the peer
+        if c.impl == "peer" and ours_output is not None:
+            diff = (ours_output - outputs[c.key]).abs().max().item()
+        elif c.quant != "none" and peer_output is not None:
+            diff = (outputs[c.key] - peer_output).abs().max().item()
+        run.add({"model": part.name, "impl": c.impl, "quant": c.quant, "mode": mode, "batch_size": batch_size, "seq_len": seq_len,
                  "samples_per_second": batch_size * len(seconds) / sum(seconds), **latency_percentiles(seconds),
                  "first_call_s": first_call[c.key], "gflop_per_batch": flops / 1e9, "tflops": achieved / 1e12,
                  "fraction_of_peak": achieved / run.peak, "device": runtime.device_description(run.device),
@@ -198,5 +222,8 @@ def time_batch(run: BenchRun, part: Part, fns: dict, mode: str, batch_size: int)
 
 
 def parameter_megabytes(module: torch.nn.Module) -> float:
-    """Parameter memory this process holds (its share under tensor parallelism), in MiB."""
-    return sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
+    """Parameter memory this process holds (its share under tensor parallelism), in MiB: a quantized layer's
+    int8 weights and scales (buffers, not parameters) included."""
+    tensors = [*module.parameters()]
+    tensors += [b for m in module.modules() if isinstance(m, QuantLinear) for b in m.buffers(recurse=False)]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
