@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from npu_models import parallel, registry, runtime
 from npu_models.checkpoints.io import is_converted_dir, read_state_dict
 from npu_models.compare import compare, compare_outputs  # noqa: F401 (compare: part of this module's API)
-from npu_models.errors import UserError
+from npu_models.errors import UserError, arg
 from npu_models.quantization import calibrate, quantize_model
 
 # (atol, rtol) per dtype. fp32 is the parity bar: real bugs such as a tanh GELU move logits by ~5e-5.
@@ -57,13 +57,13 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
     if entry.outputs is None:
         raise UserError(f"{entry.name} names no outputs to compare (its spec's `outputs`); nothing can be verified.")
     if quant != "none" and quant not in QUANT_TOLERANCE:
-        raise UserError(f"unknown --quant {quant!r}: use none or one of {', '.join(QUANT_TOLERANCE)}.")
+        raise UserError(f"unknown {arg('quant', quant)}: use none or one of {', '.join(QUANT_TOLERANCE)}.")
     if quant == "none" and relative is not None:
-        raise UserError("--relative bounds a quantized model's relative error: give --quant too, or use "
-                        "--atol/--rtol for the float model.")
+        raise UserError(f"{arg('relative')} bounds a quantized model's relative error: give {arg('quant')} too, "
+                        f"or use {arg('atol')}/{arg('rtol')} for the float model.")
     if quant != "none" and tp > 1:
-        raise UserError(f"--quant {quant} runs at tp=1 only: quantized layers have no tensor-parallel cut yet; "
-                        "drop --tp.")
+        raise UserError(f"{arg('quant', quant)} runs at {arg('tp', 1)} only: verify does not cut quantized "
+                        f"models for tensor parallelism yet; drop {arg('tp')}.")
     relative = None if quant == "none" else QUANT_TOLERANCE[quant] if relative is None else relative
     device = runtime.resolve_device(device)  # a device this machine lacks is refused before any work
     dtype = runtime.parse_dtype(dtype, device)

@@ -41,6 +41,7 @@ class BenchOptions:
         if set(self.quant) - set(QUANT) or not self.quant:
             raise UserError(f"--quant takes a comma list of {', '.join(QUANT)}, got '{','.join(self.quant)}'.")
         if set(self.quant) != {"none"} and (self.tp > 1 or self.end_to_end):
-            raise UserError(f"--quant {','.join(self.quant)} times the model parts at tp=1: quantized layers have no "
-                            "tensor-parallel cut yet and --end-to-end runs float; drop --tp / --end-to-end.")
+            raise UserError(f"--quant {','.join(self.quant)} times the model parts at tp=1: the bench does not cut "
+                            "quantized models for tensor parallelism yet, and --end-to-end runs float; drop --tp / "
+                            "--end-to-end.")
         paths_from_strings(self)
