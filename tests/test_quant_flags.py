@@ -118,7 +118,7 @@ def test_bench_markdown_table_shows_float_and_int8_against_the_peer():
 
 
 @pytest.mark.parametrize("args, message", [(["--quant", "int4"], "--quant takes a comma list"),
-                                           (["--quant", "w8a8", "--tp", "2"], "tensor-parallel cut"),
+                                           (["--quant", "w8a8", "--tp", "2"], "does not cut quantized models for tensor parallelism"),
                                            (["--quant", "w8a8", "--end-to-end"], "--end-to-end runs float")])
 def test_bench_refuses_unknown_schemes_and_quant_with_tp_or_end_to_end(args, message, capsys):
     with pytest.raises(SystemExit) as exit:
