@@ -186,16 +186,6 @@ class DataParallel:
         dist.all_gather_object(parts, value, group=self.group)
         return parts[::self.tp]  # the tensor-parallel ranks of one data-parallel rank hold the same value
 
-    def in_order(self, outputs, num_batches: int):
-        """Every rank's per-batch `outputs` (this rank's from its share of `num_batches` batches), gathered
-        after each step and yielded in the order one process would produce them. Every rank takes part in
-        steps(num_batches) gathers; a rank out of batches sends None."""
-        outputs = iter(outputs)
-        for _ in range(self.steps(num_batches)):
-            for output in self.gather(next(outputs, None)):
-                if output is not None:
-                    yield output
-
 
 def data_parallel(tp: int) -> DataParallel:
     """This process's data-parallel place (rank = global rank // tp, size = world // tp); call it on every
