@@ -337,12 +337,17 @@ def _register_ops():
     global _LIBRARY
     if _LIBRARY is not None:
         return
-    _LIBRARY = torch.library.Library("npu", "DEF")
-    for name, schema in SCHEMAS.items():
-        kernel, fake = KERNELS[name]
-        _LIBRARY.define(schema)
-        _LIBRARY.impl(name, kernel, "CPU")
-        torch.library.register_fake(f"npu::{name}", fake, lib=_LIBRARY)
+    _LIBRARY = define_ops(torch.library.Library("npu", "DEF"), SCHEMAS, KERNELS)
+
+
+def define_ops(library, schemas: dict, kernels: dict):
+    """Each op of `schemas` in `library` with its CPU kernel and fake (meta) kernel from `kernels`."""
+    for name, schema in schemas.items():
+        kernel, fake = kernels[name]
+        library.define(schema)
+        library.impl(name, kernel, "CPU")
+        torch.library.register_fake(f"npu::{name}", fake, lib=library)
+    return library
 
 
 # ---- graph capture (torch_npu/npu/graphs.py) -------------------------------------------------------------

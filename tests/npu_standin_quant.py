@@ -266,13 +266,7 @@ KERNELS = {
 
 def _register_ops():
     """Process-wide, once (at import): a fragment of the stand-in's `npu` namespace."""
-    library = torch.library.Library("npu", "FRAGMENT")
-    for name, schema in SCHEMAS.items():
-        kernel, fake = KERNELS[name]
-        library.define(schema)
-        library.impl(name, kernel, "CPU")
-        torch.library.register_fake(f"npu::{name}", fake, lib=library)
-    return library
+    return npu_standin.define_ops(torch.library.Library("npu", "FRAGMENT"), SCHEMAS, KERNELS)
 
 
 npu_standin._register_ops()  # the namespace is defined there

@@ -45,30 +45,28 @@ def test_verify_quant_really_quantizes(scheme, monkeypatch):
     assert not all(r["ok"] for r in verify.verify("bert", BERT_FIXTURE, quant=scheme, relative=worst / 2))
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
-def test_verify_quant_fails_a_model_whose_weight_scales_are_off_by_2x(scheme, monkeypatch, capsys):
+def double_on_quantizing(monkeypatch, attribute: str) -> None:
+    """Plant a bug: every QuantLinear made from now on has its `attribute` (a scale) doubled."""
     original = QuantLinear.from_float
 
     def doubled(cls, *args, **kwargs):
         layer = original(*args, **kwargs)
-        layer.weight_scale *= 2
+        setattr(layer, attribute, getattr(layer, attribute) * 2)
         return layer
 
     monkeypatch.setattr(QuantLinear, "from_float", classmethod(doubled))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_verify_quant_fails_a_model_whose_weight_scales_are_off_by_2x(scheme, monkeypatch, capsys):
+    double_on_quantizing(monkeypatch, "weight_scale")
     assert verify.main(["--model", "bert", str(BERT_FIXTURE), "--quant", scheme]) == 1
     assert "FAIL" in capsys.readouterr().out
 
 
 def test_verify_quant_fails_a_static_input_scale_off_by_2x(monkeypatch):
     """w8a8's calibrated activation scale, the one piece of state the other schemes lack."""
-    original = QuantLinear.from_float
-
-    def doubled(cls, *args, **kwargs):
-        layer = original(*args, **kwargs)
-        layer.input_scale *= 2
-        return layer
-
-    monkeypatch.setattr(QuantLinear, "from_float", classmethod(doubled))
+    double_on_quantizing(monkeypatch, "input_scale")
     assert not all(r["ok"] for r in verify.verify("bert", BERT_FIXTURE, quant="w8a8"))
 
 
