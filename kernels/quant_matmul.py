@@ -113,6 +113,28 @@ def dequantized_bias(params: QuantParams, scheme: str) -> torch.Tensor | None:
     return (torch.round(params.bias.double() / deq_scale) * deq_scale).to(params.bias.dtype)
 
 
+# ---- deq_scale as the Ascend kernels and msModelSlim's files hold it ---------------------------------------
+
+# CANN's aclnnTransQuantParam (torch_npu.npu_trans_quant_param): the fp32 scale's bits with the low 13 mantissa
+# bits cleared (an "fp19"), and bit 46 set, in an int64. npu_quant_matmul with fp16 output takes only this form in
+# graph mode, and msModelSlim's W8A8 files hold deq_scale so for fp16 models.
+PACKED_SCALE_MASK = 0xFFFFE000
+PACKED_SCALE_FLAG = 1 << 46
+
+
+def pack_deq_scale(scale: torch.Tensor) -> torch.Tensor:
+    """fp32 scales -> the int64 form (on the CPU: files and tests; a chip packs with npu_trans_quant_param)."""
+    bits = scale.float().contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    return (bits & PACKED_SCALE_MASK) | PACKED_SCALE_FLAG
+
+
+def unpack_deq_scale(scale: torch.Tensor) -> torch.Tensor:
+    """The fp32 scale an int64 deq_scale carries in its low 32 bits; a float deq_scale as fp32."""
+    if scale.dtype != torch.int64:
+        return scale.float()
+    return (scale & 0xFFFFFFFF).to(torch.int32).view(torch.float32)
+
+
 # ---- the eager reference -----------------------------------------------------------------------------------
 
 

@@ -156,7 +156,14 @@ def quantize_model(model: nn.Module, scheme: str, calibration: dict[str, tuple[f
         except ValueError as err:
             raise UserError(f"{path} cannot be quantized with {scheme}: {err}; keep it in float with "
                             f"skip=({path!r},).") from None
-    for path, layer in quantized.items():
+    return install(model, quantized, scheme)
+
+
+def install(model: nn.Module, layers: dict[str, QuantLinear], scheme: str) -> nn.Module:
+    """Put `layers` in place of the Linears at their paths. A fused q/k/v projection whose owner keeps separate
+    q and v biases (BEiT/VLMo) takes them into its own bias: the owner's are removed."""
+    modules = dict(model.named_modules())
+    for path, layer in layers.items():
         owner_path, _, name = path.rpartition(".")
         owner = modules[owner_path]
         setattr(owner, name, layer)
@@ -164,3 +171,21 @@ def quantize_model(model: nn.Module, scheme: str, calibration: dict[str, tuple[f
             del owner.q_bias, owner.v_bias
     model.quant_scheme = scheme
     return model
+
+
+def quantize_structure(model: nn.Module, scheme: str, paths: Iterable[str]) -> nn.Module:
+    """The model with empty QuantLinears of `scheme` at `paths` (Linears of the model), to load a quantized
+    checkpoint into: the structure quantize_model makes, without weights (built on the meta device too)."""
+    modules = dict(model.named_modules())
+    layers = {}
+    for path in paths:
+        linear = modules.get(path)
+        if type(linear) is not nn.Linear:
+            raise UserError(f"the checkpoint quantizes {path}, which is not a Linear layer of the model; it was made "
+                            "for another model or layout: quantize the float checkpoint again.")
+        owner_path, _, name = path.rpartition(".")
+        folded = name == "qkv" and hasattr(modules[owner_path], "q_bias")
+        with torch.device(linear.weight.device):
+            layers[path] = QuantLinear(linear.in_features, linear.out_features, scheme,
+                                       bias=linear.bias is not None or folded)
+    return install(model, layers, scheme)

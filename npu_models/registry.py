@@ -6,11 +6,13 @@ from pathlib import Path
 import torch
 
 from npu_models import parallel
+from npu_models.checkpoints import quantized
 from npu_models.checkpoints.io import Converted, check_state_dict, expected_shapes, is_converted_dir, read_converted
 from npu_models.errors import UserError, arg
 from npu_models.layers.init import materialize_parameters_
 from npu_models.models import bert, blip, vilbert, vit, vlmo
 from npu_models.parallel import SINGLE, TensorParallel
+from npu_models.quantization import quantize_structure
 from npu_models.spec import ModelSpec
 
 # One line per model family; the first spec of each task is its eval command's default --model.
@@ -72,44 +74,60 @@ def config_from_dict(entry: ModelSpec, values: dict, source):
 
 
 def load_weights(entry: ModelSpec, checkpoint, config_file=None, tp: TensorParallel = SINGLE) -> Converted:
-    """An official artifact or our converted directory in our layout, its keys and shapes checked
-    against the model its config builds (split as `tp` says, for a directory of pre-cut shards)."""
+    """An official artifact, our converted directory or a quantized one (ours or msModelSlim's) in our layout,
+    its keys and shapes checked against the model its config builds (quantized as the checkpoint says, split
+    as `tp` says for a directory of pre-cut shards)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise UserError(f"checkpoint {checkpoint} does not exist; check the path.")
+    if config_file is not None and not Path(config_file).is_file():
+        raise UserError(f"{arg('config_file', str(config_file))} does not exist; check the path.")
     ours = is_converted_dir(checkpoint)
+    document = None
     if ours:
-        _, values, state = read_converted(checkpoint, tp.rank, tp.size, model=entry.name)
-        converted = Converted(config_from_dict(entry, values, checkpoint / "config.json"), state, str, [])
-    else:
-        if config_file is not None and not Path(config_file).is_file():
-            raise UserError(f"{arg('config_file', str(config_file))} does not exist; check the path.")
-        converted = entry.convert(checkpoint, config_file)
+        document, state = read_converted(checkpoint, tp.rank, tp.size, model=entry.name)
+        converted = Converted(config_from_dict(entry, document["config"], checkpoint / "config.json"), state, str, [])
+    quant = quantized.read_info(checkpoint, document)
+    if not ours:
+        weights = checkpoint if quant is None else quantized.modelslim_weights(checkpoint)  # msModelSlim's own
+        if quant is not None:
+            quantized.check_file_dtypes(weights, quant[1])
+        converted = entry.convert(weights, config_file)
+    if quant is not None:
+        converted.quant = quantized.QuantInfo(quant[0], quantized.quantized_layers(converted.state))
     # our directories hold the share of the --tp they were cut for (read_converted refuses another degree)
-    shapes = expected_shapes(meta_model(entry, converted.config, tp if ours else SINGLE))
+    shapes = expected_shapes(meta_model(entry, converted.config, tp if ours else SINGLE, converted.quant))
+    if converted.quant is not None:
+        converted.state = quantized.module_state(converted.state, converted.quant, shapes, converted.official_name,
+                                                 checkpoint)
     check_state_dict(converted.state, shapes, converted.official_name, converted.unexpected, checkpoint)
     return converted
 
 
-def meta_model(entry: ModelSpec, config, tp: TensorParallel = SINGLE) -> torch.nn.Module:
-    """The model's structure without memory, split as `tp` says."""
+def meta_model(entry: ModelSpec, config, tp: TensorParallel = SINGLE,
+               quant: quantized.QuantInfo | None = None) -> torch.nn.Module:
+    """The model's structure without memory (quantized as `quant` says), split as `tp` says."""
     with torch.device("meta"):
-        return parallel.apply_plan(entry.build(config), entry_for_config(entry, config).tp_plan, tp)
+        model = entry.build(config)
+        if quant is not None:
+            quantize_structure(model, quant.scheme, quant.layers)
+        return parallel.apply_plan(model, entry_for_config(entry, config).tp_plan, tp)
 
 
 def build_model(entry: ModelSpec, checkpoint=None, config=None, config_file=None,
                 tp: TensorParallel = SINGLE, device=None) -> torch.nn.Module:
-    """The model in fp32, holding this rank's share when `tp` splits it: converted weights on the CPU (a full
-    checkpoint is cut here, a directory of shards gives each rank its own file), or, when no checkpoint,
-    random ones drawn directly on `device` (default CPU; reproducible per device type) from a structure
-    built without memory, so no weight is initialised twice or copied from the host."""
+    """The model in fp32 (its quantized layers int8), holding this rank's share when `tp` splits it: converted
+    weights on the CPU (a full checkpoint is cut here, a directory of shards gives each rank its own file), or,
+    when no checkpoint, random ones drawn directly on `device` (default CPU; reproducible per device type)
+    from a structure built without memory, so no weight is initialised twice or copied from the host."""
     if checkpoint is None:  # drawn whole, then cut, so every rank holds its share of the same model
         model = materialize_parameters_(meta_model(entry, config or entry.default_config()), device or "cpu")
         return parallel.apply_plan(model.init_weights(), entry_for_config(entry, model.config).tp_plan, tp)
     converted = load_weights(entry, checkpoint, config_file, tp)
     cut_on_disk = is_converted_dir(checkpoint)  # our directories already hold this rank's share
-    model = meta_model(entry, converted.config, tp if cut_on_disk else SINGLE)
-    model.load_state_dict({k: v.float() for k, v in converted.state.items()}, assign=True)
+    model = meta_model(entry, converted.config, tp if cut_on_disk else SINGLE, converted.quant)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in converted.state.items()},
+                          assign=True)
     if cut_on_disk:
         return model
     return parallel.apply_plan(model, entry_for_config(entry, converted.config).tp_plan, tp)  # cut the whole model

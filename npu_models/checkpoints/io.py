@@ -101,6 +101,7 @@ class Converted:
     state: dict[str, torch.Tensor]               # our layout, not yet checked against the model
     official_name: Callable[[str], str]          # our key -> the official key(s) it is made from, for errors
     unexpected: list[str]                        # official keys that map to nothing of ours
+    quant: Any = None                            # checkpoints.quantized.QuantInfo of a quantized checkpoint
 
 
 def expected_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
@@ -147,21 +148,25 @@ def shard_file(rank: int, tp: int) -> str:
 
 
 def save_converted(out_dir, model_name: str, config, state_dicts: list[dict], assets: dict[str, Path],
-                   source: dict | None = None) -> None:
+                   source: dict | None = None, extra: dict | None = None, files: dict[str, str] | None = None) -> None:
     """Write config.json + one weights file per tensor-parallel rank (model.safetensors when there is one)
-    (+ assets such as vocab.txt) atomically into `out_dir`; `source` identifies what they were cut from."""
+    (+ assets such as vocab.txt) atomically into `out_dir`; `source` identifies what they were cut from,
+    `extra` adds config.json fields and `files` text files by name (a quantized model's "quant" and its
+    quant_model_description.json)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     tp = len(state_dicts)
     try:
         document = {"format": OUR_FORMAT, "model": model_name, "config": dataclasses.asdict(config), "tp": tp,
-                    "source": source}
+                    "source": source, **(extra or {})}
         (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
         for rank, state_dict in enumerate(state_dicts):
             save_file({k: v.contiguous() for k, v in state_dict.items()}, str(staging / shard_file(rank, tp)))
         for name, source in assets.items():
             shutil.copyfile(source, staging / name)
+        for name, text in (files or {}).items():
+            (staging / name).write_text(text)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
@@ -169,8 +174,8 @@ def save_converted(out_dir, model_name: str, config, state_dicts: list[dict], as
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def read_converted(path, rank: int = 0, tp: int = 1, model: str | None = None) -> tuple[str, dict, dict]:
-    """(registry name, config dict, this rank's state dict) from a directory written by save_converted; a
+def read_converted(path, rank: int = 0, tp: int = 1, model: str | None = None) -> tuple[dict, dict]:
+    """(config.json's document, this rank's state dict) from a directory written by save_converted; a
     directory of another model (when `model` is given) or cut for another tensor-parallel degree is
     refused. Each rank reads its own file only."""
     path = Path(path)
@@ -185,7 +190,7 @@ def read_converted(path, rank: int = 0, tp: int = 1, model: str | None = None) -
         raise UserError(f"{path} holds {document['model']} cut for {arg('tp', cut_for)}, and this run uses "
                         f"{arg('tp', tp)}: cut it again for {arg('tp', tp)} with weights_tools.shard, or pass the full "
                         "checkpoint (it is cut on the fly).")
-    return document["model"], document["config"], read_state_dict(path / shard_file(rank, tp))
+    return document, read_state_dict(path / shard_file(rank, tp))
 
 
 def file_identity(path) -> dict | None:

@@ -94,9 +94,11 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor], table: RenameTable | N
                    [names[key] for key in renamed.unexpected])
 
 
-def read_hf_bert(directory, config_file=None) -> Converted:
-    """A HF BERT model directory in our layout; config_file replaces the directory's config.json."""
-    directory = Path(directory)
+def read_hf_bert(path, config_file=None) -> Converted:
+    """A HF BERT model directory in our layout, or one weights file in such a directory (the one msModelSlim
+    wrote beside the model's config.json); config_file replaces the directory's config.json."""
+    path = Path(path)
+    directory = path.parent if path.is_file() else path
     if not directory.is_dir():
         raise UserError(f"{directory} is not a directory; a BERT checkpoint is a Hugging Face model "
                         "directory holding config.json and pytorch_model.bin or model.safetensors.")
@@ -107,7 +109,7 @@ def read_hf_bert(directory, config_file=None) -> Converted:
                         "not 'bert'.")
     tokenizer_path = directory / "tokenizer_config.json"
     tokenizer_config = read_json(tokenizer_path) if tokenizer_path.is_file() else {}
-    hf_state = read_state_dict(find_weights(directory))
+    hf_state = read_state_dict(path if path.is_file() else find_weights(directory))
     config = config_from_hf(hf_config, {k.removeprefix("bert."): v for k, v in hf_state.items()},
                             tokenizer_config, config_path)
     table = table_for(hf_state)
