@@ -17,8 +17,9 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
 
     name_or_path: a registry name ('bert-base-cased-sst2'), a short name ('bert'), or a directory
         written by `python -m weights_tools.convert`.
-    checkpoint: an official artifact (converted on the fly) or our converted directory; None gives
-        reproducible random weights of the full size.
+    checkpoint: an official artifact (converted on the fly), our converted directory, or a quantized one
+        (weights_tools.quantize's, or msModelSlim's W8A8 layout); None gives reproducible random weights of
+        the full size.
     device: auto | npu[:N] | cuda[:N] | cpu.  dtype: None/'auto' for the device default, or fp32/fp16/bf16.
     graph: graph mode (static shapes): NPUGraph capture on 310P, torchair's npugraph_ex on A2/A3, torch.compile
         on CUDA (with CUDA graphs) and CPU.
@@ -34,6 +35,7 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     config_file: replaces the config.json a converter reads beside an official checkpoint (--config).
     """
     from npu_models import parallel, registry, runtime
+    from npu_models.checkpoints import quantized
     from npu_models.checkpoints.io import is_converted_dir, read_json
 
     if checkpoint is None and Path(str(name_or_path)).is_dir() and is_converted_dir(name_or_path):
@@ -44,6 +46,9 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     graph_backend = runtime.graph_backend_for(device, graph, graph_backend)
     if graph:  # an unwritable cache is refused before any weight is read
         runtime.check_compile_cache(compile_cache)
+    quant = None if checkpoint is None else quantized.read_info(checkpoint)
+    if quant is not None:  # a scheme this device cannot run is refused before any weight is read
+        runtime.check_quant_scheme(quant[0], device)
     if checkpoint is None:  # after the checks above: a refused call warns of nothing
         warnings.warn(f"{entry.name} has RANDOM weights (no checkpoint given): its outputs are meaningless. Pass "
                       "checkpoint= an official checkpoint or a converted directory.", RandomWeightsWarning, stacklevel=2)

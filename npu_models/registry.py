@@ -7,7 +7,8 @@ import torch
 
 from npu_models import parallel
 from npu_models.checkpoints import quantized
-from npu_models.checkpoints.io import Converted, check_state_dict, expected_shapes, is_converted_dir, read_converted
+from npu_models.checkpoints.io import (Converted, check_state_dict, expected_shapes, is_converted_dir, read_converted,
+                                       shard_file)
 from npu_models.errors import UserError, arg
 from npu_models.layers.init import materialize_parameters_
 from npu_models.models import bert, blip, vilbert, vit, vlmo
@@ -83,18 +84,11 @@ def load_weights(entry: ModelSpec, checkpoint, config_file=None, tp: TensorParal
     if config_file is not None and not Path(config_file).is_file():
         raise UserError(f"{arg('config_file', str(config_file))} does not exist; check the path.")
     ours = is_converted_dir(checkpoint)
-    document = None
-    if ours:
-        document, state = read_converted(checkpoint, tp.rank, tp.size, model=entry.name)
-        converted = Converted(config_from_dict(entry, document["config"], checkpoint / "config.json"), state, str, [])
-    quant = quantized.read_info(checkpoint, document)
-    if not ours:
-        weights = checkpoint if quant is None else quantized.modelslim_weights(checkpoint)  # msModelSlim's own
-        if quant is not None:
-            quantized.check_file_dtypes(weights, quant[1])
-        converted = entry.convert(weights, config_file)
+    quant = quantized.read_info(checkpoint)  # (scheme, description) of a quantized directory, ours or msModelSlim's
+    converted = read_ours(entry, checkpoint, tp, quant) if ours else read_official(entry, checkpoint, config_file, quant)
     if quant is not None:
-        converted.quant = quantized.QuantInfo(quant[0], quantized.quantized_layers(converted.state))
+        converted.quant = quantized.QuantInfo(quant[0], quantized.quantized_layers(converted.state),
+                                              quantized.stored_dtype(converted.state))
     # our directories hold the share of the --tp they were cut for (read_converted refuses another degree)
     shapes = expected_shapes(meta_model(entry, converted.config, tp if ours else SINGLE, converted.quant))
     if converted.quant is not None:
@@ -102,6 +96,24 @@ def load_weights(entry: ModelSpec, checkpoint, config_file=None, tp: TensorParal
                                                  checkpoint)
     check_state_dict(converted.state, shapes, converted.official_name, converted.unexpected, checkpoint)
     return converted
+
+
+def read_ours(entry: ModelSpec, directory: Path, tp: TensorParallel, quant) -> Converted:
+    """Our converted directory: this rank's file, named in our layout already."""
+    document, state = read_converted(directory, tp.rank, tp.size, model=entry.name)
+    if quant is not None:
+        quantized.check_file_dtypes(directory / shard_file(tp.rank, tp.size), quant[1])
+    return Converted(config_from_dict(entry, document["config"], directory / "config.json"), state, str, [])
+
+
+def read_official(entry: ModelSpec, checkpoint: Path, config_file, quant) -> Converted:
+    """An official artifact through its family's converter; for a directory msModelSlim wrote, its weights
+    file (official names, with the quantized layers' tensors beside their weights)."""
+    if quant is None:
+        return entry.convert(checkpoint, config_file)
+    weights = quantized.modelslim_weights(checkpoint)
+    quantized.check_file_dtypes(weights, quant[1])
+    return entry.convert(weights, config_file)
 
 
 def meta_model(entry: ModelSpec, config, tp: TensorParallel = SINGLE,
@@ -128,6 +140,7 @@ def build_model(entry: ModelSpec, checkpoint=None, config=None, config_file=None
     model = meta_model(entry, converted.config, tp if cut_on_disk else SINGLE, converted.quant)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in converted.state.items()},
                           assign=True)
+    model.quant_info = converted.quant  # a quantized checkpoint's scheme, layers and stored dtype; None: float
     if cut_on_disk:
         return model
     return parallel.apply_plan(model, entry_for_config(entry, converted.config).tp_plan, tp)  # cut the whole model

@@ -5,7 +5,10 @@
 
 The directory is our converted layout (config.json + assets) with model-rank<r>-of-<N>.safetensors per rank;
 config.json records the model, the degree and the source it was cut from. It is refused by a run of
-another model or another --tp. A full checkpoint also works under --tp: it is cut on the fly.
+another model or another --tp. A full checkpoint also works under --tp: it is cut on the fly. A quantized
+checkpoint (weights_tools.quantize, or msModelSlim's) is cut into the same quantized layout: per-channel
+scales follow the output rows they scale, and a row-parallel layer's bias is kept apart, added once after
+the all-reduce.
 """
 import argparse
 import copy
@@ -13,6 +16,7 @@ import sys
 from pathlib import Path
 
 from npu_models import parallel, registry
+from npu_models.checkpoints import quantized
 from npu_models.checkpoints.io import file_identity, save_converted
 from npu_models.errors import UserError, cli_main
 
@@ -24,10 +28,13 @@ def shard(model_name: str, checkpoint, tp: int, out_dir, config_file=None) -> Pa
     entry = registry.get_entry(model_name)
     full = registry.build_model(entry, checkpoint, config_file=config_file)
     entry = registry.entry_for_config(entry, full.config)
-    states = [parallel.apply_plan(copy.deepcopy(full), entry.tp_plan, parallel.TensorParallel(rank, tp)).state_dict()
-              for rank in range(tp)]  # the same plan and head shares a run with --tp applies
-    save_converted(out_dir, entry.name, full.config, states, registry.assets_beside(entry, checkpoint),
-                   source=file_identity(checkpoint))
+    parts = [parallel.apply_plan(copy.deepcopy(full), entry.tp_plan, parallel.TensorParallel(rank, tp))
+             for rank in range(tp)]  # the same plan and head shares a run with --tp applies
+    assets, source = registry.assets_beside(entry, checkpoint), file_identity(checkpoint)
+    if full.quant_info is not None:  # each rank's layers in the quantized layout, its scales' dtype kept
+        quantized.save_quantized(out_dir, entry.name, full.config, parts, full.quant_info.dtype, assets, source)
+    else:
+        save_converted(out_dir, entry.name, full.config, [part.state_dict() for part in parts], assets, source)
     return out_dir
 
 

@@ -47,9 +47,11 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 @dataclass(frozen=True)
 class QuantInfo:
-    """What a quantized checkpoint is: its scheme and its quantized layers (module paths in our layout)."""
+    """What a quantized checkpoint is: its scheme, its quantized layers (module paths in our layout) and the
+    dtype its float tensors are stored in (what a copy cut from it keeps)."""
     scheme: str
     layers: tuple[str, ...]
+    dtype: torch.dtype = torch.float16
 
 
 # ---- writing --------------------------------------------------------------------------------------------------
@@ -113,9 +115,10 @@ def scheme_of(description: dict[str, str], source) -> str:
         raise UserError(f"{source}/{DESCRIPTION_FILE} declares model_quant_type {kind!r}; this runtime reads "
                         f"{', '.join(SCHEME_OF_TYPE)} (per-channel int8 weights). Quantize the float checkpoint with "
                         "weights_tools.quantize, or with msModelSlim as W8A8, W8A8_DYNAMIC or W8A16.")
-    mixed = sorted({t for k, t in description.items() if k != "model_quant_type" and t not in (kind, FLOAT)})
+    # tensor entries have dotted names; model_quant_type, version and the like describe the file
+    mixed = sorted({t for k, t in description.items() if "." in k and t not in (kind, FLOAT)})
     if mixed:
-        example = next(k for k, t in description.items() if t == mixed[0])
+        example = next(k for k, t in description.items() if "." in k and t == mixed[0])
         raise UserError(f"{source}/{DESCRIPTION_FILE} mixes {kind} with {', '.join(mixed)} (e.g. {example}); a model "
                         "runs one scheme here: quantize every layer with the same one.")
     return SCHEME_OF_TYPE[kind]
@@ -148,6 +151,11 @@ def check_file_dtypes(weights: Path, description: dict[str, str]) -> None:
 def quantized_layers(state: dict[str, torch.Tensor]) -> tuple[str, ...]:
     """Module paths whose weight is int8: the quantized layers."""
     return tuple(k.removesuffix(".weight") for k, v in state.items() if k.endswith(".weight") and v.dtype == torch.int8)
+
+
+def stored_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
+    """The float dtype of the layout's scales: the model dtype the checkpoint was written for."""
+    return next((v.dtype for k, v in state.items() if k.endswith(".weight_scale")), torch.float16)
 
 
 def module_state(state: dict[str, torch.Tensor], info: QuantInfo, expected, describe, source
@@ -223,7 +231,7 @@ def part_of_rows(rows: int, parts: int) -> torch.Tensor:
 
 def own_tensors(tensors: dict[str, torch.Tensor], scheme: str) -> dict[str, torch.Tensor]:
     """QuantLinear's state from a checked layer: scales as fp32 vectors; a fused projection's per-part input
-    ranges merged into the range that holds them all; w8a8's float bias, where the layout has none, rebuilt
+    ranges, where they differ, merged into the range that holds them all; w8a8's float bias, where the layout has none, rebuilt
     from quant_bias (bias = (quant_bias + offset * rowsum(weight)) * deq_scale, per part)."""
     weight = tensors["weight"]
     own = {"weight": weight, "weight_scale": tensors["weight_scale"].float().flatten()}
@@ -237,26 +245,22 @@ def own_tensors(tensors: dict[str, torch.Tensor], scheme: str) -> dict[str, torc
         correction = offsets[parts] * weight.double().sum(dim=1)
         deq_scale = scales[parts] * own["weight_scale"].double()
         own["bias"] = ((tensors["quant_bias"].double() + correction) * deq_scale).float()
-    if len(scales) == 1:
-        own["input_scale"], own["input_offset"] = scales.float(), offsets.to(torch.int8)
+    if (scales == scales[0]).all() and (offsets == offsets[0]).all():  # one range (the parts share their input)
+        own["input_scale"], own["input_offset"] = scales[:1].float(), offsets[:1].to(torch.int8)
     else:
         low, high = ((INT8_MIN - offsets) * scales).min().item(), ((INT8_MAX - offsets) * scales).max().item()
         own["input_scale"], own["input_offset"] = activation_qparams(low, high)
     return own
 
 
-def read_info(directory: Path, document: dict | None) -> tuple[str, dict[str, str]] | None:
-    """(scheme, description) of a quantized directory, ours (config.json's "quant") or msModelSlim's; None for
-    a float one."""
+def read_info(directory) -> tuple[str, dict[str, str]] | None:
+    """(scheme, description) of a quantized directory, ours or msModelSlim's (its description file says); None
+    for anything else."""
     directory = Path(directory)
     if not directory.is_dir() or not (directory / DESCRIPTION_FILE).is_file():
         return None
     description = read_description(directory)
-    scheme = scheme_of(description, directory)
-    if document is not None and document.get("quant", {}).get("scheme", scheme) != scheme:
-        raise UserError(f"{directory}/config.json says {document['quant']['scheme']} and {DESCRIPTION_FILE} says "
-                        f"{description['model_quant_type']}; quantize again into a fresh directory.")
-    return scheme, description
+    return scheme_of(description, directory), description
 
 
 def save_quantized(out_dir, model_name: str, config, parts: list[torch.nn.Module], dtype: torch.dtype,

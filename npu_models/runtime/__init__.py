@@ -22,11 +22,11 @@ from npu_models.runtime.graph import (
     length_buckets,
     length_step,
 )
-from npu_models.runtime.kernels import configure_kernels, kernel_plan, prepare_model
+from npu_models.runtime.kernels import check_quant_scheme, configure_kernels, kernel_plan, prepare_model
 from npu_models.runtime.settings import apply_device_settings, device_settings
 
 __all__ = [
-    "GRAPH_BACKENDS", "apply_device_settings", "bucket_for", "check_compile_cache", "compile_model", "compile_seconds",
+    "GRAPH_BACKENDS", "apply_device_settings", "bucket_for", "check_compile_cache", "check_quant_scheme", "compile_model", "compile_seconds",
     "configure_kernels", "default_compile_cache", "default_dtype",
     "device_description", "device_settings", "dtype_name", "graph_backend_for", "import_torch_npu", "is_310p",
     "kernel_plan", "length_buckets", "length_step", "npu_chip_name", "parse_device", "parse_dtype", "prepare_model",

@@ -2,6 +2,8 @@
 import torch
 
 from kernels import PORTABLE, KernelPlan, plan_for_ascend_chip
+from kernels.quant_matmul import unsupported_reason
+from npu_models.errors import UserError
 from npu_models.runtime.device import npu_chip_name
 from npu_models.runtime.settings import apply_device_settings
 
@@ -14,6 +16,13 @@ def kernel_plan(device: torch.device) -> KernelPlan:
     if device.type == "npu":
         return plan_for_ascend_chip(npu_chip_name(device))
     return PORTABLE
+
+
+def check_quant_scheme(scheme: str, device: torch.device) -> None:
+    """Refuse, before any weight is read, a model quantized with a scheme `device`'s kernels cannot run."""
+    reason = unsupported_reason(scheme, kernel_plan(device))
+    if reason:
+        raise UserError(f"the checkpoint is quantized with {scheme}, which {device} cannot run: {reason}.")
 
 
 def configure_kernels(model: torch.nn.Module, plan: KernelPlan) -> torch.nn.Module:

@@ -48,7 +48,8 @@ TABLE: RenameTable = {  # qkv comes fused; q and v carry their own biases (k has
 
 def rename(state: dict[str, torch.Tensor]) -> Renamed:
     renamed = apply(TABLE, {k: v for k, v in state.items() if k not in IGNORED})
-    return renamed._replace(state={k: v.float() for k, v in renamed.state.items()})
+    # fp16 releases read as fp32; integer tensors (a quantized file's int8 weights and scales) stay as they are
+    return renamed._replace(state={k: v.float() if v.is_floating_point() else v for k, v in renamed.state.items()})
 
 
 def infer_config(state: dict, raw: dict, sidecar: dict, path: Path) -> VLMoConfig:
