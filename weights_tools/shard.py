@@ -31,7 +31,7 @@ def shard(model_name: str, checkpoint, tp: int, out_dir, config_file=None) -> Pa
     parts = [parallel.apply_plan(copy.deepcopy(full), entry.tp_plan, parallel.TensorParallel(rank, tp))
              for rank in range(tp)]  # the same plan and head shares a run with --tp applies
     assets, source = registry.assets_beside(entry, checkpoint), file_identity(checkpoint)
-    if full.quant_info is not None:  # each rank's layers in the quantized layout, its scales' dtype kept
+    if getattr(full, "quant_info", None) is not None:  # each rank's layers in the quantized layout, its scales' dtype kept
         quantized.save_quantized(out_dir, entry.name, full.config, parts, full.quant_info.dtype, assets, source)
     else:
         save_converted(out_dir, entry.name, full.config, [part.state_dict() for part in parts], assets, source)
