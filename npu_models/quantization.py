@@ -164,3 +164,9 @@ def quantize_model(model: nn.Module, scheme: str, calibration: dict[str, tuple[f
             del owner.q_bias, owner.v_bias
     model.quant_scheme = scheme
     return model
+
+
+def scheme_of(model) -> str:
+    """The scheme quantize_model gave `model`, "none" for a float model. A graph-mode model from
+    runtime.compile_model shows its original's attributes (FirstCallTimer), so it reports the scheme too."""
+    return getattr(model, "quant_scheme", "none")
