@@ -22,7 +22,7 @@ from eval.data.imagenet import read_imagenet
 from eval.data.images import ImageDataset, collate
 from eval.loop import EvalLoop
 from eval.samples import SAMPLES_DIR
-from eval.options import EvalOptions, demo_banner, run_metadata, run_record
+from eval.options import EvalOptions, check_ready_model, demo_banner, run_metadata, run_record
 from eval.store import PredictionStore
 from npu_models.errors import UserError, cli_main
 
@@ -44,20 +44,25 @@ def parse_args(argv) -> ImageNetOptions:
     return parse_options(parser, ImageNetOptions, argv)
 
 
-def evaluate(options: ImageNetOptions) -> dict:
-    if options.checkpoint is None:
+def evaluate(options: ImageNetOptions, model=None) -> dict:
+    """The command's work. A ready `model` (a quantized model being calibrated, a model already in memory)
+    replaces loading options.checkpoint."""
+    if options.checkpoint is None and model is None:
         demo_banner(f"{options.model} with random weights on "
                     + ("the bundled ImageNet sample." if options.data is None else f"{options.data}."))
     data = options.data or SAMPLE
     examples = read_imagenet(data)[: options.limit]
-    model = npu_models.load_model(options.model, options.checkpoint, options.device, options.dtype, options.graph,
-                                  options.tp, task="imagenet", config_file=options.config,
-                                  graph_backend=options.graph_backend, compile_cache=options.compile_cache)
+    if model is None:
+        model = npu_models.load_model(options.model, options.checkpoint, options.device, options.dtype, options.graph,
+                                      options.tp, task="imagenet", config_file=options.config,
+                                      graph_backend=options.graph_backend, compile_cache=options.compile_cache)
+    else:
+        check_ready_model(options, model)
     config = model.config
     if not getattr(config, "num_classes", 0):
-        raise UserError(f"{options.checkpoint} has no classification head; ImageNet needs one.")
+        raise UserError(f"{options.checkpoint or 'the model given'} has no classification head; ImageNet needs one.")
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    run = run_record(options, dtype, image_size=config.image_size)
+    run = run_record(options, dtype, model, image_size=config.image_size)
     with EvalLoop(device, options.tp, options.started_at, PredictionStore(options.predictions, "file", run)) as loop:
         classify(loop, model, loop.store.pending(examples, field="label"), options)
 
@@ -69,7 +74,7 @@ def evaluate(options: ImageNetOptions) -> dict:
         "top5": metrics.top_k_accuracy(ranked, labels, 5) if scored else None,
         "num_examples": len(scored), "num_images": len(examples), "num_computed": loop.meter.samples,
         "num_unreadable": len(loop.unreadable), "unreadable": loop.unreadable, "data": str(data),
-        "image_size": config.image_size, **loop.meter.summary(), **run_metadata(options, device, dtype),
+        "image_size": config.image_size, **loop.meter.summary(), **run_metadata(options, device, dtype, model),
     }
 
 

@@ -14,7 +14,7 @@ import torch
 from npu_models import parallel, registry, runtime
 from npu_models.checkpoints.io import file_identity
 from npu_models.errors import UserError
-
+from npu_models.quantization import scheme_of
 
 
 @dataclass
@@ -90,19 +90,36 @@ def content_hash(path_or_values) -> str | None:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def run_record(options: EvalOptions, dtype: torch.dtype, **outputs_options) -> dict:
-    """What a predictions file must agree on to be resumed: the command, model, checkpoint, config file and
-    dtype, plus the command's options that change outputs."""
+def check_ready_model(options: EvalOptions, model) -> None:
+    """A model handed to a command in place of loading options.checkpoint must be one options.model names,
+    fine-tuned for options.task: the command picks the task adapter, the tokenizer and the run record by that
+    name, so another model would run the wrong code or resume the wrong predictions."""
+    entry = registry.get_entry(options.model, task=options.task)
+    config = getattr(model, "config", None)
+    served = registry.entry_for_config(entry, config) if isinstance(config, entry.config_class) else None
+    if served is None or served.task.name != options.task:
+        runs = ", ".join(e.name for e in registry.REGISTRY.values() if e.task.name == options.task)
+        kind = f"{served.name}, a {served.task.name} model" if served else f"a {type(model).__name__}"
+        raise UserError(f"eval.{options.task} was given {kind}, while options.model names {entry.name}; "
+                        f"{options.task} runs {runs}: pass a model made for {options.task}, and its registry name "
+                        "as model=.")
+
+
+def run_record(options: EvalOptions, dtype: torch.dtype, model, **outputs_options) -> dict:
+    """What a predictions file must agree on to be resumed: the command, model, checkpoint, config file, dtype
+    and quantization scheme (a model quantized after the file was written must not resume a float one's
+    predictions), plus the command's options that change outputs."""
     return {"command": options.task, "model": registry.get_entry(options.model, task=options.task).name,
             "checkpoint": file_identity(options.checkpoint), "config": content_hash(options.config),
-            "dtype": runtime.dtype_name(dtype), **outputs_options}
+            "dtype": runtime.dtype_name(dtype), "quant": scheme_of(model), **outputs_options}
 
 
-def run_metadata(options: EvalOptions, device: torch.device, dtype: torch.dtype) -> dict:
+def run_metadata(options: EvalOptions, device: torch.device, dtype: torch.dtype, model) -> dict:
+    """What every results JSON says about the run; "quant" names the model's int8 scheme ("none": float)."""
     return {
         "model": options.model, "checkpoint": str(options.checkpoint) if options.checkpoint else None,
         "random_weights": options.checkpoint is None, "device": runtime.device_description(device),
-        "dtype": runtime.dtype_name(dtype), "graph": options.graph,
+        "dtype": runtime.dtype_name(dtype), "quant": scheme_of(model), "graph": options.graph,
         "device_settings": runtime.device_settings(device), "batch_size": options.batch_size,
         "date": datetime.date.today().isoformat(),
     }

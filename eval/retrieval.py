@@ -31,8 +31,8 @@ from eval.data.images import ImageDataset, collate
 from eval.data.retrieval import RetrievalSplit, read_retrieval
 from eval.loop import EvalLoop
 from eval.samples import SAMPLES_DIR
-from eval.options import (EvalOptions, bert_uncased_vocab, content_hash, demo_banner, run_metadata,
-                          run_record)
+from eval.options import (EvalOptions, bert_uncased_vocab, check_ready_model, content_hash, demo_banner,
+                          run_metadata, run_record)
 from eval.store import PredictionStore
 from npu_models import registry, runtime
 from npu_models.errors import UserError, cli_main
@@ -64,23 +64,28 @@ def parse_args(argv) -> RetrievalOptions:
     return parse_options(parser, RetrievalOptions, argv)
 
 
-def evaluate(options: RetrievalOptions) -> dict:
+def evaluate(options: RetrievalOptions, model=None) -> dict:
+    """The command's work. A ready `model` (a quantized model being calibrated, a model already in memory)
+    replaces loading options.checkpoint, which may still be given for the vocab.txt beside it."""
     entry = registry.get_entry(options.model, task="retrieval")
     task = entry.task
-    if options.checkpoint is None:
+    if options.checkpoint is None and model is None:
         demo_banner(f"{entry.name} with random weights on " + (
             "the bundled retrieval sample." if options.data is None else f"{options.data}."))
     if options.graph:
         print("note: eval.retrieval runs eagerly; --graph is not used here", file=sys.stderr)
     data = options.data or SAMPLE
     split = first_images(read_retrieval(data, options.split), options.limit)
-    model = npu_models.load_model(entry.name, options.checkpoint, options.device, options.dtype, False, options.tp,
-                                  task="retrieval", config_file=options.config)
+    if model is None:
+        model = npu_models.load_model(entry.name, options.checkpoint, options.device, options.dtype, False,
+                                      options.tp, task="retrieval", config_file=options.config)
+    else:
+        check_ready_model(options, model)
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     vocab = bert_uncased_vocab(options, data)
     k = None if task.rerank is None else min(options.k_test or task.rerank_k(model.config), len(split.image_paths),
                                              len(split.texts))
-    run = run_record(options, dtype, split=options.split, vocab=content_hash(vocab),
+    run = run_record(options, dtype, model, split=options.split, vocab=content_hash(vocab),
                      **({} if k is None else {"k_test": k}))
     with EvalLoop(device, options.tp, options.started_at, PredictionStore(options.predictions, "key", run)) as loop:
         queries = query_names(loop.store, split)
@@ -98,7 +103,7 @@ def evaluate(options: RetrievalOptions) -> dict:
     results.update(metrics.retrieval_recall(scores["i2t"].cpu(), scores["t2i"].cpu(), split.image_to_texts,
                                             split.text_to_image))
     results.update({"num_images": len(split.image_paths), "num_texts": len(split.texts), "data": str(data),
-                    **loop.meter.summary(), **run_metadata(options, device, dtype)})
+                    **loop.meter.summary(), **run_metadata(options, device, dtype, model)})
     return results
 
 

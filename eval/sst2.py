@@ -18,7 +18,7 @@ from eval.batching import pad_rows, plan_batches
 from eval.cli import add_common_args, command_parser, parse_options, run_eval
 from eval.loop import EvalLoop
 from eval.samples import SAMPLES_DIR
-from eval.options import EvalOptions, content_hash, demo_banner, run_metadata, run_record
+from eval.options import EvalOptions, check_ready_model, content_hash, demo_banner, run_metadata, run_record
 from eval.store import PredictionStore
 from eval.data.sst2 import read_sst2
 from npu_models import registry, runtime
@@ -58,7 +58,8 @@ def resolve_vocab(vocab: Path | None, checkpoint: Path | None) -> Path:
 
 
 def evaluate(options: SST2Options, model=None) -> dict:
-    """The command's work; `model` given (eval.bench's end-to-end flow) replaces loading options.checkpoint."""
+    """The command's work. A ready `model` (eval.bench's end-to-end flow, a quantized model being calibrated)
+    replaces loading options.checkpoint, which then only locates the vocab.txt beside it."""
     if options.checkpoint is None and model is None:
         demo_banner(f"{registry.get_entry(options.model, task='sst2').name} with random weights on "
                     + ("the bundled SST-2 sample." if options.data is None else f"{options.data}."))
@@ -68,8 +69,10 @@ def evaluate(options: SST2Options, model=None) -> dict:
         model = npu_models.load_model(options.model, options.checkpoint, options.device, options.dtype, options.graph,
                                       options.tp, task="sst2", config_file=options.config,
                                       graph_backend=options.graph_backend, compile_cache=options.compile_cache)
+    else:
+        check_ready_model(options, model)
     if not model.config.num_labels:
-        raise UserError(f"{options.checkpoint} is a BERT encoder without a classification head; "
+        raise UserError(f"{options.checkpoint or 'the model given'} is a BERT encoder without a classification head; "
                         "SST-2 needs a BertForSequenceClassification checkpoint.")
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     seq_len = min(options.seq_len, model.config.max_positions)
@@ -77,7 +80,7 @@ def evaluate(options: SST2Options, model=None) -> dict:
         print(f"note: --seq-len {options.seq_len} capped at the model's {model.config.max_positions} positions",
               file=sys.stderr)
     vocab = resolve_vocab(options.vocab, options.checkpoint)
-    run = run_record(options, dtype, seq_len=seq_len, vocab=content_hash(vocab))
+    run = run_record(options, dtype, model, seq_len=seq_len, vocab=content_hash(vocab))
     with EvalLoop(device, options.tp, options.started_at, PredictionStore(options.predictions, "index", run)) as loop:
         todo = loop.store.pending(examples, field="sentence")
         tokenizer = bert_tokenizer(vocab, model.config.do_lower_case, seq_len)
@@ -92,7 +95,7 @@ def evaluate(options: SST2Options, model=None) -> dict:
                                      [e.label for e in labelled]) if labelled else None,
         "num_examples": len(examples), "num_computed": len(todo), "seq_len": seq_len,
         "token_rows": sum((rows or len(positions)) * length for positions, length in batches),  # padding included
-        "data": str(data), **loop.meter.summary(), **run_metadata(options, device, dtype),
+        "data": str(data), **loop.meter.summary(), **run_metadata(options, device, dtype, model),
     }
 
 

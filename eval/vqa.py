@@ -32,8 +32,8 @@ from eval.data.region_features import (RegionFeatureDataset, collate_regions, ex
 from eval.data.vqa import annotations_file, build_answer_vocabulary, read_answer2label, read_vqa
 from eval.loop import EvalLoop
 from eval.samples import SAMPLES_DIR
-from eval.options import (EvalOptions, bert_uncased_vocab, content_hash, demo_banner, find_beside,
-                          run_metadata, run_record)
+from eval.options import (EvalOptions, bert_uncased_vocab, check_ready_model, content_hash, demo_banner,
+                          find_beside, run_metadata, run_record)
 from eval.store import PredictionStore, write_json_atomic
 from npu_models import parallel, registry, runtime
 from npu_models.checkpoints.io import read_json
@@ -84,33 +84,42 @@ def load_answers(options: VQAOptions, data: Path, task) -> list[str]:
     return read_answer2label(path) if path else build_answer_vocabulary(data)
 
 
-def load_vqa_model(options: VQAOptions, entry, num_answers: int):
-    # Random weights get as many answer classes as the answer list has.
-    config = dataclasses.replace(entry.default_config(), num_answers=num_answers) if options.checkpoint is None else None
-    model = npu_models.load_model(entry.name, options.checkpoint, options.device, options.dtype, options.graph,
-                                  options.tp, task="vqa", config=config, config_file=options.config,
-                                  graph_backend=options.graph_backend, compile_cache=options.compile_cache)
+def load_vqa_model(options: VQAOptions, entry, num_answers: int, model=None):
+    """options.checkpoint's model, or the ready `model`; either must have one logit per answer of the list."""
+    if model is None:
+        # Random weights get as many answer classes as the answer list has.
+        config = (dataclasses.replace(entry.default_config(), num_answers=num_answers)
+                  if options.checkpoint is None else None)
+        model = npu_models.load_model(entry.name, options.checkpoint, options.device, options.dtype, options.graph,
+                                      options.tp, task="vqa", config=config, config_file=options.config,
+                                      graph_backend=options.graph_backend, compile_cache=options.compile_cache)
+    else:
+        check_ready_model(options, model)
     if model.config.num_answers != num_answers:
-        raise UserError(f"{options.checkpoint} predicts {model.config.num_answers} answers but the answer list has "
-                        f"{num_answers}; pass the --answers file made for this checkpoint.")
+        raise UserError(f"{options.checkpoint or 'the model given'} predicts {model.config.num_answers} answers but "
+                        f"the answer list has {num_answers}; pass the --answers file made for this checkpoint.")
     return model
 
 
-def evaluate(options: VQAOptions) -> dict:
+def evaluate(options: VQAOptions, model=None) -> dict:
+    """The command's work. A ready `model` (a quantized model being calibrated, a model already in memory)
+    replaces loading options.checkpoint, which may still be given for the vocab.txt, answer2label.txt or
+    answer list it carries."""
     if options.score is not None:
         return score_results_file(options)
     entry = registry.get_entry(options.model, task="vqa")
     task = entry.task
-    if options.checkpoint is None:
+    if options.checkpoint is None and model is None:
         demo_banner(f"{entry.name} with random weights on " + ("the bundled VQAv2 sample." if options.data is None
                                                                  else f"{options.data}."))
     data = options.data or SAMPLE
     examples = read_vqa(data, options.split)[: options.limit]
     answers = load_answers(options, data, task)
     vocab = bert_uncased_vocab(options, data)
-    model = load_vqa_model(options, entry, len(answers))
+    model = load_vqa_model(options, entry, len(answers), model)
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    run = run_record(options, dtype, split=options.split, vocab=content_hash(vocab), answers=content_hash(answers))
+    run = run_record(options, dtype, model, split=options.split, vocab=content_hash(vocab),
+                     answers=content_hash(answers))
     store = PredictionStore(options.predictions, key="question_id", run=run)
     with EvalLoop(device, options.tp, options.started_at, store) as loop:
         answer_questions(loop, model, task, store.pending(examples, field="question"), vocab, answers, data, options)
@@ -118,7 +127,7 @@ def evaluate(options: VQAOptions) -> dict:
     results = {**vqa_scores(examples, done, task.multi_label), "num_questions": len(examples),
                "num_computed": loop.meter.samples, "num_unreadable": len(loop.unreadable), "unreadable": loop.unreadable,
                "split": options.split, "data": str(data), "num_answers": len(answers), **loop.meter.summary(),
-               **run_metadata(options, device, dtype), **reference_f1(done, task.multi_label)}
+               **run_metadata(options, device, dtype, model), **reference_f1(done, task.multi_label)}
     write_submission(options, done, results)
     return results
 

@@ -189,3 +189,9 @@ def quantize_structure(model: nn.Module, scheme: str, paths: Iterable[str]) -> n
             layers[path] = QuantLinear(linear.in_features, linear.out_features, scheme,
                                        bias=linear.bias is not None or folded)
     return install(model, layers, scheme)
+
+
+def scheme_of(model) -> str:
+    """The scheme quantize_model gave `model`, "none" for a float model. A graph-mode model from
+    runtime.compile_model shows its original's attributes (FirstCallTimer), so it reports the scheme too."""
+    return getattr(model, "quant_scheme", "none")

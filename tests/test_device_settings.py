@@ -116,6 +116,6 @@ def test_eval_results_record_and_show_the_settings(ascend_chip):
     from eval.options import run_metadata
     ascend_chip("Ascend310P3")
     args = SimpleNamespace(model="bert", checkpoint=None, graph=True, batch_size=4)
-    metadata = run_metadata(args, NPU0, torch.float16)
+    metadata = run_metadata(args, NPU0, torch.float16, model=None)
     assert metadata["device_settings"] == runtime.device_settings(NPU0)
     assert "nz_weights=True" in metadata["device"]

@@ -193,4 +193,4 @@ def test_eval_passes_graph_backend_to_load_model_which_refuses_it_before_buildin
 def test_eval_results_record_the_device_settings():
     from eval.options import run_metadata
     args = SimpleNamespace(model="bert", checkpoint=None, graph=False, batch_size=4)
-    assert run_metadata(args, torch.device("cpu"), torch.float32)["device_settings"] == {}
+    assert run_metadata(args, torch.device("cpu"), torch.float32, model=None)["device_settings"] == {}
