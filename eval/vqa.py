@@ -76,11 +76,14 @@ def parse_args(argv) -> VQAOptions:
 
 
 def load_answers(options: VQAOptions, data: Path, task) -> list[str]:
-    """--answers; else the list the checkpoint carries (if its format has one); else answer2label.txt in
-    --data or beside the checkpoint; else the vocabulary rebuilt from the annotations."""
-    if options.answers is None and task.answers_in_checkpoint is not None and options.checkpoint is not None:
-        return task.answers_in_checkpoint(options.checkpoint)
-    path = options.answers or find_beside(options, data, "answer2label.txt")
+    """--answers; else the list the checkpoint carries (if its format has one, or answer2label.txt in our
+    converted or quantized directory); else answer2label.txt in --data or beside the checkpoint; else the
+    vocabulary rebuilt from the annotations."""
+    checkpoint = options.checkpoint
+    if options.answers is None and task.answers_in_checkpoint is not None and checkpoint and checkpoint.is_file():
+        return task.answers_in_checkpoint(checkpoint)
+    inside = checkpoint / "answer2label.txt" if checkpoint and checkpoint.is_dir() else None  # converted, quantized
+    path = options.answers or (inside if inside and inside.is_file() else find_beside(options, data, "answer2label.txt"))
     return read_answer2label(path) if path else build_answer_vocabulary(data)
 
 

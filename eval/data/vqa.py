@@ -95,6 +95,11 @@ def build_answer_vocabulary(root: Path, min_count: int = 9) -> list[str]:
     return [answer for answer, count in counts.items() if count >= min_count]
 
 
+def answer2label_text(answers: list[str]) -> str:
+    """The answer list in answer2label.txt's format (read_answer2label reads it back)."""
+    return "".join(json.dumps({"answer": answer, "label": label}) + "\n" for label, answer in enumerate(answers))
+
+
 def read_answer2label(path: Path) -> list[str]:
     """answer2label.txt: one JSON object {"answer": ..., "label": ...} per line -> answers by label."""
     if not path.is_file():

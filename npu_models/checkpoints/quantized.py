@@ -264,7 +264,8 @@ def read_info(directory) -> tuple[str, dict[str, str]] | None:
 
 
 def save_quantized(out_dir, model_name: str, config, parts: list[torch.nn.Module], dtype: torch.dtype,
-                   assets: dict[str, Path], source: dict | None = None, recipe: dict | None = None) -> None:
+                   assets: dict[str, Path], source: dict | None = None, recipe: dict | None = None,
+                   files: dict[str, str] | None = None) -> None:
     """A quantized model (one part per tensor-parallel rank, or the whole) as our directory in the layout:
     config.json (with "quant": the scheme, the float dtype and how it was made), the weights and
     quant_model_description.json."""
@@ -272,4 +273,4 @@ def save_quantized(out_dir, model_name: str, config, parts: list[torch.nn.Module
     states, descriptions = zip(*(quantized_state(part, dtype) for part in parts))
     quant = {"scheme": parts[0].quant_scheme, "dtype": str(dtype).removeprefix("torch."), **(recipe or {})}
     save_converted(out_dir, model_name, config, list(states), assets, source, extra={"quant": quant},
-                   files=description_files(descriptions[0]))
+                   files={**description_files(descriptions[0]), **(files or {})})
