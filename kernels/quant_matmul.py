@@ -44,7 +44,8 @@ class QuantParams:
     quant_bias: torch.Tensor | None = None      # [N] int32 (w8a8)
 
     def rows(self, rows: slice) -> "QuantParams":
-        """The layer restricted to some output features (a fused q/k/v projection's q rows)."""
+        """The layer restricted to some output features (a fused q/k/v projection's q rows). The weight must be in
+        ND: a range of FRACTAL_NZ rows is no tensor the Ascend ops take (QuantLinear.weight_blocked)."""
         def cut(t):
             return None if t is None else t[rows]
         return replace(self, weight=self.weight[rows], weight_scale=self.weight_scale[rows], bias=cut(self.bias),
@@ -179,8 +180,9 @@ def int_mm_linear(x2d: torch.Tensor, params: QuantParams, scheme: str) -> torch.
 
 
 def ascend_linear(x2d: torch.Tensor, params: QuantParams, scheme: str, ops: AscendQuantOps) -> torch.Tensor:
-    """The chip's int8 matmul, the weight passed transposed ([K, N] view of the [N, K] rows, the layout the 310P
-    needs before its NZ cast), the activation quantized by npu_quantize / npu_dynamic_quant."""
+    """The chip's int8 matmul, the weight passed transposed: the [K, N] view of the contiguous [N, K] rows, in ND or
+    in the FRACTAL_NZ the runtime casts those rows to on the 310P (ascend_takes_nz_weight); the activation
+    quantized by npu_quantize / npu_dynamic_quant."""
     npu = torch.ops.npu
     if scheme == "w8a16":  # bias: fp16 with fp16 activations, fp32 with bf16 ones (A2/A3)
         bias = params.bias if params.bias is None or x2d.dtype == torch.float16 else params.bias.float()
@@ -214,6 +216,16 @@ def unsupported_reason(scheme: str, plan: KernelPlan) -> str | None:
 def ascend_takes(scheme: str, dtype: torch.dtype, params: QuantParams, plan: KernelPlan) -> bool:
     n, k = params.weight.shape
     return plan.quant_matmul == "ascend" and plan.ascend_quant.takes(scheme, dtype, k, n)
+
+
+def ascend_takes_nz_weight(scheme: str, params: QuantParams, plan: KernelPlan) -> bool:
+    """Whether the plan's int8 kernel takes the weight in FRACTAL_NZ, in an eager call and in an NPUGraph capture
+    (the 310P's graph mode). npu_quant_matmul does, and its doc says how on the Atlas inference series,
+    "必须先将x2转置后再转亲和format" (x2 transposed first, then cast): the contiguous [N, K] rows are cast, and
+    their transpose is passed as x2 [K, N] (torch_npu's contrib LinearQuant: weight (out, in), x2 = weight.t()).
+    npu_weight_quant_batchmatmul takes an NZ weight in graph mode only ("暂不支持单算子调用, 只支持图模式调用"), so
+    w8a16 weights stay ND. The model dtype (the scales') decides whether the Ascend op or the eager math runs."""
+    return scheme != "w8a16" and ascend_takes(scheme, params.weight_scale.dtype, params, plan)
 
 
 def prepare_quant_params(params: QuantParams, scheme: str, plan: KernelPlan = PORTABLE) -> QuantParams:

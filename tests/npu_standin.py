@@ -19,8 +19,10 @@ It encodes the contracts of the real wheel (torch_npu 2.14.0), independently of 
   capture records every aten op with the tensors it reads and writes and refuses what waits for the host
   (.item(), .cpu(), nonzero, ...); replay() re-runs the recorded ops into the same output tensors, as a real
   replay writes into the captured memory;
-- `npu_format_cast` (schema from the wheel) records the format on the tensor's storage, where torch_npu keeps
-  it (`get_npu_format` reads it back), and `set_compile_mode` records jit_compile.
+- `npu_format_cast` (schema from the wheel) returns a contiguous copy and records the format on its storage,
+  where torch_npu keeps it (`get_npu_format` reads it back; `weight_format` tells an op whether a weight is
+  that whole cast tensor, its transpose, or a slice of it), and `set_compile_mode` records jit_compile;
+- ops run inside torchair's graph know it (`in_torchair_graph`): some take an input format only there.
 
 Tensors stay on the CPU: the stand-in checks our side of each call, not Ascend numerics.
 """
@@ -96,6 +98,7 @@ class StandIn:
         self.replays = 0
         self.formats = {}                       # storage data_ptr -> (ACL format, the tensor, kept alive)
         self.jit_compile = None                 # what set_compile_mode last set
+        self.in_torchair_graph = 0              # > 0 while a graph handed to torchair's backend runs
         self.default_stream = Stream()
         self.current_stream = self.default_stream
 
@@ -111,6 +114,18 @@ class StandIn:
 
     def npu_format(self, tensor) -> int:
         return self.formats.get(tensor.untyped_storage().data_ptr(), (FORMAT_ND,))[0]
+
+    def weight_format(self, weight) -> tuple[int, str]:
+        """(its storage's format, how `weight` views the tensor npu_format_cast returned: "whole", "transposed"
+        (its 2-D transpose) or "part"); (ND, "whole") for a tensor never cast."""
+        acl_format, cast = self.formats.get(weight.untyped_storage().data_ptr(), (FORMAT_ND, None))
+        if cast is None:
+            return acl_format, "whole"
+
+        def same(view):
+            return (weight.storage_offset() == view.storage_offset() and weight.shape == view.shape
+                    and weight.stride() == view.stride())
+        return acl_format, "whole" if same(cast) else "transposed" if cast.dim() == 2 and same(cast.t()) else "part"
 
     def ops_in_graphs(self) -> collections.Counter:
         return collections.Counter(str(node.target) for gm in self.graphs for node in gm.graph.nodes
@@ -293,7 +308,7 @@ def format_cast(x, acl_format, *, customize_dtype=None, input_dtype=None):
     chip.calls["npu_format_cast"] += 1
     _check(acl_format in FORMATS, f"npu_format_cast: {acl_format} is not a torch_npu.Format")
     _check(customize_dtype is None and input_dtype is None, "customize_dtype/input_dtype are not used by this stand-in")
-    out = x.clone()
+    out = x.clone(memory_format=torch.contiguous_format)  # the format lays out the logical shape, not x's strides
     chip.formats[out.untyped_storage().data_ptr()] = (acl_format, out)
     return out
 
@@ -327,7 +342,8 @@ KERNELS = {
     "npu_fused_infer_attention_score": (fused_infer_attention_score, fused_infer_attention_score_fake),
     "npu_gelu": (gelu, lambda x, *, approximate="none": torch.empty_like(x)),
     "npu_add_layer_norm": (add_layer_norm, add_layer_norm_fake),
-    "npu_format_cast": (format_cast, lambda x, acl_format, **unused: torch.empty_like(x)),
+    "npu_format_cast": (format_cast,
+                        lambda x, acl_format, **unused: torch.empty_like(x, memory_format=torch.contiguous_format)),
 }
 _LIBRARY = None
 
@@ -543,7 +559,14 @@ def _torchair_modules(state: StandIn):
         def backend(gm, example_inputs):
             state.graphs.append(gm)
             state.compiler_configs.append(compiler_config)
-            return gm.forward  # the real backend hands the graph to GE here
+
+            def run_graph(*args):  # the real backend hands the graph to GE here
+                state.in_torchair_graph += 1
+                try:
+                    return gm.forward(*args)
+                finally:
+                    state.in_torchair_graph -= 1
+            return run_graph
         return backend
 
     def cache_compile(func, *, config=None, dynamic=True, cache_dir=None, **options):

@@ -4,16 +4,17 @@ Like tests/npu_standin.py, which imports it when installed, it encodes the contr
 (torch_npu 2.14.0) independently of our kernel code: the schemas are verbatim from
 `torch_npu/csrc/aten/npu_native_functions_by_codegen.yaml`; the CPU kernels refuse what
 `torch_npu/_op_plugin_docs.py` rules out on the active chip (dtypes and argument combinations per chip, the
-inference cards' missing per-token scale, an untransposed weight on the 310P, shapes) and compute the documented
-formula exactly (integer products in float64); the fake kernels give the output shapes of
-`op_plugin/meta/_meta_registrations.py`, and refuse what the docs rule out in graph mode only.
+inference cards' missing per-token scale, an untransposed weight on the 310P, shapes, the weight's format:
+`_check_weight_format`) and compute the documented formula exactly (integer products in float64); the fake
+kernels give the output shapes of `op_plugin/meta/_meta_registrations.py`, and refuse what the docs rule out in
+graph mode only.
 npu_trans_quant_param packs a scale as CANN's aclnnTransQuantParam documents: the fp32 bits truncated to 19
 (`& 0xFFFFE000`) with bit 46 set, so a matmul fed its output sees the truncated scale, as the chip does.
 """
 import torch
 
 from tests import npu_standin
-from tests.npu_standin import _active, _check
+from tests.npu_standin import FORMAT_FRACTAL_NZ, FORMAT_ND, _active, _check
 
 SCHEMAS = {
     "npu_quant_matmul": (
@@ -118,6 +119,27 @@ def _check_quant_matmul_dtypes(scale, offset, pertoken_scale, bias, output_dtype
                   "documented combination for this chip")
 
 
+def _check_weight_format(op, weight):
+    """The weight in ND, or in FRACTAL_NZ as the whole tensor npu_format_cast returned (a range of NZ rows or
+    columns is no layout either op documents) or its transpose. On the inference cards an NZ weight is the
+    transpose of the cast one: npu_quant_matmul's doc, "必须先将x2转置后再转亲和format" (x2 transposed, then
+    cast: the contiguous (n, k) is cast and passed transposed); npu_weight_quant_batchmatmul's 310P example
+    casts the (n, k) weight and passes weight.transpose(0, 1). npu_weight_quant_batchmatmul takes an NZ weight
+    in graph mode only ("FRACTAL_NZ格式只在图模式有效", "暂不支持单算子调用"): here, inside torchair's graph."""
+    chip = _active()
+    acl_format, view = chip.weight_format(weight)
+    if acl_format == FORMAT_ND:
+        return
+    _check(acl_format == FORMAT_FRACTAL_NZ, f"{op}: weight format {acl_format}: ND or FRACTAL_NZ (29)")
+    _check(view != "part", f"{op}: the weight is a part of a FRACTAL_NZ tensor: pass the whole tensor "
+                           "npu_format_cast returned (or its transpose)")
+    _check(view == "transposed" or not chip.inference_card,
+           f"{op}: a FRACTAL_NZ weight on Atlas inference cards is transposed before its NZ cast (必须先将x2转置后再转"
+           "亲和format): cast the contiguous (n, k) weight and pass its transpose")
+    _check(op != "npu_weight_quant_batchmatmul" or chip.in_torchair_graph,
+           f"{op}: a FRACTAL_NZ weight is taken in graph mode only, not in a single-op call (暂不支持单算子调用)")
+
+
 def _check_quant_matmul_shapes(x1, x2, scale, pertoken_scale, bias):
     k, n = x2.shape[-2], x2.shape[-1]
     _check(2 <= x1.dim() <= 6 and 2 <= x2.dim() <= 6, f"x1/x2 dims {x1.dim()}/{x2.dim()}: 2 to 6")
@@ -144,6 +166,7 @@ def quant_matmul(x1, x2, scale, *, offset=None, pertoken_scale=None, bias=None, 
            "x1_dtype/x2_dtype/scale_dtype/group_sizes/y_scale are not used by this stand-in")
     output_dtype = _dtype(output_dtype, torch.int8)
     _check_quant_matmul_dtypes(scale, offset, pertoken_scale, bias, output_dtype)
+    _check_weight_format("npu_quant_matmul", x2)
     _check_quant_matmul_shapes(x1, x2, scale, pertoken_scale, bias)
     _check(output_dtype != torch.int8, "int8 output is not used by this stand-in")
     per_channel = unpack_scale(scale) if scale.dtype == torch.int64 else scale.float()
@@ -178,6 +201,7 @@ def weight_quant_batchmatmul(x, weight, antiquant_scale, antiquant_offset=None, 
     x_dtypes = (torch.float16,) if chip.inference_card else (torch.float16, torch.bfloat16)
     _check(x.dtype in x_dtypes and x.dim() == 2, f"x {x.dtype} {x.dim()}-D: a 2-D (M, K) tensor of {x_dtypes}")
     _check(weight.dtype == torch.int8 and weight.dim() == 2, f"weight {weight.dtype} {weight.dim()}-D: int8 (K, N)")
+    _check_weight_format("npu_weight_quant_batchmatmul", weight)
     k, n = weight.shape
     _check(x.shape[1] == k and 1 <= k <= 65535 and 1 <= n <= 65535, f"x {list(x.shape)}, weight {list(weight.shape)}")
     _check(antiquant_scale.dtype == x.dtype, f"antiquant_scale dtype {antiquant_scale.dtype} must be the x dtype")

@@ -18,7 +18,7 @@ from kernels.plan import QUANT_310P, QUANT_A2, QUANT_A3
 from kernels.quant_matmul import (SCHEMES, QuantParams, activation_qparams, eager_quant_linear, int_mm_takes,
                                   prepare_quant_params, quant_linear, quantize_per_tensor, quantize_per_token,
                                   quantize_weight, unsupported_reason)
-from tests.npu_standin import CHIPS, AscendContractError
+from tests.npu_standin import CHIPS, FORMAT_FRACTAL_NZ, FORMAT_ND, AscendContractError
 from weights_tools.verify import DEFAULT_TOLERANCE
 
 FP32_TOLERANCE = dict(atol=1e-4, rtol=1e-5)
@@ -211,6 +211,10 @@ def test_trans_quant_param_truncates_the_scale_to_19_bits(ascend_chip):
     assert (unpacked <= scale).all() and ((scale - unpacked) / scale < 2 ** -10).all() and unpacked[1] == 3.0
 
 
+def nz(weight):
+    return torch.ops.npu.npu_format_cast(weight, FORMAT_FRACTAL_NZ)
+
+
 def ascend_inputs(k=64, n=32, m=6):
     x1 = torch.randint(-128, 127, (m, k), dtype=torch.int8)
     weight = torch.randint(-127, 127, (n, k), dtype=torch.int8)
@@ -235,11 +239,32 @@ def ascend_inputs(k=64, n=32, m=6):
                                                               torch.ones(32, dtype=torch.float32)), "antiquant_scale"),
     (lambda x1, w: torch.ops.npu.npu_quantize(torch.randn(4, 64), torch.ones(1), torch.zeros(1, dtype=torch.int8),
                                               torch.qint8, -1, False), "div_mode"),
+    # FRACTAL_NZ weights: (k, n) cast without the transpose; a range of the cast rows; w8a16's in a single-op call
+    (lambda x1, w: torch.ops.npu.npu_quant_matmul(x1, nz(w.t().contiguous()), torch.ones(32),
+                                                  output_dtype=torch.float16), "transposed before its NZ cast"),
+    (lambda x1, w: torch.ops.npu.npu_quant_matmul(x1, nz(w)[:16].t(), torch.ones(16), output_dtype=torch.float16),
+     "part of a FRACTAL_NZ tensor"),
+    (lambda x1, w: torch.ops.npu.npu_weight_quant_batchmatmul(torch.randn(6, 64, dtype=torch.float16), nz(w).t(),
+                                                              torch.ones(32, dtype=torch.float16)), "graph mode only"),
 ])
 def test_310p_refuses_what_its_docs_rule_out(ascend_chip, call, message):
     ascend_chip("Ascend310P3")
     with pytest.raises(AscendContractError, match=message):
         call(*ascend_inputs())
+
+
+def test_310p_takes_the_nz_cast_of_the_weight_rows_passed_transposed(ascend_chip):
+    """npu_quant_matmul's doc on the Atlas inference series: x2 transposed, then cast to NZ."""
+    standin = ascend_chip("Ascend310P3")
+    x1, weight = ascend_inputs()
+    scale = torch.full((32,), 0.5)
+    cast = nz(weight)
+    assert standin.npu_format(cast) == FORMAT_FRACTAL_NZ and standin.npu_format(weight) == FORMAT_ND
+    torch.testing.assert_close(torch.ops.npu.npu_quant_matmul(x1, cast.t(), scale, output_dtype=torch.float16),
+                               torch.ops.npu.npu_quant_matmul(x1, weight.t(), scale, output_dtype=torch.float16))
+    assert standin.weight_format(cast.t()) == (FORMAT_FRACTAL_NZ, "transposed")
+    assert standin.weight_format(nz(weight.t())) == (FORMAT_FRACTAL_NZ, "whole")  # the cast lays out (k, n)
+    assert nz(weight.t()).is_contiguous()
 
 
 def test_910b_takes_per_token_scales_and_refuses_wrong_dtypes(ascend_chip):

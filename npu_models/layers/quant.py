@@ -17,6 +17,10 @@ class QuantLinear(nn.Module):
     Those are the layer's state (buffers, saved with the model). The constants a backend derives from them
     (deq_scale, quant_bias) are computed by `prepare_for_inference` for the layer's `kernel_plan`: the runtime
     sets the plan, then prepares (runtime.prepare_model).
+
+    `weight` keeps its logical [N, K] meaning wherever it lives; `weight_blocked` is set by the runtime when it
+    stores it in a blocked device layout (FRACTAL_NZ on the 310P: runtime.settings), where a range of its rows is
+    no tensor the int8 kernel takes: `forward(x, rows)` then computes every output feature and keeps `rows`.
     """
 
     def __init__(self, in_features: int, out_features: int, scheme: str, bias: bool = True):
@@ -25,6 +29,7 @@ class QuantLinear(nn.Module):
             raise UserError(f"unknown quantization scheme {scheme!r}: use one of {', '.join(SCHEMES)}.")
         self.in_features, self.out_features, self.scheme = in_features, out_features, scheme
         self.kernel_plan = PORTABLE
+        self.weight_blocked = False
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
@@ -79,6 +84,8 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """x [..., in_features] -> [..., out_features]; `rows`: only those output features (cls_only's q rows)."""
+        if rows is not None and self.weight_blocked:
+            return quant_linear(x, self.params(), self.scheme, self.kernel_plan)[..., rows]
         params = self.params() if rows is None else self.params().rows(rows)
         return quant_linear(x, params, self.scheme, self.kernel_plan)
 

@@ -8,6 +8,13 @@ reports them (device line, results JSON).
   `use_internal_format_weight` (dynamo/torchair/experimental/inference.py) casts every Linear weight so, and
   vLLM-Ascend does on 310P. Cast after the tensor-parallel cut (prepare_model runs after parallel.apply_plan),
   so each rank casts its own share. NPU_MODELS_NZ_WEIGHTS=0 keeps them ND.
+- The int8 weights of QuantLinear layers that npu_quant_matmul multiplies (w8a8) too, in the layout its doc
+  requires on the Atlas inference series: "x2 transposed first, then cast" — the contiguous [N, K] rows are
+  cast, and the kernel passes their transpose as x2 (kernels.quant_matmul.ascend_takes_nz_weight). The weight
+  keeps its logical [N, K] shape, so the eager reference and the scales' constants read it as before; a layer
+  whose weight is cast computes all its output features where a caller asks for some rows (a range of NZ rows
+  is no tensor the op takes). w8a16 weights stay ND: npu_weight_quant_batchmatmul takes an NZ weight in
+  torchair's graph only, not in the single-op calls of eager mode and of the 310P's NPUGraph capture.
 - PYTORCH_NPU_ALLOC_CONF is the user's to set (the README says what); it is reported, not changed.
 """
 import os
@@ -16,7 +23,9 @@ import torch
 from torch import nn
 
 from kernels.plan import is_310p
+from kernels.quant_matmul import ascend_takes_nz_weight
 from npu_models.errors import UserError
+from npu_models.layers.quant import QuantLinear
 from npu_models.parallel import RowParallelLinear
 from npu_models.runtime.device import import_torch_npu, npu_chip_name
 
@@ -56,14 +65,19 @@ def apply_device_settings(model: nn.Module, device) -> nn.Module:
     torch_npu = import_torch_npu()
     torch_npu.npu.set_compile_mode(jit_compile=settings["jit_compile"])
     if settings["nz_weights"]:
-        cast_linear_weights(model, ACL_FORMAT_FRACTAL_NZ)
+        cast_weights_to_nz(model)
     return model
 
 
-def cast_linear_weights(model: nn.Module, acl_format: int) -> None:
-    """Every weight a Linear (or the row-parallel linear of a TP cut) multiplies with, stored in `acl_format`."""
+def cast_weights_to_nz(model: nn.Module) -> None:
+    """Every weight a Linear (or the row-parallel linear of a TP cut) multiplies with, and every int8 weight whose
+    Ascend kernel takes it so, stored in FRACTAL_NZ."""
     torch_npu = import_torch_npu()
     for module in model.modules():
         if isinstance(module, (nn.Linear, RowParallelLinear)):
             with torch.no_grad():
-                module.weight.data = torch_npu.npu_format_cast(module.weight.data, acl_format)
+                module.weight.data = torch_npu.npu_format_cast(module.weight.data, ACL_FORMAT_FRACTAL_NZ)
+        elif isinstance(module, QuantLinear) and ascend_takes_nz_weight(module.scheme, module.state(),
+                                                                         module.kernel_plan):
+            module.weight = torch_npu.npu_format_cast(module.weight, ACL_FORMAT_FRACTAL_NZ)  # [N, K], contiguous
+            module.weight_blocked = True
