@@ -368,6 +368,11 @@ def apply_plan(model: nn.Module, plan: dict[str, str], tp: TensorParallel) -> nn
     return model
 
 
+def is_cut(model: nn.Module) -> bool:
+    """Whether `model` holds one rank's share of its layers (apply_plan cut it for more than one rank)."""
+    return getattr(model, "tensor_parallel", SINGLE).size > 1
+
+
 def gather_heads(tensor: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """A per-head tensor [heads, ...] of a split model, gathered from every rank (for fixture checks)."""
     tp = getattr(model, "tensor_parallel", SINGLE)

@@ -7,6 +7,7 @@ the patch convolution, poolers and task heads stay in float, and `skip` patterns
 
     calibration = calibrate(model, batches)                   # the float model, w8a8 only
     quantize_model(model, "w8a8", calibration, skip=("blocks.11.*",))
+    model = registry.cut_model(entry, model, tp)              # tensor parallelism: the whole model quantized, then cut
     model = runtime.prepare_model(model, device, dtype)       # the device's int8 kernels and their constants
 """
 import fnmatch
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from kernels.quant_matmul import SCHEMES
+from npu_models import parallel
 from npu_models.errors import UserError
 from npu_models.layers.attention import Attention
 from npu_models.layers.mlp import Mlp
@@ -28,7 +30,12 @@ CALIBRATION_METHODS = ("minmax", "percentile")
 
 def quantizable_linears(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Linear]:
     """The encoder Linears (children of an Attention or an Mlp) by module path, less those whose path matches
-    a `skip` pattern (fnmatch: 'blocks.0.*', '*.fc2')."""
+    a `skip` pattern (fnmatch: 'blocks.0.*', '*.fc2'). A model cut for tensor parallelism is refused: its row-
+    parallel layers, no longer Linears, would stay in float, and the per-tensor input range of each must be
+    the whole input's, the same on every rank."""
+    if parallel.is_cut(model):
+        raise UserError("this model is cut for tensor parallelism: calibrate and quantize the whole model (the same "
+                        "weights and calibration inputs on every rank), then cut it (registry.cut_model).")
     skip = tuple(skip)
     found = {}
     for owner_path, owner in model.named_modules():

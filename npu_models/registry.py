@@ -123,7 +123,7 @@ def meta_model(entry: ModelSpec, config, tp: TensorParallel = SINGLE,
         model = entry.build(config)
         if quant is not None:
             quantize_structure(model, quant.scheme, quant.layers)
-        return parallel.apply_plan(model, entry_for_config(entry, config).tp_plan, tp)
+        return cut_model(entry, model, tp)
 
 
 def build_model(entry: ModelSpec, checkpoint=None, config=None, config_file=None,
@@ -134,7 +134,7 @@ def build_model(entry: ModelSpec, checkpoint=None, config=None, config_file=None
     from a structure built without memory, so no weight is initialised twice or copied from the host."""
     if checkpoint is None:  # drawn whole, then cut, so every rank holds its share of the same model
         model = materialize_parameters_(meta_model(entry, config or entry.default_config()), device or "cpu")
-        return parallel.apply_plan(model.init_weights(), entry_for_config(entry, model.config).tp_plan, tp)
+        return cut_model(entry, model.init_weights(), tp)
     converted = load_weights(entry, checkpoint, config_file, tp)
     cut_on_disk = is_converted_dir(checkpoint)  # our directories already hold this rank's share
     model = meta_model(entry, converted.config, tp if cut_on_disk else SINGLE, converted.quant)
@@ -143,4 +143,10 @@ def build_model(entry: ModelSpec, checkpoint=None, config=None, config_file=None
     model.quant_info = converted.quant  # a quantized checkpoint's scheme, layers and stored dtype; None: float
     if cut_on_disk:
         return model
-    return parallel.apply_plan(model, entry_for_config(entry, converted.config).tp_plan, tp)  # cut the whole model
+    return cut_model(entry, model, tp)
+
+
+def cut_model(entry: ModelSpec, model: torch.nn.Module, tp: TensorParallel) -> torch.nn.Module:
+    """The whole `model` cut in place for `tp` by the plan of its family's model for its config's task (a float
+    model, or one quantized whole: npu_models.quantization)."""
+    return parallel.apply_plan(model, entry_for_config(entry, model.config).tp_plan, tp)

@@ -51,7 +51,8 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
     """One row per compared tensor (per checkpoint); raises UserError when nothing can be compared.
     atol/rtol default to DEFAULT_TOLERANCE for the dtype. `quant` (a scheme of QUANT_TOLERANCE): each model is
     quantized on the fly, calibrated on the fixture's own inputs, and judged by relative error within
-    `relative` (default QUANT_TOLERANCE[quant]) instead of atol/rtol."""
+    `relative` (default QUANT_TOLERANCE[quant]) instead of atol/rtol; under `tp` every rank quantizes the whole
+    model, then cuts it, and checks the full outputs."""
     directory = Path(directory)
     entry = registry.get_entry(model_name)
     if entry.outputs is None:
@@ -61,9 +62,6 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
     if quant == "none" and relative is not None:
         raise UserError(f"{arg('relative')} bounds a quantized model's relative error: give {arg('quant')} too, "
                         f"or use {arg('atol')}/{arg('rtol')} for the float model.")
-    if quant != "none" and tp > 1:
-        raise UserError(f"{arg('quant', quant)} runs at {arg('tp', 1)} only: verify does not cut quantized "
-                        f"models for tensor parallelism yet; drop {arg('tp')}.")
     relative = None if quant == "none" else QUANT_TOLERANCE[quant] if relative is None else relative
     device = runtime.resolve_device(device)  # a device this machine lacks is refused before any work
     dtype = runtime.parse_dtype(dtype, device)
@@ -80,12 +78,12 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
     default_atol, default_rtol = DEFAULT_TOLERANCE[dtype]
     atol, rtol = default_atol if atol is None else atol, default_rtol if rtol is None else rtol
     rows = []
+    accepted = inspect.signature(entry.outputs).parameters
     for checkpoint in checkpoints:
-        model = registry.build_model(entry, checkpoint, tp=group)
-        accepted = inspect.signature(entry.outputs).parameters
-        if quant != "none":  # calibrated in float32, as built, before prepare_model puts it on the device
-            with torch.no_grad():
-                quantize_on_inputs(model, entry, quant, {k: v for k, v in inputs.items() if k in accepted})
+        if quant == "none":
+            model = registry.build_model(entry, checkpoint, tp=group)
+        else:
+            model = quantized_model(entry, checkpoint, quant, {k: v for k, v in inputs.items() if k in accepted}, group)
         model = runtime.prepare_model(model, parallel.local_device(device), dtype)
         with torch.no_grad():  # fixtures may carry extra inputs (raw images for preprocessing checks)
             produced = entry.outputs(model, **{k: runtime.to_model_input(v, device, dtype)
@@ -98,13 +96,18 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
     return rows
 
 
-def quantize_on_inputs(model, entry, scheme: str, inputs: dict) -> None:
-    """`model` quantized with `scheme` in place, w8a8 calibrated on the fixture's inputs through the spec's
-    `outputs` (every entry point the fixture checks)."""
+@torch.no_grad()
+def quantized_model(entry, checkpoint, scheme: str, inputs: dict, tp: parallel.TensorParallel) -> torch.nn.Module:
+    """The checkpoint's model quantized with `scheme`, w8a8 calibrated on the fixture's inputs through the spec's
+    `outputs` (every entry point the fixture checks), then cut for `tp`. Every rank builds and quantizes the whole
+    model in float32, as built (before prepare_model), on the same inputs, so that the ranks cut one quantized
+    model: a row-parallel layer's activation range is that of its whole input."""
+    model = registry.build_model(entry, checkpoint)
     parameter = next(model.parameters())
     batch = {k: runtime.to_model_input(v, parameter.device, parameter.dtype) for k, v in inputs.items()}
     calibration = calibrate(model, [batch], forward=lambda m, b: entry.outputs(m, **b)) if scheme == "w8a8" else None
     quantize_model(model, scheme, calibration)
+    return registry.cut_model(entry, model, tp)
 
 
 def format_rows(rows: list[dict]) -> str:

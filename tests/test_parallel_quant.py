@@ -1,6 +1,8 @@
 """Tensor parallelism of quantized models: every family's small model (tests/test_quant_models.py's), quantized
 whole with each scheme (w8a8 calibrated), then cut for tp=2 over two gloo processes, computes what the same
-quantized model computes in one process; and two planted bugs of the row-parallel layers are caught.
+quantized model computes in one process; and two planted bugs of the row-parallel layers are caught. The
+commands that quantize on the fly (`weights_tools.verify --quant`, `eval.bench --quant`) do the same under --tp:
+their tp=2 figures are their tp=1 figures, and quantizing after the cut is caught.
 
 The int32 products are exact per rank, so w8a8 and w8a16 differ from tp=1 by the float rounding of the sum
 (relative error measured here: at most 2.3e-7); w8a8-dynamic's row-parallel ranks quantize their own columns
@@ -8,22 +10,29 @@ with their own per-token scales, so it differs by quantization noise (measured: 
 """
 import contextlib
 import copy
+import io
+import json
 import os
+import subprocess
+import sys
 from unittest import mock
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from eval.bench import cli
 from kernels.quant_matmul import SCHEMES
-from npu_models import parallel, registry, runtime
+from npu_models import parallel, registry, runtime, verify
 from npu_models.errors import UserError
 from npu_models.layers.quant import QuantLinear
 from npu_models.parallel import RowParallelQuantLinear
 from npu_models.quantization import calibrate, quantize_model
+from tests.conftest import BERT_FIXTURE
 from tests.test_ascend import CASES
-from tests.test_parallel import free_port
+from tests.test_parallel import ROOT, free_port
 from tests.test_quant_models import EXPECTED_WARNING, build, run_method
+from weights_tools.verify import main as verify_command
 
 TOLERANCE = {"w8a8": 2e-6, "w8a16": 2e-6, "w8a8-dynamic": 5e-3}  # relative error (norm) against tp=1
 
@@ -177,3 +186,112 @@ def test_a_layer_the_plan_cannot_cut_is_refused_by_name():
     with pytest.raises(UserError, match=r"blocks\.0\.mlp\.fc1 is a torch\.ao\..*Linear, which tensor parallelism "
                                         r"cannot cut"):
         parallel.apply_plan(model, plan_of(model, "bert"), parallel.TensorParallel(0, 2))
+
+
+def test_a_model_cut_for_tensor_parallelism_is_neither_calibrated_nor_quantized():
+    """Its row-parallel layers are no Linears any more: they would stay float, or see a share of their input."""
+    model, batches = build("bert")
+    parallel.apply_plan(model, plan_of(model, "bert"), parallel.TensorParallel(0, 2))
+    with pytest.raises(UserError, match="cut for tensor parallelism: calibrate and quantize the whole model"):
+        calibrate(model, batches, forward=run_method)
+    with pytest.raises(UserError, match="cut for tensor parallelism"):
+        quantize_model(model, "w8a16")
+
+
+# ---- the commands: weights_tools.verify --quant and eval.bench --quant under --tp ---------------------------
+
+
+def calibrated_after_the_cut(tp):
+    """Planted bug: verify builds the model cut for `tp`, then calibrates and quantizes it (the refusal of a cut
+    model lifted): the row-parallel layers, no Linears any more, stay float."""
+    build_model, cut_model = registry.build_model, registry.cut_model
+    built_cut = lambda entry, checkpoint, **_: build_model(entry, checkpoint, tp=tp)  # noqa: E731
+    cut_once = lambda entry, model, tp: model if hasattr(model, "tensor_parallel") else cut_model(entry, model, tp)  # noqa: E731
+    return [mock.patch.object(registry, "build_model", built_cut), mock.patch.object(registry, "cut_model", cut_once),
+            mock.patch.object(parallel, "is_cut", lambda model: False)]
+
+
+def calibrated_on_each_ranks_share(tp):
+    """Planted bug: each rank calibrates on its own share of the fixture's examples, so the ranks cut different
+    quantized models (their row-parallel parts quantize with different activation scales)."""
+    quantized_model = verify.quantized_model
+
+    def own_share(entry, checkpoint, scheme, inputs, tp):
+        return quantized_model(entry, checkpoint, scheme, {k: v[tp.rank::tp.size] for k, v in inputs.items()}, tp)
+    return [mock.patch.object(verify, "quantized_model", own_share)]
+
+
+COMMAND_BUGS = {"calibrated_after_the_cut": calibrated_after_the_cut,
+                "calibrated_on_each_ranks_share": calibrated_on_each_ranks_share}
+
+
+def verify_worker(rank: int, port: int, out_dir: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # the command, as a user runs it under torchrun
+        status = verify_command(["--model", "bert", str(BERT_FIXTURE), "--quant", "w8a8", "--tp", "2"])
+    results = {"status": status, "printed": printed.getvalue(), None: verify.verify("bert", BERT_FIXTURE, tp=2,
+                                                                                      quant="w8a8")}
+    tp = parallel.init_tensor_parallel(2, "cpu")
+    for bug, patches in COMMAND_BUGS.items():
+        with contextlib.ExitStack() as stack:
+            for patch in patches(tp):
+                stack.enter_context(patch)
+            results[bug] = verify.verify("bert", BERT_FIXTURE, tp=2, quant="w8a8")
+    torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
+    parallel.release_process_groups()
+
+
+def largest_difference(rows, expected):
+    """The largest change of a row's figures (max abs diff, relative diff) against the same row of `expected`."""
+    assert [r["name"] for r in rows] == [r["name"] for r in expected]
+    return max(abs(r[key] - e[key]) for r, e in zip(rows, expected) for key in ("max_abs_diff", "relative_diff"))
+
+
+def test_verify_quant_w8a8_under_tp2_passes_and_equals_tp1(tmp_path):
+    """`weights_tools.verify --quant w8a8 --tp 2` on two gloo ranks: every rank quantizes the whole model on the
+    fixture's inputs, then cuts it, and passes; both ranks' rows (the full outputs) are the tp=1 run's up to float
+    summation order (measured: identical), and the planted bugs move them (measured: 3.6e-2 after the cut, 6.1e-2
+    on each rank's share)."""
+    mp.spawn(verify_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"{rank}.pt", weights_only=False) for rank in range(2)]
+    assert [r["status"] for r in ranks] == [0, 0]
+    summary = [line for r in ranks for line in r["printed"].splitlines() if line.startswith("verify:")]
+    assert len(summary) == 1 and summary[0].startswith("verify: 5/5 tensors within tolerance")  # rank 0 reports
+    expected = verify.verify("bert", BERT_FIXTURE, quant="w8a8")
+    for rank in ranks:
+        assert all(r["ok"] for r in rank[None])
+        error = largest_difference(rank[None], expected)
+        print(f"tp=2 against tp=1 {error:.1e}")  # the measured figure the docstring gives
+        assert error < 1e-6, error
+    for bug in COMMAND_BUGS:
+        error = largest_difference(ranks[0][bug], expected)
+        print(bug, f"{error:.1e}")
+        assert error > 1e-4, bug
+
+
+def test_bench_quant_w8a8_under_tp2_times_the_cut_int8_model(tmp_path):
+    """`eval.bench --quant none,w8a8 --tp 2` on the BERT fixture: beside the float rows (split and whole), an int8
+    row at tp=2 holding each rank's share, whose output against the whole peer is the tp=1 int8 row's up to float
+    summation order (measured: 5.8e-2 both, 4.8e-7 apart; calibrating after the cut made it 4.6e-2)."""
+    pytest.importorskip("transformers")
+    args = ["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--batch-sizes", "2",
+            "--seq-len", "16", "--modes", "eager", "--warmup", "0", "--iters", "1"]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "eval.bench", *args, "--quant", "none,w8a8", "--tp", "2",
+                             "--json", str(tmp_path / "tp2.json")],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours, whole, int8, peer = json.loads((tmp_path / "tp2.json").read_text())
+    assert [(r["impl"], r["quant"], r["tp"]) for r in (ours, whole, int8, peer)] == [
+        ("ours", "none", 2), ("ours", "none", 1), ("ours", "w8a8", 2), ("peer", "none", 1)]
+    cli.main([*args, "--quant", "w8a8", "--json", str(tmp_path / "tp1.json")])
+    int8_whole, _ = json.loads((tmp_path / "tp1.json").read_text())
+    assert (int8_whole["quant"], int8_whole["tp"]) == ("w8a8", 1)
+    assert int8["max_abs_diff_vs_peer"] > 1e-4  # int8, not float
+    print(f'int8 diff vs peer: tp=2 {int8["max_abs_diff_vs_peer"]!r}, tp=1 {int8_whole["max_abs_diff_vs_peer"]!r}')
+    # the same int8 model (summation order aside) against the same peer
+    assert int8["max_abs_diff_vs_peer"] == pytest.approx(int8_whole["max_abs_diff_vs_peer"], abs=1e-5)
+    assert 0.5 * int8_whole["param_mb_per_rank"] < int8["param_mb_per_rank"] < 0.75 * int8_whole["param_mb_per_rank"]

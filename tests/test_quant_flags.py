@@ -71,9 +71,9 @@ def test_verify_quant_fails_a_static_input_scale_off_by_2x(monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [(["--quant", "int4"], "unknown --quant int4"),
-                                           (["--quant", "w8a8", "--tp", "2"], "runs at --tp 1 only"),
+                                           (["--quant", "w8a8", "--tp", "2"], "--tp 2 needs 2 processes: run under torchrun"),
                                            (["--relative", "0.1"], "give --quant too")])
-def test_verify_refuses_an_unknown_scheme_and_quant_under_tp(args, message, capsys):
+def test_verify_refuses_an_unknown_scheme_and_quant_under_tp_without_torchrun(args, message, capsys):
     with pytest.raises(SystemExit) as info:
         verify.main(["--model", "bert", str(BERT_FIXTURE), *args])
     assert info.value.code == 2 and message in capsys.readouterr().err
@@ -116,9 +116,9 @@ def test_bench_markdown_table_shows_float_and_int8_against_the_peer():
 
 
 @pytest.mark.parametrize("args, message", [(["--quant", "int4"], "--quant takes a comma list"),
-                                           (["--quant", "w8a8", "--tp", "2"], "does not cut quantized models for tensor parallelism"),
+                                           (["--quant", "w8a8", "--tp", "2"], "--tp 2 needs 2 processes: run under torchrun"),
                                            (["--quant", "w8a8", "--end-to-end"], "--end-to-end runs float")])
-def test_bench_refuses_unknown_schemes_and_quant_with_tp_or_end_to_end(args, message, capsys):
+def test_bench_refuses_unknown_schemes_quant_with_end_to_end_and_tp_without_torchrun(args, message, capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(["--device", "cpu", *args])
     assert exit.value.code == 2 and message in capsys.readouterr().err

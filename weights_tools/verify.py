@@ -5,7 +5,8 @@
 DIR holds one or more checkpoints in the official layout, `inputs.safetensors` and `outputs.safetensors`.
 Every checkpoint is converted and run on the inputs; every output tensor our model produces is compared.
 Exit status 0 only when all of them are within tolerance. `--quant w8a8` (or w8a8-dynamic, w8a16) quantizes
-each model on the fly, calibrated on the fixture's own inputs, and judges it by relative error. The machinery
+each model on the fly, calibrated on the fixture's own inputs, and judges it by relative error; with --tp N
+(under torchrun) every rank quantizes the whole model, then cuts it. The machinery
 is npu_models.verify (the doctor runs it too); this module is its command line.
 """
 import argparse

@@ -50,8 +50,8 @@ def parse_args(argv) -> BenchOptions:
     parser.add_argument("--data", type=Path, help="with --end-to-end: SST-2 dev.tsv (default: 872 sentences of "
                         "random words with SST-2's length mix)")
     parser.add_argument("--quant", help="comma list of none (our float model), w8a8, w8a8-dynamic, w8a16: ours "
-                        "quantized on the fly, calibrated on the bench's own inputs, timed beside float "
-                        "(default none)")
+                        "quantized on the fly, calibrated on the bench's own inputs (under --tp: the whole model on "
+                        "every rank, then cut), timed beside float (default none)")
     given = vars(parser.parse_args(argv))
     if "batch_sizes" in given:
         try:

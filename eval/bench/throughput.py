@@ -142,9 +142,10 @@ def run_benchmark(run: BenchRun, name: str, entry, bench: Benchmark, build_ours)
 
 
 def contenders_of(run: BenchRun, name: str, entry, bench: Benchmark, build_ours) -> tuple[object, list[Contender]]:
-    """(our config, the contenders): ours (split under --tp), ours whole beside it under --tp, and the peer
-    on the same weights unless there is none or --no-peer."""
-    make_peer, checkpoint, tp = PEERS.get(name), run.options.checkpoint, run.tp
+    """(our config, the contenders): ours (split under --tp), ours whole beside it under --tp, ours quantized
+    with each --quant scheme (quantized whole, then split), and the peer on the same weights unless there is
+    none or --no-peer."""
+    make_peer, checkpoint, tp, quant = PEERS.get(name), run.options.checkpoint, run.tp, run.options.quant
     if make_peer is None and not run.options.no_peer:
         run.say(f"note: {name} has no peer implementation to run beside ours; timing ours alone", file=sys.stderr)
     whole, peer = None, None
@@ -152,7 +153,7 @@ def contenders_of(run: BenchRun, name: str, entry, bench: Benchmark, build_ours)
         ours = build_ours()
         config = ours.config
         float_copy = functools.partial(registry.build_model, entry, checkpoint, device=run.device)  # ours: maybe prepared
-        if tp.size > 1:
+        if tp.size > 1 and "none" in quant:
             try:
                 whole = registry.build_model(entry, checkpoint)
             except UserError as err:  # pre-cut shards hold no whole model
@@ -161,14 +162,14 @@ def contenders_of(run: BenchRun, name: str, entry, bench: Benchmark, build_ours)
         peer_module, peer_fn, config, state = make_peer(checkpoint)
         ours = entry.build(config)
         ours.load_state_dict(state)
-        float_copy = functools.partial(copy.deepcopy, ours)
-        whole = copy.deepcopy(ours) if tp.size > 1 else None
-        ours = parallel.apply_plan(ours, registry.entry_for_config(entry, config).tp_plan, tp)  # the peer runs whole
+        whole_float = copy.deepcopy(ours) if tp.size > 1 else ours  # ours is cut in place below; the peer runs whole
+        float_copy = functools.partial(copy.deepcopy, whole_float)  # whole, for the int8 contenders
+        whole = whole_float if tp.size > 1 and "none" in quant else None
+        ours = registry.cut_model(entry, ours, tp)
         peer = Contender("peer", peer_module, peer_fn)
-    quantized = [quantized_contender(run, bench, config, float_copy(), s) for s in run.options.quant if s != "none"]
-    contenders = [Contender("ours", ours, bench.timed_part(ours), tp.size)] if "none" in run.options.quant else []
+    contenders = [Contender("ours", ours, bench.timed_part(ours), tp.size)] if "none" in quant else []
     contenders += [Contender("ours", whole, bench.timed_part(whole))] if whole is not None else []
-    contenders += quantized
+    contenders += [quantized_contender(run, entry, bench, config, float_copy(), s) for s in quant if s != "none"]
     contenders += [peer] if peer is not None else []
     if checkpoint is None:
         run.say("note: random full-size weights (no --checkpoint); speed does not depend on their values",
@@ -176,9 +177,11 @@ def contenders_of(run: BenchRun, name: str, entry, bench: Benchmark, build_ours)
     return config, contenders
 
 
-def quantized_contender(run: BenchRun, bench: Benchmark, config, model: torch.nn.Module, scheme: str) -> Contender:
-    """Ours (a float copy, before prepare_model) quantized with `scheme`; w8a8 calibrated in float32 on the part's
-    own inputs at the largest batch size, through the part that is timed."""
+def quantized_contender(run: BenchRun, entry, bench: Benchmark, config, model: torch.nn.Module,
+                        scheme: str) -> Contender:
+    """Ours (a whole float copy, before prepare_model) quantized with `scheme`, then cut for --tp; w8a8 calibrated
+    in float32 on the part's own inputs at the largest batch size, through the part that is timed. Every rank
+    calibrates the same whole model on the same inputs, so the ranks cut one quantized model."""
     calibration = None
     if scheme == "w8a8":
         inputs, _ = bench.make_inputs(config, max(run.options.batch_sizes), run.options.seq_len, run.device)
@@ -186,8 +189,8 @@ def quantized_contender(run: BenchRun, bench: Benchmark, config, model: torch.nn
         inputs = tuple(runtime.to_model_input(t, parameter.device, parameter.dtype) for t in inputs)
         timed = bench.timed_part(model)
         calibration = calibrate(model, [inputs], forward=lambda _, batch: timed(*batch))
-    quantize_model(model, scheme, calibration)
-    return Contender("ours", model, bench.timed_part(model), quant=scheme)
+    model = registry.cut_model(entry, quantize_model(model, scheme, calibration), run.tp)
+    return Contender("ours", model, bench.timed_part(model), run.tp.size, scheme)
 
 
 def time_batch(run: BenchRun, part: Part, fns: dict, mode: str, batch_size: int) -> None:
