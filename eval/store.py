@@ -75,7 +75,7 @@ class PredictionStore:
             if writer:
                 write_json_atomic(self.run_path, run)
             return
-        recorded = read_json(self.run_path)
+        recorded = {"quant": "none", **read_json(self.run_path)}  # records from before int8 were of float runs
         differences = [f"{key}: {recorded.get(key)!r} then, {run.get(key)!r} now"
                        for key in sorted(set(recorded) | set(run)) if recorded.get(key) != run.get(key)]
         if differences:
