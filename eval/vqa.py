@@ -80,9 +80,9 @@ def load_answers(options: VQAOptions, data: Path, task) -> list[str]:
     converted or quantized directory); else answer2label.txt in --data or beside the checkpoint; else the
     vocabulary rebuilt from the annotations."""
     checkpoint = options.checkpoint
-    if options.answers is None and task.answers_in_checkpoint is not None and checkpoint and checkpoint.is_file():
-        return task.answers_in_checkpoint(checkpoint)
     inside = checkpoint / "answer2label.txt" if checkpoint and checkpoint.is_dir() else None  # converted, quantized
+    if options.answers is None and not (inside and inside.is_file()) and task.answers_in_checkpoint and checkpoint:
+        return task.answers_in_checkpoint(checkpoint)
     path = options.answers or (inside if inside and inside.is_file() else find_beside(options, data, "answer2label.txt"))
     return read_answer2label(path) if path else build_answer_vocabulary(data)
 

@@ -3,8 +3,10 @@ vLLM-Ascend declares it, directories msModelSlim itself writes (official names, 
 inside quant_bias, deq_scale as int64), shards of quantized checkpoints, and bad files refused before work."""
 import copy
 import inspect
+import io
 import json
 import shutil
+import tarfile
 
 import pytest
 import torch
@@ -223,6 +225,39 @@ def test_msmodelslims_separate_q_and_v_biases_fold_into_the_projection(tmp_path)
     # msModelSlim's scales and ours round differently: both quantizations sit as close to float as each other
     assert (found[key] - reference[key]).abs().max() / scale < 2 * (expected[key] - reference[key]).abs().max() / scale + 1e-3
     assert (found[key] - expected[key]).abs().max() / scale < QUANT_TOLERANCE["w8a8"]
+
+
+def test_an_extracted_vilbert_archive_msmodelslim_quantized_loads(tmp_path):
+    """ViLBERT's checkpoint is an AllenNLP archive: msModelSlim's output is an extracted copy (config.json,
+    vocabulary/) with the quantized weights file in place of weights.th. The text stream's q/k/v and MLPs are
+    quantized; the answer list comes from vocabulary/answers.txt."""
+    entry, checkpoint, inputs = fixture("vilbert")
+    float_model = registry.build_model(entry, checkpoint)
+    ranges = calibrate(float_model, [inputs], forward=lambda m, b: entry.outputs(m, **b))
+    keep = [p for p in ranges if p.startswith("text_layers.") and p.endswith(("attn.qkv", "mlp.fc1"))]
+    assert len(keep) >= 4
+    official = {}
+    for path in keep:
+        _, i, rest = path.split(".", 2)
+        parts = ["query", "key", "value"] if rest == "attn.qkv" else ["intermediate"]
+        names = [f"attention.self.{p}" for p in parts] if rest == "attn.qkv" else ["intermediate.dense"]
+        official.update({f"backbone.encoder.layers1.{i}.{n}": ranges[path] for n in names})
+    with tarfile.open(checkpoint) as archive:
+        weights = torch.load(io.BytesIO(archive.extractfile("weights.th").read()), weights_only=True)
+        directory = write_modelslim(tmp_path / "vilbert-w8a8", weights, official, [checkpoint.parent / "text_model_config.json"])
+        (directory / "config.json").write_bytes(archive.extractfile("config.json").read())
+        (directory / "vocabulary").mkdir()
+        (directory / "vocabulary" / "answers.txt").write_bytes(archive.extractfile("vocabulary/answers.txt").read())
+    model = npu_models.load_model("vilbert", directory, device="cpu", dtype="fp32")
+    assert sorted(p for p, m in model.named_modules() if isinstance(m, QuantLinear)) == sorted(keep)
+    assert entry.task.answers_in_checkpoint(directory) == entry.task.answers_in_checkpoint(checkpoint)
+    ours = copy.deepcopy(float_model)
+    quantize_model(ours, "w8a8", {p: ranges[p] for p in keep})
+    expected = outputs(entry, runtime.prepare_model(ours, CPU, torch.float32), inputs)
+    found = outputs(entry, model, inputs)
+    for key in ("logits", "encoded_text_final"):
+        relative = (found[key] - expected[key]).abs().max() / expected[key].abs().max()
+        assert relative < QUANT_TOLERANCE["w8a8"] / 4, (key, relative)
 
 
 # ---- shards -----------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from eval.data.vqa import answer_files
 from npu_models import registry
 from npu_models.checkpoints.io import save_converted
 from npu_models.errors import UserError, cli_main
@@ -19,7 +20,8 @@ def convert(model_name: str, checkpoint, out_dir) -> Path:
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     converted = registry.load_weights(entry, checkpoint)
     entry = registry.entry_for_config(entry, converted.config)
-    save_converted(out_dir, entry.name, converted.config, [converted.state], registry.assets_beside(entry, checkpoint))
+    save_converted(out_dir, entry.name, converted.config, [converted.state], registry.assets_beside(entry, checkpoint),
+                   files=answer_files(entry.task, checkpoint))
     return out_dir
 
 

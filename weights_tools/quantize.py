@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from kernels.quant_matmul import SCHEMES
+from eval.data.vqa import answer_files
 from npu_models import registry, runtime
 from npu_models.checkpoints import quantized
 from npu_models.checkpoints.io import file_identity
@@ -52,18 +53,8 @@ def quantize(model_name: str, checkpoint, scheme: str, out, calib=None, calib_sa
     quantize_model(model, scheme, calibration, skip)
     quantized.save_quantized(out, entry.name, model.config, [model], quantized.DTYPES[dtype],
                              registry.assets_beside(entry, checkpoint), file_identity(checkpoint),
-                             {**recipe, **({"skip": list(skip)} if skip else {})}, answer_files(entry, checkpoint))
+                             {**recipe, **({"skip": list(skip)} if skip else {})}, answer_files(entry.task, checkpoint))
     return out
-
-
-def answer_files(entry, checkpoint: Path) -> dict[str, str]:
-    """The answer list a VQA checkpoint file carries inside (ViLBERT's archive), as answer2label.txt beside the
-    quantized weights, where eval.vqa looks for it."""
-    read_answers = getattr(entry.task, "answers_in_checkpoint", None)
-    if read_answers is None or not checkpoint.is_file():
-        return {}
-    from eval.data.vqa import answer2label_text
-    return {"answer2label.txt": answer2label_text(read_answers(checkpoint))}
 
 
 def check_request(scheme, calib, calib_samples, dtype, checkpoint: Path, out: Path) -> None:

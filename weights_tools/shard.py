@@ -15,6 +15,7 @@ import copy
 import sys
 from pathlib import Path
 
+from eval.data.vqa import answer_files
 from npu_models import parallel, registry
 from npu_models.checkpoints import quantized
 from npu_models.checkpoints.io import file_identity, save_converted
@@ -31,10 +32,13 @@ def shard(model_name: str, checkpoint, tp: int, out_dir, config_file=None) -> Pa
     parts = [parallel.apply_plan(copy.deepcopy(full), entry.tp_plan, parallel.TensorParallel(rank, tp))
              for rank in range(tp)]  # the same plan and head shares a run with --tp applies
     assets, source = registry.assets_beside(entry, checkpoint), file_identity(checkpoint)
+    answers = answer_files(entry.task, checkpoint)  # ViLBERT's, from inside its archive
     if getattr(full, "quant_info", None) is not None:  # each rank's layers in the quantized layout, its scales' dtype kept
-        quantized.save_quantized(out_dir, entry.name, full.config, parts, full.quant_info.dtype, assets, source)
+        quantized.save_quantized(out_dir, entry.name, full.config, parts, full.quant_info.dtype, assets, source,
+                                 files=answers)
     else:
-        save_converted(out_dir, entry.name, full.config, [part.state_dict() for part in parts], assets, source)
+        save_converted(out_dir, entry.name, full.config, [part.state_dict() for part in parts], assets, source,
+                       files=answers)
     return out_dir
 
 

@@ -100,6 +100,15 @@ def answer2label_text(answers: list[str]) -> str:
     return "".join(json.dumps({"answer": answer, "label": label}) + "\n" for label, answer in enumerate(answers))
 
 
+def answer_files(task, checkpoint: Path) -> dict[str, str]:
+    """For a checkpoint file that carries its answer list inside (ViLBERT's archive): that list as
+    answer2label.txt, to write beside converted, cut or quantized weights, where eval.vqa looks for it."""
+    read_answers = getattr(task, "answers_in_checkpoint", None)
+    if read_answers is None or not Path(checkpoint).is_file():
+        return {}
+    return {"answer2label.txt": answer2label_text(read_answers(checkpoint))}
+
+
 def read_answer2label(path: Path) -> list[str]:
     """answer2label.txt: one JSON object {"answer": ..., "label": ...} per line -> answers by label."""
     if not path.is_file():

@@ -25,5 +25,5 @@ VQA = VQATask("regions", answer_logits, multi_label=True, answers_in_checkpoint=
 
 SPECS = [
     ModelSpec("vilbert-vqa", "vilbert", "vilbert", ViLBERTConfig, vilbert_vqa, ViLBERT, read_vilbert, VQA,
-              tp_plan=TP_PLAN, benchmarks={"": Benchmark(vilbert_inputs)}, outputs=vilbert_outputs),
+              assets=("answer2label.txt",), tp_plan=TP_PLAN, benchmarks={"": Benchmark(vilbert_inputs)}, outputs=vilbert_outputs),
 ]

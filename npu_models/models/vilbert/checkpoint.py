@@ -1,4 +1,5 @@
-"""AllenNLP ViLBERT archive (`vilbert-vqa-pretrained.2021-03-15.tar.gz`) -> ours, read straight from the tar.gz."""
+"""AllenNLP ViLBERT archive (`vilbert-vqa-pretrained.2021-03-15.tar.gz`) -> ours, read straight from the tar.gz
+(or from an extracted copy: config.json, vocabulary/, weights.th or a quantized weights file)."""
 import io
 import json
 import tarfile
@@ -8,7 +9,7 @@ import torch
 
 from npu_models.models.bert.model import BertConfig
 from npu_models.models.bert import checkpoint as hf_bert
-from npu_models.checkpoints.io import Converted, read_json
+from npu_models.checkpoints.io import Converted, read_json, read_state_dict
 from npu_models.checkpoints.rename import Renamed, RenameTable, apply, fused, official_names
 from npu_models.errors import UserError, arg
 from npu_models.models.vilbert.model import ViLBERTConfig, bert_base_uncased
@@ -77,19 +78,35 @@ def open_archive(path: Path) -> tarfile.TarFile:
     return archive
 
 
-def answers_in(archive: tarfile.TarFile) -> list[str]:
+def answers_from(text: str) -> list[str]:
     # answers.txt starts at index 1 (@@UNKNOWN@@); index 0, @@PADDING@@, is implicit.
-    return ["@@PADDING@@"] + archive.extractfile(ANSWERS_FILE).read().decode("utf-8").splitlines()
+    return ["@@PADDING@@"] + text.splitlines()
+
+
+def extracted_dir(path: Path) -> Path | None:
+    """The directory of an extracted archive that `path` is, or is a weights file in (msModelSlim writes its
+    quantized weights into such a copy, beside config.json and vocabulary/); None for the tar.gz itself."""
+    directory = path if path.is_dir() else path.parent
+    if path.is_file() and tarfile.is_tarfile(path):
+        return None
+    if not ((directory / "config.json").is_file() and (directory / ANSWERS_FILE).is_file()):
+        raise UserError(f"{path} is neither an AllenNLP archive nor in an extracted one (config.json, vocabulary/"
+                        "answers.txt and the weights); pass the .tar.gz.")
+    return directory
 
 
 def read_archive(path: Path) -> tuple[dict, dict, list[str]]:
-    """(training config, weights, answers by label) from the archive, without extracting it to disk."""
+    """(training config, weights, answers by label) from the archive, without extracting it to disk, or from an
+    extracted archive (weights.th, or the weights file `path` names in it)."""
+    if (directory := extracted_dir(path)) is not None:
+        weights = read_state_dict(path if path.is_file() else directory / "weights.th")
+        return read_json(directory / "config.json"), weights, read_answers(directory)
     with open_archive(path) as archive:
         try:
             config = json.load(archive.extractfile("config.json"))
             weights = torch.load(io.BytesIO(archive.extractfile("weights.th").read()), map_location="cpu",
                                  weights_only=True)
-            answers = answers_in(archive)
+            answers = answers_from(archive.extractfile(ANSWERS_FILE).read().decode("utf-8"))
         except (tarfile.TarError, EOFError, OSError, json.JSONDecodeError) as err:
             raise UserError(f"{path} is not a readable AllenNLP archive ({err}); download it again.") from None
     return config, weights, answers
@@ -98,9 +115,11 @@ def read_archive(path: Path) -> tuple[dict, dict, list[str]]:
 def read_answers(path) -> list[str]:
     """The answer of each classifier column, from the archive's vocabulary alone (weights.th is not loaded)."""
     path = Path(path)
+    if (directory := extracted_dir(path)) is not None:
+        return answers_from((directory / ANSWERS_FILE).read_text(encoding="utf-8"))
     with open_archive(path) as archive:
         try:
-            return answers_in(archive)
+            return answers_from(archive.extractfile(ANSWERS_FILE).read().decode("utf-8"))
         except (tarfile.TarError, EOFError, OSError) as err:
             raise UserError(f"{path} is not a readable AllenNLP archive ({err}); download it again.") from None
 

@@ -19,7 +19,7 @@ RETRIEVAL = RetrievalTask(lambda model, pixels: (model.image_embeds(pixels), Non
 
 SPECS = [
     ModelSpec("vlmo-base-vqa", "vlmo", "vlmo", VLMoConfig, vlmo_base_vqa, VLMo, read_vlmo, VQA,
-              assets=("vocab.txt",), tp_plan=TP_PLAN, benchmarks={"": Benchmark(vlmo_vqa_inputs)},
+              assets=("vocab.txt", "answer2label.txt"), tp_plan=TP_PLAN, benchmarks={"": Benchmark(vlmo_vqa_inputs)},
               outputs=vlmo_outputs),
     ModelSpec("vlmo-base-coco-retrieval", "vlmo", "vlmo", VLMoConfig, vlmo_base_coco_retrieval, VLMo, read_vlmo,
               RETRIEVAL, assets=("vocab.txt",), tp_plan=TP_PLAN,
