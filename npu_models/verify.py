@@ -15,7 +15,7 @@ from npu_models import parallel, registry, runtime
 from npu_models.checkpoints.io import is_converted_dir, read_state_dict
 from npu_models.compare import compare, compare_outputs  # noqa: F401 (compare: part of this module's API)
 from npu_models.errors import UserError, arg
-from npu_models.quantization import calibrate, quantize_model
+from npu_models.quantization import calibrate, quantize_model, scheme_of
 
 # (atol, rtol) per dtype. fp32 is the parity bar: real bugs such as a tanh GELU move logits by ~5e-5.
 # bf16 (8-bit mantissa) and fp16 (11-bit) round every op; over the fixtures' 2-12 layers the largest
@@ -52,7 +52,8 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
     atol/rtol default to DEFAULT_TOLERANCE for the dtype. `quant` (a scheme of QUANT_TOLERANCE): each model is
     quantized on the fly, calibrated on the fixture's own inputs, and judged by relative error within
     `relative` (default QUANT_TOLERANCE[quant]) instead of atol/rtol; under `tp` every rank quantizes the whole
-    model, then cuts it, and checks the full outputs."""
+    model, then cuts it, and checks the full outputs. A quantized checkpoint in the directory (weights_tools.quantize's
+    or msModelSlim's) is judged by its own scheme's bound."""
     directory = Path(directory)
     entry = registry.get_entry(model_name)
     if entry.outputs is None:
@@ -80,8 +81,11 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
     rows = []
     accepted = inspect.signature(entry.outputs).parameters
     for checkpoint in checkpoints:
+        bound = relative
         if quant == "none":
             model = registry.build_model(entry, checkpoint, tp=group)
+            if (scheme := scheme_of(model)) != "none":  # a quantized checkpoint: judged as --quant judges its scheme
+                bound = QUANT_TOLERANCE[scheme]
         else:
             model = quantized_model(entry, checkpoint, quant, {k: v for k, v in inputs.items() if k in accepted}, group)
         model = runtime.prepare_model(model, parallel.local_device(device), dtype)
@@ -89,7 +93,7 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
             produced = entry.outputs(model, **{k: runtime.to_model_input(v, device, dtype)
                                                for k, v in inputs.items() if k in accepted})
         prefix = f"{checkpoint.name}/" if len(checkpoints) > 1 else ""
-        rows += compare_outputs(produced, references, entry.rankings, atol, rtol, prefix, relative)
+        rows += compare_outputs(produced, references, entry.rankings, atol, rtol, prefix, bound)
     if not rows:
         raise UserError(f"our {entry.name} model produces none of the tensors in {directory / 'outputs.safetensors'} "
                         f"({', '.join(references)}).")
@@ -103,6 +107,9 @@ def quantized_model(entry, checkpoint, scheme: str, inputs: dict, tp: parallel.T
     model in float32, as built (before prepare_model), on the same inputs, so that the ranks cut one quantized
     model: a row-parallel layer's activation range is that of its whole input."""
     model = registry.build_model(entry, checkpoint)
+    if scheme_of(model) != "none":
+        raise UserError(f"{checkpoint} is quantized already ({scheme_of(model)}); verify it without "
+                        f"{arg('quant')} (it is judged by its scheme's bound), or quantize its float checkpoint.")
     parameter = next(model.parameters())
     batch = {k: runtime.to_model_input(v, parameter.device, parameter.dtype) for k, v in inputs.items()}
     calibration = calibrate(model, [batch], forward=lambda m, b: entry.outputs(m, **b)) if scheme == "w8a8" else None

@@ -260,6 +260,21 @@ def test_an_extracted_vilbert_archive_msmodelslim_quantized_loads(tmp_path):
         assert relative < QUANT_TOLERANCE["w8a8"] / 4, (key, relative)
 
 
+def test_verify_judges_a_quantized_checkpoint_by_its_schemes_bound(tmp_path):
+    from npu_models.verify import verify
+    entry, checkpoint, _, model = quantized_fixture("bert")
+    directory = tmp_path / "fixture"
+    directory.mkdir()
+    for name in ("inputs.safetensors", "outputs.safetensors"):
+        shutil.copyfile(REFERENCE / "bert" / name, directory / name)
+    save(tmp_path, entry, checkpoint, model, torch.float16, "fixture/bert-w8a8")
+    rows = verify("bert", directory)
+    assert rows and all(r["ok"] for r in rows) and all("relative_diff" in r for r in rows)
+    assert max(r["relative_diff"] for r in rows) > 1e-3  # int8, not the float model: a float bound would fail it
+    with pytest.raises(UserError, match="quantized already"):
+        verify("bert", directory, quant="w8a8")
+
+
 # ---- shards -----------------------------------------------------------------------------------------------------
 
 
@@ -344,3 +359,19 @@ def test_a_scheme_the_chip_cannot_run_is_refused_before_any_weight_is_read(tmp_p
     ascend_chip("Ascend910B2")  # A2 takes per-token scales: loading goes on, to the unreadable file
     with pytest.raises(UserError, match="not a readable checkpoint"):
         npu_models.load_model(out, device="npu:0")
+
+
+def test_bench_times_a_quantized_checkpoint_under_its_scheme(tmp_path, capsys):
+    from eval.bench import cli
+    entry, checkpoint, _, model = quantized_fixture("bert", "w8a8-dynamic")
+    out = save(tmp_path, entry, checkpoint, model)
+    rows_file = tmp_path / "bench.json"
+    argv = ["--checkpoint", str(out), "--device", "cpu", "--batch-sizes", "2", "--seq-len", "8", "--modes", "eager",
+            "--warmup", "0", "--iters", "1", "--json", str(rows_file)]
+    cli.main(argv)
+    rows = json.loads(rows_file.read_text())
+    assert [(r["impl"], r["quant"]) for r in rows] == [("ours", "w8a8-dynamic")]  # the peer cannot read the file
+    assert "the peer cannot read" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--quant", "none,w8a8"])
+    assert "quantized already" in capsys.readouterr().err

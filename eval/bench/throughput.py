@@ -19,10 +19,11 @@ from eval.peers import PEERS
 from eval.timing import latency_percentiles, time_interleaved, timed_call
 from npu_models import parallel, registry, runtime
 from npu_models.spec import Benchmark
-from npu_models.errors import UserError
+from npu_models.checkpoints import quantized
+from npu_models.errors import UserError, arg
 from npu_models.layers.quant import QuantLinear
 from npu_models.parallel import TensorParallel
-from npu_models.quantization import calibrate, quantize_model
+from npu_models.quantization import calibrate, quantize_model, scheme_of
 
 
 @dataclass
@@ -146,10 +147,15 @@ def contenders_of(run: BenchRun, name: str, entry, bench: Benchmark, build_ours)
     with each --quant scheme (quantized whole, then split), and the peer on the same weights unless there is
     none or --no-peer."""
     make_peer, checkpoint, tp, quant = PEERS.get(name), run.options.checkpoint, run.tp, run.options.quant
-    if make_peer is None and not run.options.no_peer:
-        run.say(f"note: {name} has no peer implementation to run beside ours; timing ours alone", file=sys.stderr)
+    prequantized = checkpoint is not None and quantized.read_info(checkpoint) is not None
+    if prequantized and set(quant) != {"none"}:
+        raise UserError(f"{checkpoint} is quantized already: time it without {arg('quant')} (its rows carry its "
+                        f"scheme), or give {arg('quant')} with its float checkpoint.")
+    if (make_peer is None or prequantized) and not run.options.no_peer:
+        why = "a quantized checkpoint, which the peer cannot read" if prequantized else "no peer implementation"
+        run.say(f"note: {name}: {why}; timing ours alone", file=sys.stderr)
     whole, peer = None, None
-    if run.options.no_peer or make_peer is None:
+    if run.options.no_peer or make_peer is None or prequantized:
         ours = build_ours()
         config = ours.config
         float_copy = functools.partial(registry.build_model, entry, checkpoint, device=run.device)  # ours: maybe prepared
@@ -167,7 +173,7 @@ def contenders_of(run: BenchRun, name: str, entry, bench: Benchmark, build_ours)
         whole = whole_float if tp.size > 1 and "none" in quant else None
         ours = registry.cut_model(entry, ours, tp)
         peer = Contender("peer", peer_module, peer_fn)
-    contenders = [Contender("ours", ours, bench.timed_part(ours), tp.size)] if "none" in quant else []
+    contenders = [Contender("ours", ours, bench.timed_part(ours), tp.size, scheme_of(ours))] if "none" in quant else []
     contenders += [Contender("ours", whole, bench.timed_part(whole))] if whole is not None else []
     contenders += [quantized_contender(run, entry, bench, config, float_copy(), s) for s in quant if s != "none"]
     contenders += [peer] if peer is not None else []
