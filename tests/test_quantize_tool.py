@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eval import retrieval, sst2, vqa
+from eval import imagenet, retrieval, sst2, vqa
 from npu_models.errors import UserError
 from tests.conftest import BERT_FIXTURE, FIXTURES
+from tests.imagenet_layout import make_flat_layout
 from weights_tools.quantize import main as quantize_main
 
 REFERENCE = FIXTURES / "reference"
@@ -31,9 +32,13 @@ def run_quantize(out, model, checkpoint, scheme="w8a8", calib=None, samples=4, *
     return out
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [*CASES, "vit"])
 def test_every_eval_command_runs_a_quantized_checkpoint_and_records_its_scheme(tmp_path, case):
-    model, checkpoint, data, command, extra = CASES[case]
+    if case == "vit":  # ImageNet's layout is made here: six synthetic images with their devkit files
+        data = tmp_path / "val"
+        make_flat_layout(data, [0, 1, 2, 3, 4, 5])
+        CASES["vit"] = ("vit", REFERENCE / "vit" / "checkpoint_timm.safetensors", data, imagenet, ["--num-workers", "0"])
+    model, checkpoint, data, command, extra = CASES.pop("vit") if case == "vit" else CASES[case]
     out = run_quantize(tmp_path / "quantized", model, checkpoint, "w8a8", data, 4)
     config = json.loads((out / "config.json").read_text())
     assert config["quant"]["scheme"] == "w8a8" and config["quant"]["calibration"]["samples"] == 4
