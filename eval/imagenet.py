@@ -14,7 +14,6 @@ from typing import ClassVar
 
 import torch
 
-import npu_models
 from eval import metrics
 from eval.batching import batch_positions, pad_rows
 from eval.cli import add_common_args, command_parser, parse_options, run_eval
@@ -22,7 +21,7 @@ from eval.data.imagenet import read_imagenet
 from eval.data.images import ImageDataset, collate
 from eval.loop import EvalLoop
 from eval.samples import SAMPLES_DIR
-from eval.options import EvalOptions, check_ready_model, demo_banner, run_metadata, run_record
+from eval.options import EvalOptions, command_model, demo_banner, run_metadata, run_record
 from eval.store import PredictionStore
 from npu_models.errors import UserError, cli_main
 
@@ -52,12 +51,7 @@ def evaluate(options: ImageNetOptions, model=None) -> dict:
                     + ("the bundled ImageNet sample." if options.data is None else f"{options.data}."))
     data = options.data or SAMPLE
     examples = read_imagenet(data)[: options.limit]
-    if model is None:
-        model = npu_models.load_model(options.model, options.checkpoint, options.device, options.dtype, options.graph,
-                                      options.tp, task="imagenet", config_file=options.config,
-                                      graph_backend=options.graph_backend, compile_cache=options.compile_cache)
-    else:
-        check_ready_model(options, model)
+    model = command_model(options, model)
     config = model.config
     if not getattr(config, "num_classes", 0):
         raise UserError(f"{options.checkpoint or 'the model given'} has no classification head; ImageNet needs one.")

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import torch
 
+import npu_models
 from npu_models import parallel, registry, runtime
 from npu_models.checkpoints.io import file_identity
 from npu_models.errors import UserError
@@ -88,6 +89,20 @@ def content_hash(path_or_values) -> str | None:
     else:
         data = Path(path_or_values).read_bytes()
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def command_model(options: EvalOptions, model=None, graph: bool | None = None, config=None):
+    """The ready `model` (checked against the options: check_ready_model), else the one options.checkpoint holds,
+    loaded for the command's task as its options say (`graph` overrides options.graph; `config`: random weights'
+    config)."""
+    if model is not None:
+        check_ready_model(options, model)
+        return model
+    graph = options.graph if graph is None else graph
+    return npu_models.load_model(registry.get_entry(options.model, task=options.task).name, options.checkpoint,
+                                 options.device, options.dtype, graph, options.tp, task=options.task, config=config,
+                                 config_file=options.config, graph_backend=options.graph_backend,
+                                 compile_cache=options.compile_cache)
 
 
 def check_ready_model(options: EvalOptions, model) -> None:

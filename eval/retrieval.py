@@ -23,7 +23,6 @@ from typing import ClassVar
 
 import torch
 
-import npu_models
 from eval import metrics
 from eval.batching import batch_positions, plan_batches
 from eval.cli import add_common_args, command_parser, parse_options, run_eval
@@ -31,7 +30,7 @@ from eval.data.images import ImageDataset, collate
 from eval.data.retrieval import RetrievalSplit, read_retrieval
 from eval.loop import EvalLoop
 from eval.samples import SAMPLES_DIR
-from eval.options import (EvalOptions, bert_uncased_vocab, check_ready_model, content_hash, demo_banner,
+from eval.options import (EvalOptions, bert_uncased_vocab, command_model, content_hash, demo_banner,
                           run_metadata, run_record)
 from eval.store import PredictionStore
 from npu_models import registry, runtime
@@ -76,11 +75,7 @@ def evaluate(options: RetrievalOptions, model=None) -> dict:
         print("note: eval.retrieval runs eagerly; --graph is not used here", file=sys.stderr)
     data = options.data or SAMPLE
     split = first_images(read_retrieval(data, options.split), options.limit)
-    if model is None:
-        model = npu_models.load_model(entry.name, options.checkpoint, options.device, options.dtype, False,
-                                      options.tp, task="retrieval", config_file=options.config)
-    else:
-        check_ready_model(options, model)
+    model = command_model(options, model, graph=False)
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     vocab = bert_uncased_vocab(options, data)
     k = None if task.rerank is None else min(options.k_test or task.rerank_k(model.config), len(split.image_paths),

@@ -12,13 +12,12 @@ from typing import ClassVar
 
 import torch
 
-import npu_models
 from eval import metrics
 from eval.batching import pad_rows, plan_batches
 from eval.cli import add_common_args, command_parser, parse_options, run_eval
 from eval.loop import EvalLoop
 from eval.samples import SAMPLES_DIR
-from eval.options import EvalOptions, check_ready_model, content_hash, demo_banner, run_metadata, run_record
+from eval.options import EvalOptions, command_model, content_hash, demo_banner, run_metadata, run_record
 from eval.store import PredictionStore
 from eval.data.sst2 import read_sst2
 from npu_models import registry, runtime
@@ -65,12 +64,7 @@ def evaluate(options: SST2Options, model=None) -> dict:
                     + ("the bundled SST-2 sample." if options.data is None else f"{options.data}."))
     data = options.data or SAMPLE / "dev.tsv"
     examples = read_sst2(data)[: options.limit]
-    if model is None:
-        model = npu_models.load_model(options.model, options.checkpoint, options.device, options.dtype, options.graph,
-                                      options.tp, task="sst2", config_file=options.config,
-                                      graph_backend=options.graph_backend, compile_cache=options.compile_cache)
-    else:
-        check_ready_model(options, model)
+    model = command_model(options, model)
     if not model.config.num_labels:
         raise UserError(f"{options.checkpoint or 'the model given'} is a BERT encoder without a classification head; "
                         "SST-2 needs a BertForSequenceClassification checkpoint.")

@@ -22,7 +22,6 @@ from typing import ClassVar
 
 import torch
 
-import npu_models
 from eval import metrics
 from eval.batching import batch_positions, pad_rows, plan_batches
 from eval.cli import add_common_args, command_parser, parse_options, run_eval
@@ -32,7 +31,7 @@ from eval.data.region_features import (RegionFeatureDataset, collate_regions, ex
 from eval.data.vqa import annotations_file, build_answer_vocabulary, read_answer2label, read_vqa
 from eval.loop import EvalLoop
 from eval.samples import SAMPLES_DIR
-from eval.options import (EvalOptions, bert_uncased_vocab, check_ready_model, content_hash, demo_banner,
+from eval.options import (EvalOptions, bert_uncased_vocab, command_model, content_hash, demo_banner,
                           find_beside, run_metadata, run_record)
 from eval.store import PredictionStore, write_json_atomic
 from npu_models import parallel, registry, runtime
@@ -89,15 +88,9 @@ def load_answers(options: VQAOptions, data: Path, task) -> list[str]:
 
 def load_vqa_model(options: VQAOptions, entry, num_answers: int, model=None):
     """options.checkpoint's model, or the ready `model`; either must have one logit per answer of the list."""
-    if model is None:
-        # Random weights get as many answer classes as the answer list has.
-        config = (dataclasses.replace(entry.default_config(), num_answers=num_answers)
-                  if options.checkpoint is None else None)
-        model = npu_models.load_model(entry.name, options.checkpoint, options.device, options.dtype, options.graph,
-                                      options.tp, task="vqa", config=config, config_file=options.config,
-                                      graph_backend=options.graph_backend, compile_cache=options.compile_cache)
-    else:
-        check_ready_model(options, model)
+    # Random weights get as many answer classes as the answer list has.
+    config = dataclasses.replace(entry.default_config(), num_answers=num_answers) if options.checkpoint is None else None
+    model = command_model(options, model, config=config)
     if model.config.num_answers != num_answers:
         raise UserError(f"{options.checkpoint or 'the model given'} predicts {model.config.num_answers} answers but "
                         f"the answer list has {num_answers}; pass the --answers file made for this checkpoint.")

@@ -10,6 +10,7 @@ import torch._inductor.config
 from torch import nn
 from torch._dynamo.utils import counters
 
+import npu_models
 from eval import sst2
 from npu_models import runtime
 from npu_models.errors import UserError
@@ -81,7 +82,7 @@ def test_compile_cache_reaches_load_model(monkeypatch, tmp_path):
         seen.update(kwargs)
         raise UserError("stop here")
 
-    monkeypatch.setattr(sst2.npu_models, "load_model", fake_load_model)
+    monkeypatch.setattr(npu_models, "load_model", fake_load_model)
     with pytest.raises(SystemExit):
         sst2.main(["--graph", "--device", "cpu", "--compile-cache", str(tmp_path / "cache")])
     assert seen["compile_cache"] == tmp_path / "cache"
@@ -90,7 +91,7 @@ def test_compile_cache_reaches_load_model(monkeypatch, tmp_path):
 @pytest.mark.parametrize("argv", [["--graph"], []])
 def test_an_unwritable_compile_cache_is_refused_before_any_work(monkeypatch, tmp_path, capsys, argv):
     (tmp_path / "a_file").write_text("")
-    monkeypatch.setattr(sst2.npu_models, "load_model", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(npu_models, "load_model", lambda *a, **k: pytest.fail("work started"))
     monkeypatch.setattr(sst2, "read_sst2", lambda *a, **k: pytest.fail("work started"))
     if not argv:  # eager mode does not use the cache: nothing to refuse, the work starts
         with pytest.raises(pytest.fail.Exception, match="work started"):

@@ -185,8 +185,8 @@ def check_layer(path: str, tensors: dict[str, torch.Tensor], scheme: str, descri
     the tensor at fault and the fix."""
     def fault(name, what):
         return UserError(f"{source}: {describe(f'{path}.{name}')} {what}. A {TYPES[scheme]} layer holds weight (int8), "
-                         f"{', '.join(LAYER_TENSORS[scheme])}; quantize the float checkpoint again with "
-                         f"weights_tools.quantize --scheme {scheme} (or msModelSlim).")
+                         f"{', '.join(LAYER_TENSORS[scheme])}; quantize the float checkpoint again as {scheme} "
+                         "(python -m weights_tools.quantize, or msModelSlim).")
     missing = [name for name in LAYER_TENSORS[scheme] if name not in tensors]
     if missing:
         raise fault(missing[0], "is missing")
