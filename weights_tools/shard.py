@@ -29,11 +29,11 @@ def shard(model_name: str, checkpoint, tp: int, out_dir, config_file=None) -> Pa
     entry = registry.get_entry(model_name)
     full = registry.build_model(entry, checkpoint, config_file=config_file)
     entry = registry.entry_for_config(entry, full.config)
-    parts = [parallel.apply_plan(copy.deepcopy(full), entry.tp_plan, parallel.TensorParallel(rank, tp))
+    parts = [registry.cut_model(entry, copy.deepcopy(full), parallel.TensorParallel(rank, tp))
              for rank in range(tp)]  # the same plan and head shares a run with --tp applies
     assets, source = registry.assets_beside(entry, checkpoint), file_identity(checkpoint)
     answers = answer_files(entry.task, checkpoint)  # ViLBERT's, from inside its archive
-    if getattr(full, "quant_info", None) is not None:  # each rank's layers in the quantized layout, its scales' dtype kept
+    if getattr(full, "quant_info", None) is not None:  # each rank's part in the quantized layout, in its dtype
         quantized.save_quantized(out_dir, entry.name, full.config, parts, full.quant_info.dtype, assets, source,
                                  files=answers)
     else:
