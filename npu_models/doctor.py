@@ -5,9 +5,10 @@
 
 Prints the environment (python, torch, torch_npu, CANN, chip, device count, load-time settings) and the kernel
 plan with its reasons, then runs, in the device's default dtype: every reference fixture through verify
-(eager), the graph-mode entry points of each fixture's model against eager, every fused kernel against its
-eager math and, with --tp N under torchrun, every fixture split N ways. One table; exit status 0 only when
-every row passed; --json writes every figure.
+(eager), the graph-mode entry points of each fixture's model against eager, every fixture quantized with each
+int8 scheme the device runs (verify --quant; w8a8 in graph mode too, where the graph checks run), every fused
+kernel against its eager math and, with --tp N under torchrun, every fixture split N ways. One table; exit
+status 0 only when every row passed; --json writes every figure.
 """
 import argparse
 import functools
@@ -19,11 +20,12 @@ from pathlib import Path
 import torch
 
 from kernels.checks import kernel_cases
+from kernels.quant_matmul import SCHEMES, unsupported_reason
 from npu_models import parallel, registry, runtime
 from npu_models.compare import compare
 from npu_models.errors import UserError, arg, cli_main
 from npu_models.runtime.environment import environment
-from npu_models.verify import DEFAULT_TOLERANCE, find_checkpoints, verify
+from npu_models.verify import DEFAULT_TOLERANCE, find_checkpoints, fixture_inputs, quantized_model, verify
 
 FIXTURE_MODELS = ("bert", "vit", "blip", "vlmo", "vilbert")  # fixture directory name = --model short name
 # A checkout keeps the fixtures in tests/; an installed package does not carry them (about 11 MB).
@@ -56,11 +58,21 @@ def fixture_row(model: str, directory: Path, device, dtype, tp: int) -> dict:
     return timed_row(f"fixture {model}", "eager" if tp == 1 else f"eager tp={tp}", lambda: summary(run()))
 
 
-def graph_row(model: str, directory: Path, device, dtype) -> dict:
-    """Each graph-mode entry point eval.bench compiles (the spec's benchmarks), graph mode against eager."""
+def quant_row(model: str, directory: Path, device, dtype, scheme: str) -> dict:
+    """The fixture through verify --quant `scheme`: quantized on its inputs, judged by the scheme's bound."""
+    run = functools.partial(verify, model, directory, device, runtime.dtype_name(dtype), quant=scheme)
+    return timed_row(f"fixture {model}", f"eager {scheme}", lambda: summary(run()))
+
+
+def graph_row(model: str, directory: Path, device, dtype, scheme: str = "none") -> dict:
+    """Each graph-mode entry point eval.bench compiles (the spec's benchmarks), graph mode against eager; with
+    a `scheme`, of the fixture's model quantized on its inputs (the int8 ops inside the device's graph)."""
     def run():
         entry = registry.get_entry(model)
-        built = runtime.prepare_model(registry.build_model(entry, find_checkpoints(directory)[0]), device, dtype)
+        checkpoint = find_checkpoints(directory)[0]
+        built = (registry.build_model(entry, checkpoint) if scheme == "none" else
+                 quantized_model(entry, checkpoint, scheme, fixture_inputs(entry, directory), parallel.SINGLE))
+        built = runtime.prepare_model(built, device, dtype)
         config = built.config
         atol, rtol = DEFAULT_TOLERANCE[dtype]
         rows = []
@@ -76,7 +88,7 @@ def graph_row(model: str, directory: Path, device, dtype) -> dict:
         if not rows:
             raise UserError(f"{entry.name} has no graph-mode benchmark part (its spec's `benchmarks`).")
         return summary(rows)
-    return timed_row(f"fixture {model}", "graph", run)
+    return timed_row(f"fixture {model}", "graph" if scheme == "none" else f"graph {scheme}", run)
 
 
 def kernel_rows(plan, device, dtype) -> list[dict]:
@@ -105,6 +117,7 @@ def describe(device, tp: int = 1) -> dict:
     """The environment, the dtype the checks run in and the kernel plan with its reasons."""
     plan = runtime.kernel_plan(device)
     return {**environment(device), "dtype": runtime.dtype_name(runtime.default_dtype(device)), "tp": tp,
+            "int8": {scheme: unsupported_reason(scheme, plan) or "runs" for scheme in SCHEMES},
             "kernel_plan": {"attention": plan.attention, "gelu": plan.gelu, "add_layer_norm": plan.add_layer_norm,
                             "fused_ops": list(plan.fused_ops()), "reasons": [list(r) for r in plan.reasons]}}
 
@@ -113,12 +126,17 @@ def run_checks(device, tp: int, fixtures: dict[str, Path], graph_models) -> tupl
     """(environment and plan, rows) for `device` in its default dtype."""
     facts, dtype, plan = describe(device, tp), runtime.default_dtype(device), runtime.kernel_plan(device)
     rows = []
+    schemes = [scheme for scheme in SCHEMES if unsupported_reason(scheme, plan) is None]
     for model, directory in fixtures.items():
         rows.append(fixture_row(model, directory, device, dtype, 1))
         if tp > 1:
             rows.append(fixture_row(model, directory, device, dtype, tp))
         if model in graph_models and tp == 1:
             rows.append(graph_row(model, directory, device, dtype))
+        if tp == 1:
+            rows += [quant_row(model, directory, device, dtype, scheme) for scheme in schemes]
+        if model in graph_models and tp == 1 and "w8a8" in schemes:
+            rows.append(graph_row(model, directory, device, dtype, "w8a8"))
     rows += kernel_rows(plan, device, dtype)
     return facts, rows
 
@@ -129,11 +147,11 @@ def format_report(facts: dict, rows: list[dict]) -> str:
     lines.append(f"kernel plan: attention={plan['attention']} gelu={plan['gelu']} add_layer_norm={plan['add_layer_norm']}")
     lines += [f"  {op}: {why}" for op, why in plan["reasons"]]
     width = max(len(r["check"]) for r in rows)
-    lines.append(f"\n{'check':<{width}}  {'mode':<14} {'result':<6} {'max diff':>10} {'seconds':>8}")
+    lines.append(f"\n{'check':<{width}}  {'mode':<18} {'result':<6} {'max diff':>10} {'seconds':>8}")
     for r in rows:
         failing = r["detail"].get("failing") if isinstance(r["detail"], dict) else r["detail"]
         why = f"  {failing}" if not r["ok"] and failing else ""
-        lines.append(f"{r['check']:<{width}}  {r['mode']:<14} {'PASS' if r['ok'] else 'FAIL':<6} "
+        lines.append(f"{r['check']:<{width}}  {r['mode']:<18} {'PASS' if r['ok'] else 'FAIL':<6} "
                      f"{r['max_abs_diff']:>10.2e} {r['seconds']:>8.2f}{why}")
     passed = sum(r["ok"] for r in rows)
     lines.append(f"doctor: {passed}/{len(rows)} checks passed")

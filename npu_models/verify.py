@@ -117,6 +117,13 @@ def quantized_model(entry, checkpoint, scheme: str, inputs: dict, tp: parallel.T
     return registry.cut_model(entry, model, tp)
 
 
+def fixture_inputs(entry, directory) -> dict[str, torch.Tensor]:
+    """The fixture's inputs that the spec's `outputs` takes (fixtures may carry more: raw images for
+    preprocessing checks)."""
+    accepted = inspect.signature(entry.outputs).parameters
+    return {k: v for k, v in load_file(str(Path(directory) / "inputs.safetensors")).items() if k in accepted}
+
+
 def format_rows(rows: list[dict]) -> str:
     width = max(len(r["name"]) for r in rows)
     lines = [f"{'tensor':<{width}}  {'shape':<18} {'max abs diff':>12}  {'tolerance':<20} result"]

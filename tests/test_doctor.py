@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from kernels.quant_matmul import SCHEMES
 from npu_models import doctor
 from tests.conftest import FIXTURES
 from tests.npu_standin import NPU0
@@ -27,6 +28,9 @@ def test_doctor_on_cpu_passes_and_its_json_holds_every_fixture_per_mode(tmp_path
     modes = {(r["check"], r["mode"]) for r in result["rows"]}
     assert {(f"fixture {m}", "eager") for m in doctor.FIXTURE_MODELS} <= modes
     assert {(f"fixture {m}", "graph") for m in doctor.CPU_GRAPH_MODELS} <= modes
+    assert {(f"fixture {m}", f"eager {s}") for m in doctor.FIXTURE_MODELS for s in SCHEMES} <= modes  # int8 too
+    assert {(f"fixture {m}", "graph w8a8") for m in doctor.CPU_GRAPH_MODELS} <= modes
+    assert result["environment"]["int8"] == {scheme: "runs" for scheme in SCHEMES}
     assert {"kernel gelu (torch)", "kernel attention+mask (sdpa)"} <= {r["check"] for r in result["rows"]}
     bert = next(r for r in result["rows"] if r["check"] == "fixture bert" and r["mode"] == "eager")
     assert {t["name"] for t in bert["detail"]["tensors"]} >= {"logits", "probs"}  # every figure travels
@@ -70,6 +74,8 @@ def test_the_environment_and_plan_section_as_a_310p(ascend_chip):
     facts = doctor.describe(NPU0)
     assert facts["chip"] == "Ascend310P3" and facts["device_count"] == 1 and facts["dtype"] == "fp16"
     assert facts["settings"]["nz_weights"] is True and facts["settings"]["jit_compile"] is False
+    assert facts["int8"]["w8a8"] == "runs" and facts["int8"]["w8a16"] == "runs"
+    assert "per-token activation scales" in facts["int8"]["w8a8-dynamic"]  # the 310P has no pertoken_scale
     plan = facts["kernel_plan"]
     assert plan["fused_ops"] == ["npu_prompt_flash_attention", "npu_gelu"]
     reasons = dict(plan["reasons"])
@@ -90,3 +96,16 @@ def test_doctor_under_torchrun_checks_every_fixture_split_two_ways(tmp_path):
     rows = json.loads(report.read_text())["rows"]
     assert {(f"fixture {m}", "eager tp=2") for m in doctor.FIXTURE_MODELS} <= {(r["check"], r["mode"]) for r in rows}
     assert all(r["ok"] for r in rows)
+
+
+def test_a_wrong_int8_kernel_fails_the_int8_rows_only(tmp_path, monkeypatch, capsys):
+    from kernels import quant_matmul
+    monkeypatch.setattr(doctor, "CPU_GRAPH_MODELS", ())
+    original = quant_matmul.int_mm_linear
+    monkeypatch.setattr(quant_matmul, "int_mm_linear", lambda x, params, scheme: original(x, params, scheme) * 1.3)
+    report = tmp_path / "doctor.json"
+    assert doctor.main(["--device", "cpu", "--json", str(report)]) == 1
+    rows = json.loads(report.read_text())["rows"]
+    failing = {(r["check"], r["mode"]) for r in rows if not r["ok"]}
+    assert {(f"fixture {m}", "eager w8a8") for m in doctor.FIXTURE_MODELS} <= failing
+    assert all(mode.split()[-1] in SCHEMES for _, mode in failing)  # float rows and kernels still pass
