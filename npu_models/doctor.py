@@ -58,10 +58,12 @@ def fixture_row(model: str, directory: Path, device, dtype, tp: int) -> dict:
     return timed_row(f"fixture {model}", "eager" if tp == 1 else f"eager tp={tp}", lambda: summary(run()))
 
 
-def quant_row(model: str, directory: Path, device, dtype, scheme: str) -> dict:
-    """The fixture through verify --quant `scheme`: quantized on its inputs, judged by the scheme's bound."""
-    run = functools.partial(verify, model, directory, device, runtime.dtype_name(dtype), quant=scheme)
-    return timed_row(f"fixture {model}", f"eager {scheme}", lambda: summary(run()))
+def quant_row(model: str, directory: Path, device, dtype, scheme: str, tp: int = 1) -> dict:
+    """The fixture through verify --quant `scheme`: quantized on its inputs (whole, then cut for `tp`), judged by
+    the scheme's bound."""
+    run = functools.partial(verify, model, directory, device, runtime.dtype_name(dtype), tp=tp, quant=scheme)
+    mode = f"eager {scheme}" if tp == 1 else f"eager tp={tp} {scheme}"
+    return timed_row(f"fixture {model}", mode, lambda: summary(run()))
 
 
 def graph_row(model: str, directory: Path, device, dtype, scheme: str = "none") -> dict:
@@ -133,8 +135,7 @@ def run_checks(device, tp: int, fixtures: dict[str, Path], graph_models) -> tupl
             rows.append(fixture_row(model, directory, device, dtype, tp))
         if model in graph_models and tp == 1:
             rows.append(graph_row(model, directory, device, dtype))
-        if tp == 1:
-            rows += [quant_row(model, directory, device, dtype, scheme) for scheme in schemes]
+        rows += [quant_row(model, directory, device, dtype, scheme, t) for t in sorted({1, tp}) for scheme in schemes]
         if model in graph_models and tp == 1 and "w8a8" in schemes:
             rows.append(graph_row(model, directory, device, dtype, "w8a8"))
     rows += kernel_rows(plan, device, dtype)
@@ -147,11 +148,11 @@ def format_report(facts: dict, rows: list[dict]) -> str:
     lines.append(f"kernel plan: attention={plan['attention']} gelu={plan['gelu']} add_layer_norm={plan['add_layer_norm']}")
     lines += [f"  {op}: {why}" for op, why in plan["reasons"]]
     width = max(len(r["check"]) for r in rows)
-    lines.append(f"\n{'check':<{width}}  {'mode':<18} {'result':<6} {'max diff':>10} {'seconds':>8}")
+    lines.append(f"\n{'check':<{width}}  {'mode':<23} {'result':<6} {'max diff':>10} {'seconds':>8}")
     for r in rows:
         failing = r["detail"].get("failing") if isinstance(r["detail"], dict) else r["detail"]
         why = f"  {failing}" if not r["ok"] and failing else ""
-        lines.append(f"{r['check']:<{width}}  {r['mode']:<18} {'PASS' if r['ok'] else 'FAIL':<6} "
+        lines.append(f"{r['check']:<{width}}  {r['mode']:<23} {'PASS' if r['ok'] else 'FAIL':<6} "
                      f"{r['max_abs_diff']:>10.2e} {r['seconds']:>8.2f}{why}")
     passed = sum(r["ok"] for r in rows)
     lines.append(f"doctor: {passed}/{len(rows)} checks passed")

@@ -95,6 +95,8 @@ def test_doctor_under_torchrun_checks_every_fixture_split_two_ways(tmp_path):
     assert done.stdout.count("doctor: ") == 1  # rank 0 alone prints the table
     rows = json.loads(report.read_text())["rows"]
     assert {(f"fixture {m}", "eager tp=2") for m in doctor.FIXTURE_MODELS} <= {(r["check"], r["mode"]) for r in rows}
+    assert {(f"fixture {m}", f"eager tp=2 {s}") for m in doctor.FIXTURE_MODELS for s in SCHEMES} <= {
+        (r["check"], r["mode"]) for r in rows}  # int8 quantized whole, then cut
     assert all(r["ok"] for r in rows)
 
 
