@@ -7,8 +7,8 @@ import torch
 
 from npu_models import parallel
 from npu_models.checkpoints import quantized
-from npu_models.checkpoints.io import (Converted, check_state_dict, expected_shapes, is_converted_dir, read_converted,
-                                       shard_file)
+from npu_models.checkpoints.io import (Converted, check_state_dict, cut_degree, expected_shapes, is_converted_dir,
+                                       read_converted, shard_file)
 from npu_models.errors import UserError, arg
 from npu_models.layers.init import materialize_parameters_
 from npu_models.models import bert, blip, vilbert, vit, vlmo
@@ -89,8 +89,9 @@ def load_weights(entry: ModelSpec, checkpoint, config_file=None, tp: TensorParal
     if quant is not None:
         converted.quant = quantized.QuantInfo(quant[0], quantized.quantized_layers(converted.state),
                                               quantized.stored_dtype(converted.state))
-    # our directories hold the share of the --tp they were cut for (read_converted refuses another degree)
-    shapes = expected_shapes(meta_model(entry, converted.config, tp if ours else SINGLE, converted.quant))
+    # a directory cut for --tp holds this rank's share (read_converted refuses another degree)
+    shapes = expected_shapes(meta_model(entry, converted.config, tp if cut_degree(checkpoint) > 1 else SINGLE,
+                                        converted.quant))
     if converted.quant is not None:
         converted.state = quantized.module_state(converted.state, converted.quant, shapes, converted.official_name,
                                                  checkpoint)
@@ -99,10 +100,11 @@ def load_weights(entry: ModelSpec, checkpoint, config_file=None, tp: TensorParal
 
 
 def read_ours(entry: ModelSpec, directory: Path, tp: TensorParallel, quant) -> Converted:
-    """Our converted directory: this rank's file, named in our layout already."""
+    """Our converted directory, named in our layout already: this rank's file, or the whole model's."""
     document, state = read_converted(directory, tp.rank, tp.size, model=entry.name)
     if quant is not None:
-        quantized.check_file_dtypes(directory / shard_file(tp.rank, tp.size), quant[1])
+        degree = document.get("tp", 1)
+        quantized.check_file_dtypes(directory / shard_file(tp.rank if degree > 1 else 0, degree), quant[1])
     return Converted(config_from_dict(entry, document["config"], directory / "config.json"), state, str, [])
 
 
@@ -136,7 +138,7 @@ def build_model(entry: ModelSpec, checkpoint=None, config=None, config_file=None
         model = materialize_parameters_(meta_model(entry, config or entry.default_config()), device or "cpu")
         return cut_model(entry, model.init_weights(), tp)
     converted = load_weights(entry, checkpoint, config_file, tp)
-    cut_on_disk = is_converted_dir(checkpoint)  # our directories already hold this rank's share
+    cut_on_disk = cut_degree(checkpoint) > 1  # a directory cut for --tp already holds this rank's share
     model = meta_model(entry, converted.config, tp if cut_on_disk else SINGLE, converted.quant)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in converted.state.items()},
                           assign=True)

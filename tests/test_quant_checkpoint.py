@@ -289,9 +289,11 @@ def test_shards_of_a_quantized_checkpoint_are_the_plan_applied_to_it(tmp_path, f
         tp = parallel.TensorParallel(rank, 2)
         expected = parallel.apply_plan(copy.deepcopy(full), entry.tp_plan, tp)
         found = registry.build_model(entry, out, tp=tp)
-        assert sorted(found.state_dict()) == sorted(expected.state_dict())
-        for key, tensor in expected.state_dict().items():
-            assert torch.equal(found.state_dict()[key], tensor), (rank, key)
+        on_the_fly = registry.build_model(entry, whole, tp=tp)  # the whole directory serves --tp too: cut here
+        for model in (found, on_the_fly):
+            assert sorted(model.state_dict()) == sorted(expected.state_dict())
+            for key, tensor in expected.state_dict().items():
+                assert torch.equal(model.state_dict()[key], tensor), (rank, key)
         for module in (expected, found):  # the constants the kernels derive (quant_bias per part) agree too
             runtime.prepare_model(module, CPU, torch.float32)
         for (path, a), (_, b) in zip(expected.named_modules(), found.named_modules()):

@@ -5,10 +5,10 @@
 
 The directory is our converted layout (config.json + assets) with model-rank<r>-of-<N>.safetensors per rank;
 config.json records the model, the degree and the source it was cut from. It is refused by a run of
-another model or another --tp. A full checkpoint also works under --tp: it is cut on the fly. A quantized
-checkpoint (weights_tools.quantize, or msModelSlim's) is cut into the same quantized layout: per-channel
-scales follow the output rows they scale, and a row-parallel layer's bias is kept apart, added once after
-the all-reduce.
+another model or another --tp. A whole checkpoint (official, converted or quantized) also works under --tp:
+it is cut on the fly. A quantized checkpoint (weights_tools.quantize, or msModelSlim's) is cut into the same
+quantized layout: per-channel scales follow the output rows they scale, and a row-parallel layer's bias is
+kept apart, added once after the all-reduce.
 """
 import argparse
 import copy

@@ -175,9 +175,9 @@ def save_converted(out_dir, model_name: str, config, state_dicts: list[dict], as
 
 
 def read_converted(path, rank: int = 0, tp: int = 1, model: str | None = None) -> tuple[dict, dict]:
-    """(config.json's document, this rank's state dict) from a directory written by save_converted; a
-    directory of another model (when `model` is given) or cut for another tensor-parallel degree is
-    refused. Each rank reads its own file only."""
+    """(config.json's document, the state dict this rank reads) from a directory written by save_converted: its
+    own file when the directory was cut for `tp` ranks, the whole model when it holds one (the caller cuts it).
+    A directory of another model (when `model` is given) or cut for another degree is refused."""
     path = Path(path)
     document = read_json(path / CONFIG_FILE)
     if "model" not in document or "config" not in document:
@@ -186,11 +186,16 @@ def read_converted(path, rank: int = 0, tp: int = 1, model: str | None = None) -
         raise UserError(f"{path} holds a converted '{document['model']}' model, not '{model}'; "
                         f"pass {arg('name_or_path', document['model'])} or another checkpoint.")
     cut_for = document.get("tp", 1)
-    if cut_for != tp:
+    if cut_for not in (1, tp):
         raise UserError(f"{path} holds {document['model']} cut for {arg('tp', cut_for)}, and this run uses "
                         f"{arg('tp', tp)}: cut it again for {arg('tp', tp)} with weights_tools.shard, or pass the full "
                         "checkpoint (it is cut on the fly).")
-    return document, read_state_dict(path / shard_file(rank, tp))
+    return document, read_state_dict(path / shard_file(rank, cut_for) if cut_for > 1 else path / WEIGHTS_FILE)
+
+
+def cut_degree(path) -> int:
+    """The tensor-parallel degree our directory was cut for: 1 when it holds the whole model (or is not ours)."""
+    return read_json(Path(path) / CONFIG_FILE).get("tp", 1) if is_converted_dir(path) else 1
 
 
 def file_identity(path) -> dict | None:
