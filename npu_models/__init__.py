@@ -35,7 +35,6 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     config_file: replaces the config.json a converter reads beside an official checkpoint (--config).
     """
     from npu_models import parallel, registry, runtime
-    from npu_models.checkpoints import quantized
     from npu_models.checkpoints.io import is_converted_dir, read_json
 
     if checkpoint is None and Path(str(name_or_path)).is_dir() and is_converted_dir(name_or_path):
@@ -44,11 +43,7 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     device = runtime.resolve_device(device)
     dtype = runtime.parse_dtype(dtype, device)
     graph_backend = runtime.graph_backend_for(device, graph, graph_backend)
-    if graph:  # an unwritable cache is refused before any weight is read
-        runtime.check_compile_cache(compile_cache)
-    quant = None if checkpoint is None else quantized.read_info(checkpoint)
-    if quant is not None:  # a scheme this device cannot run is refused before any weight is read
-        runtime.check_quant_scheme(quant[0], device)
+    check_before_loading(checkpoint, device, graph, compile_cache)
     if checkpoint is None:  # after the checks above: a refused call warns of nothing
         warnings.warn(f"{entry.name} has RANDOM weights (no checkpoint given): its outputs are meaningless. Pass "
                       "checkpoint= an official checkpoint or a converted directory.", RandomWeightsWarning, stacklevel=2)
@@ -62,6 +57,19 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
                         f"fine-tune such as {entry.name}'s.")
     model = runtime.prepare_model(model, parallel.local_device(device), dtype)
     return runtime.compile_model(model, device, graph_backend, compile_cache) if graph else model
+
+
+def check_before_loading(checkpoint, device, graph: bool, compile_cache) -> None:
+    """What load_model refuses before any weight is read: an unwritable compile cache (graph mode), and a
+    quantized checkpoint whose scheme this device cannot run."""
+    from npu_models import runtime
+    from npu_models.checkpoints import quantized
+
+    if graph:
+        runtime.check_compile_cache(compile_cache)
+    quant = None if checkpoint is None else quantized.read_info(checkpoint)
+    if quant is not None:
+        runtime.check_quant_scheme(quant[0], device)
 
 
 __all__ = ["RandomWeightsWarning", "UserError", "load_model"]

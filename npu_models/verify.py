@@ -70,7 +70,7 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
         if not (directory / name).is_file():
             raise UserError(f"{directory} has no {name}; a fixture directory holds checkpoint(s), "
                             "inputs.safetensors and outputs.safetensors.")
-    inputs, references = load_file(str(directory / "inputs.safetensors")), read_state_dict(directory / "outputs.safetensors")
+    inputs, references = fixture_inputs(entry, directory), read_state_dict(directory / "outputs.safetensors")
     checkpoints = find_checkpoints(directory)
     if not checkpoints:
         raise UserError(f"no checkpoint found in {directory}: expected a model directory or weight file "
@@ -79,25 +79,28 @@ def verify(model_name: str, directory, device="cpu", dtype="fp32", atol=None, rt
     default_atol, default_rtol = DEFAULT_TOLERANCE[dtype]
     atol, rtol = default_atol if atol is None else atol, default_rtol if rtol is None else rtol
     rows = []
-    accepted = inspect.signature(entry.outputs).parameters
     for checkpoint in checkpoints:
-        bound = relative
-        if quant == "none":
-            model = registry.build_model(entry, checkpoint, tp=group)
-            if (scheme := scheme_of(model)) != "none":  # a quantized checkpoint: judged as --quant judges its scheme
-                bound = QUANT_TOLERANCE[scheme]
-        else:
-            model = quantized_model(entry, checkpoint, quant, {k: v for k, v in inputs.items() if k in accepted}, group)
+        model, bound = model_to_verify(entry, checkpoint, quant, inputs, group, relative)
         model = runtime.prepare_model(model, parallel.local_device(device), dtype)
-        with torch.no_grad():  # fixtures may carry extra inputs (raw images for preprocessing checks)
-            produced = entry.outputs(model, **{k: runtime.to_model_input(v, device, dtype)
-                                               for k, v in inputs.items() if k in accepted})
+        with torch.no_grad():
+            produced = entry.outputs(model, **{k: runtime.to_model_input(v, device, dtype) for k, v in inputs.items()})
         prefix = f"{checkpoint.name}/" if len(checkpoints) > 1 else ""
         rows += compare_outputs(produced, references, entry.rankings, atol, rtol, prefix, bound)
     if not rows:
         raise UserError(f"our {entry.name} model produces none of the tensors in {directory / 'outputs.safetensors'} "
                         f"({', '.join(references)}).")
     return rows
+
+
+def model_to_verify(entry, checkpoint, quant: str, inputs: dict, tp: parallel.TensorParallel, relative):
+    """(the model verify runs for `checkpoint`, the relative error bound judging it; None: atol/rtol): the float
+    model, or it quantized on the fixture's inputs with `quant`, or a quantized checkpoint judged as --quant
+    judges its scheme."""
+    if quant != "none":
+        return quantized_model(entry, checkpoint, quant, inputs, tp), relative
+    model = registry.build_model(entry, checkpoint, tp=tp)
+    scheme = scheme_of(model)
+    return model, None if scheme == "none" else QUANT_TOLERANCE[scheme]
 
 
 @torch.no_grad()

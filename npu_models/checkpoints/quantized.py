@@ -27,6 +27,7 @@ from safetensors import safe_open
 from kernels.quant_matmul import (INT8_MAX, INT8_MIN, activation_qparams, pack_deq_scale,
                                   quant_bias_and_deq_scale, unpack_deq_scale)
 from npu_models.errors import UserError
+from npu_models.layers.attention import fused_qkv_bias
 from npu_models.layers.quant import QuantLinear
 
 DESCRIPTION_FILE = "quant_model_description.json"
@@ -175,7 +176,7 @@ def module_state(state: dict[str, torch.Tensor], info: QuantInfo, expected, desc
         owner = path.rpartition(".")[0]
         if path.endswith(".qkv") and f"{owner}.q_bias" in state:  # BEiT/VLMo: the owner's q and v biases
             q_bias, v_bias = state.pop(f"{owner}.q_bias"), state.pop(f"{owner}.v_bias")
-            folded = torch.cat([q_bias, torch.zeros_like(q_bias), v_bias]).float()
+            folded = fused_qkv_bias(q_bias, v_bias).float()
             state[f"{path}.bias"] = state.get(f"{path}.bias", torch.zeros_like(folded)) + folded
     return state
 

@@ -7,6 +7,11 @@ from kernels import PORTABLE, attention
 from npu_models.layers.quant import QuantLinear
 
 
+def fused_qkv_bias(q_bias: torch.Tensor, v_bias: torch.Tensor) -> torch.Tensor:
+    """The fused projection's bias from BEiT/VLMo's separate q and v biases (k has none)."""
+    return torch.cat([q_bias, torch.zeros_like(q_bias), v_bias])
+
+
 class Attention(nn.Module):
     """Multi-head attention of query tokens over key tokens: q is projected from the queries, k and v from the
     keys. Self-attention: the keys are the queries themselves, or the sequence they are rows of (a
@@ -47,7 +52,7 @@ class Attention(nn.Module):
 
     def qkv_bias(self) -> torch.Tensor | None:
         if hasattr(self, "q_bias"):
-            return torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+            return fused_qkv_bias(self.q_bias, self.v_bias)
         return self.qkv.bias
 
     def project_qkv(self, x: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
