@@ -16,13 +16,14 @@ from npu_models.errors import UserError
 class EvalCommand:
     options: type[EvalOptions]                 # the command's options dataclass (what its flags parse into)
     evaluate: Callable[..., dict]              # evaluate(options, model=None) -> the results JSON
+    limited: str                               # the results key counting what `limit` takes the first of
 
 
 EVAL_COMMANDS = {
-    "sst2": EvalCommand(sst2.SST2Options, sst2.evaluate),
-    "imagenet": EvalCommand(imagenet.ImageNetOptions, imagenet.evaluate),
-    "vqa": EvalCommand(vqa.VQAOptions, vqa.evaluate),
-    "retrieval": EvalCommand(retrieval.RetrievalOptions, retrieval.evaluate),
+    "sst2": EvalCommand(sst2.SST2Options, sst2.evaluate, "num_examples"),
+    "imagenet": EvalCommand(imagenet.ImageNetOptions, imagenet.evaluate, "num_images"),
+    "vqa": EvalCommand(vqa.VQAOptions, vqa.evaluate, "num_questions"),
+    "retrieval": EvalCommand(retrieval.RetrievalOptions, retrieval.evaluate, "num_images"),
 }
 
 
@@ -31,7 +32,11 @@ def run_eval_command(task: str, model=None, model_name: str | None = None, **opt
     built from `option_values` (fields of its options dataclass: data, checkpoint, limit, batch_size, ...);
     returns its results. `model_name` is the options' `model` (the registry or short name of `model`; None:
     the task's default model), renamed here because `model` is the module itself."""
+    command = eval_command(task)
+    return command.evaluate(command.options(model=model_name, **option_values), model)
+
+
+def eval_command(task: str) -> EvalCommand:
     if task not in EVAL_COMMANDS:
         raise UserError(f"no eval command for task {task!r}; the commands are {', '.join(EVAL_COMMANDS)}.")
-    command = EVAL_COMMANDS[task]
-    return command.evaluate(command.options(model=model_name, **option_values), model)
+    return EVAL_COMMANDS[task]

@@ -23,7 +23,8 @@ from eval.loop import EvalLoop
 from eval.samples import SAMPLES_DIR
 from eval.options import EvalOptions, command_model, demo_banner, run_metadata, run_record
 from eval.store import PredictionStore
-from npu_models.errors import UserError, cli_main
+from npu_models.cli import cli_main
+from npu_models.errors import UserError
 
 SAMPLE = SAMPLES_DIR / "imagenet"
 

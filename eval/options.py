@@ -5,6 +5,7 @@ import datetime
 import hashlib
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -99,10 +100,13 @@ def command_model(options: EvalOptions, model=None, graph: bool | None = None, c
         check_ready_model(options, model)
         return model
     graph = options.graph if graph is None else graph
-    return npu_models.load_model(registry.get_entry(options.model, task=options.task).name, options.checkpoint,
-                                 options.device, options.dtype, graph, options.tp, task=options.task, config=config,
-                                 config_file=options.config, graph_backend=options.graph_backend,
-                                 compile_cache=options.compile_cache)
+    with warnings.catch_warnings():
+        if options.checkpoint is None:  # the command's demo banner says so already, louder
+            warnings.simplefilter("ignore", npu_models.RandomWeightsWarning)
+        return npu_models.load_model(registry.get_entry(options.model, task=options.task).name, options.checkpoint,
+                                     options.device, options.dtype, graph, options.tp, task=options.task, config=config,
+                                     config_file=options.config, graph_backend=options.graph_backend,
+                                     compile_cache=options.compile_cache)
 
 
 def check_ready_model(options: EvalOptions, model) -> None:

@@ -34,8 +34,10 @@ from eval.options import (EvalOptions, bert_uncased_vocab, command_model, conten
                           run_metadata, run_record)
 from eval.store import PredictionStore
 from npu_models import registry, runtime
-from npu_models.errors import UserError, cli_main
+from npu_models.cli import cli_main, note
+from npu_models.errors import UserError
 from npu_models.tasks import score_matrix
+from npu_models.tokenizer import check_vocab_fits
 
 SAMPLE = SAMPLES_DIR / "retrieval"
 TOP = 10  # candidates listed per query in --predictions
@@ -72,12 +74,13 @@ def evaluate(options: RetrievalOptions, model=None) -> dict:
         demo_banner(f"{entry.name} with random weights on " + (
             "the bundled retrieval sample." if options.data is None else f"{options.data}."))
     if options.graph:
-        print("note: eval.retrieval runs eagerly; --graph is not used here", file=sys.stderr)
+        note("eval.retrieval runs eagerly; --graph is not used here")
     data = options.data or SAMPLE
     split = first_images(read_retrieval(data, options.split), options.limit)
     model = command_model(options, model, graph=False)
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     vocab = bert_uncased_vocab(options, data)
+    check_vocab_fits(vocab, model)
     k = None if task.rerank is None else min(options.k_test or task.rerank_k(model.config), len(split.image_paths),
                                              len(split.texts))
     run = run_record(options, dtype, model, split=options.split, vocab=content_hash(vocab),

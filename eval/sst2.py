@@ -21,8 +21,9 @@ from eval.options import EvalOptions, command_model, content_hash, demo_banner, 
 from eval.store import PredictionStore
 from eval.data.sst2 import read_sst2
 from npu_models import registry, runtime
-from npu_models.errors import UserError, cli_main
-from npu_models.tokenizer import bert_tokenizer
+from npu_models.cli import cli_main, note
+from npu_models.errors import UserError
+from npu_models.tokenizer import bert_tokenizer, check_vocab_fits
 
 SAMPLE = SAMPLES_DIR / "sst2"
 
@@ -71,9 +72,9 @@ def evaluate(options: SST2Options, model=None) -> dict:
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     seq_len = min(options.seq_len, model.config.max_positions)
     if seq_len < options.seq_len:
-        print(f"note: --seq-len {options.seq_len} capped at the model's {model.config.max_positions} positions",
-              file=sys.stderr)
+        note(f"--seq-len {options.seq_len} capped at the model's {model.config.max_positions} positions")
     vocab = resolve_vocab(options.vocab, options.checkpoint)
+    check_vocab_fits(vocab, model)
     run = run_record(options, dtype, model, seq_len=seq_len, vocab=content_hash(vocab))
     with EvalLoop(device, options.tp, options.started_at, PredictionStore(options.predictions, "index", run)) as loop:
         todo = loop.store.pending(examples, field="sentence")

@@ -36,7 +36,9 @@ from eval.options import (EvalOptions, bert_uncased_vocab, command_model, conten
 from eval.store import PredictionStore, write_json_atomic
 from npu_models import parallel, registry, runtime
 from npu_models.checkpoints.io import read_json
-from npu_models.errors import UserError, cli_main
+from npu_models.cli import cli_main
+from npu_models.errors import UserError
+from npu_models.tokenizer import check_vocab_fits
 
 SAMPLE = SAMPLES_DIR / "vqa"
 
@@ -113,6 +115,7 @@ def evaluate(options: VQAOptions, model=None) -> dict:
     answers = load_answers(options, data, task)
     vocab = bert_uncased_vocab(options, data)
     model = load_vqa_model(options, entry, len(answers), model)
+    check_vocab_fits(vocab, model)
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     run = run_record(options, dtype, model, split=options.split, vocab=content_hash(vocab),
                      answers=content_hash(answers))

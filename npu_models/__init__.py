@@ -2,12 +2,12 @@
 import warnings
 from pathlib import Path
 
-from npu_models.errors import UserError
+from npu_models.errors import UserError, UserFacingWarning, arg
 
 __version__ = "0.1.0"
 
 
-class RandomWeightsWarning(UserWarning):
+class RandomWeightsWarning(UserFacingWarning):
     """A model was built without a checkpoint: its weights are random and its outputs mean nothing."""
 
 
@@ -45,8 +45,9 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     graph_backend = runtime.graph_backend_for(device, graph, graph_backend)
     check_before_loading(checkpoint, device, graph, compile_cache)
     if checkpoint is None:  # after the checks above: a refused call warns of nothing
-        warnings.warn(f"{entry.name} has RANDOM weights (no checkpoint given): its outputs are meaningless. Pass "
-                      "checkpoint= an official checkpoint or a converted directory.", RandomWeightsWarning, stacklevel=2)
+        warnings.warn(RandomWeightsWarning(f"{entry.name} has RANDOM weights (no checkpoint given): its outputs are "
+                                           f"meaningless. Pass {arg('checkpoint')} with an official checkpoint or a "
+                                           "converted directory."), stacklevel=2)
     tensor_parallel = parallel.init_tensor_parallel(tp, device.type)
     # random weights are drawn on the device itself; a checkpoint's are read to the CPU and moved
     model = registry.build_model(entry, checkpoint, config, config_file, tensor_parallel,

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-from kernels.checks import kernel_cases
-from kernels.quant_matmul import SCHEMES, unsupported_reason
+from npu_kernels.checks import kernel_cases
+from npu_kernels.quant_matmul import SCHEMES, unsupported_reason
 from npu_models import parallel, registry, runtime
+from npu_models.cli import cli_main
 from npu_models.compare import compare
-from npu_models.errors import UserError, arg, cli_main
+from npu_models.errors import UserError, arg
 from npu_models.runtime.environment import environment
 from npu_models.verify import DEFAULT_TOLERANCE, find_checkpoints, fixture_inputs, quantized_model, verify
 

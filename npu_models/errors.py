@@ -1,14 +1,11 @@
-"""One error type for mistakes a user can fix, and the CLI wrapper that prints them without a traceback.
+"""One error type for mistakes a user can fix, and how its message names an option.
 
 A message names the option at fault with `arg("tp", 2)`: a Python caller reads `tp=2` (the argument of
-the function it called), a command-line user reads `--tp 2` (cli_main renders every message so), from
-the same message. Library code never writes a command-line flag itself.
+the function it called), a command-line user reads `--tp 2` (npu_models.cli.cli_main renders every message
+so), from the same message. Library code never writes a command-line flag itself. This module knows nothing
+of ranks or processes: it sits below everything that raises a UserError.
 """
-import functools
-import os
 import re
-import sys
-import warnings
 
 # Python arguments whose command-line option is not spelled `--name-with-dashes`.
 CLI_FLAGS = {"name_or_path": "--model", "config_file": "--config", "vocab_file": "--vocab"}
@@ -55,29 +52,13 @@ class UserError(Exception):
         return render(super().__str__(), command_line=True)
 
 
-def cli_main(main):
-    """Wrap a command-line `main(argv)`: a UserError prints one paragraph, options spelled as flags, and
-    exits 2. Under torchrun, rank 0 alone prints warnings and errors (parallel.report_error).
 
-    Set NPU_MODELS_DEBUG=1 to see the full traceback instead (on every rank).
-    """
+class UserFacingWarning(UserWarning):
+    """A warning for the user, whose message may name arguments with arg(): rendered as a UserError's is (the
+    command-line tools print it as one line, options as flags: npu_models.cli)."""
 
-    @functools.wraps(main)
-    def wrapper(argv=None):
-        from npu_models import parallel  # it raises UserErrors: imported once both modules exist
-        try:
-            with warnings.catch_warnings():
-                if not parallel.is_main_process():  # every rank runs the same code: rank 0 speaks for all
-                    warnings.simplefilter("ignore")
-                return main(argv)
-        except UserError as err:
-            if os.environ.get("NPU_MODELS_DEBUG"):
-                raise
-            parallel.report_error(f"error: {err.command_line_message()}\n(set NPU_MODELS_DEBUG=1 for the traceback)")
-            sys.exit(2)
-        except KeyboardInterrupt:
-            if parallel.is_main_process():
-                print("interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
-            sys.exit(130)
+    def __str__(self):
+        return render(super().__str__(), command_line=False)
 
-    return wrapper
+    def command_line_message(self) -> str:
+        return render(super().__str__(), command_line=True)

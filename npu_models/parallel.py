@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.quant_matmul import dequantized_bias
+from npu_kernels.quant_matmul import dequantized_bias
 from npu_models.errors import UserError, arg
 from npu_models.layers.quant import QuantLinear
 
@@ -219,6 +219,11 @@ class RowParallelLinear(nn.Module):
         out = all_reduce(F.linear(x, self.weight), self.tp)
         return out if self.bias is None else out + self.bias
 
+    def store_weights_blocked(self, cast) -> None:
+        """The runtime's hook for a chip that wants Linear weights in its blocked layout (FRACTAL_NZ on the 310P)."""
+        with torch.no_grad():
+            self.weight.data = cast(self.weight.data)
+
 
 class RowParallelQuantLinear(QuantLinear):
     """A QuantLinear whose input features are split over the ranks. Every rank quantizes its columns of the
@@ -229,7 +234,7 @@ class RowParallelQuantLinear(QuantLinear):
     bias), so the parts sum to the whole. w8a8-dynamic's per-token scales are those of the rank's columns (as
     vLLM's row-parallel layers do): no collective for them, each part at least as precise as the whole's.
 
-    The bias is the one the int8 kernel would have added (kernels.quant_matmul.dequantized_bias: w8a8 rounds it
+    The bias is the one the int8 kernel would have added (npu_kernels.quant_matmul.dequantized_bias: w8a8 rounds it
     to deq_scale units), so tp=N sums what tp=1 computes, in another order."""
 
     def __init__(self, layer: QuantLinear, columns: torch.Tensor, tp: TensorParallel):

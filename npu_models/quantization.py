@@ -18,14 +18,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kernels.quant_matmul import SCHEMES
+from npu_kernels.quant_matmul import SCHEMES
 from npu_models import parallel
-from npu_models.errors import UserError
+from npu_models.errors import UserError, UserFacingWarning
 from npu_models.layers.attention import Attention
 from npu_models.layers.mlp import Mlp
 from npu_models.layers.quant import QuantLinear
 
 CALIBRATION_METHODS = ("minmax", "percentile")
+
+
+class UncalibratedLayersWarning(UserFacingWarning):
+    """Some quantizable layers never ran during calibration (a task that does not use them) and stay in float."""
 
 
 def quantizable_linears(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Linear]:
@@ -147,8 +151,9 @@ def quantize_model(model: nn.Module, scheme: str, calibration: dict[str, tuple[f
                             "calibrate the float model first (calibration = calibrate(model, batches)).")
         uncalibrated = [path for path in linears if path not in calibrated]
         if uncalibrated:
-            warnings.warn(f"{len(uncalibrated)} layer(s) never ran during calibration and stay in float, e.g. "
-                          f"{uncalibrated[0]}; calibrate on every task the model will run to quantize them.")
+            warnings.warn(UncalibratedLayersWarning(
+                f"{len(uncalibrated)} layer(s) never ran during calibration and stay in float, e.g. "
+                f"{uncalibrated[0]}; calibrate on every task the model will run to quantize them."), stacklevel=2)
         linears = calibrated
     modules = dict(model.named_modules())
     quantized = {}

@@ -6,6 +6,7 @@ from typing import Callable
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from npu_models.errors import UserError, arg
+from npu_models.layers.embeddings import TextEmbeddings
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 
@@ -21,6 +22,20 @@ def read_vocab(path) -> dict[str, int]:
     if missing:
         raise UserError(f"vocabulary {path} lacks the special tokens {missing}; it is not a BERT vocab.txt.")
     return vocab
+
+
+def check_vocab_fits(vocab_file, model) -> None:
+    """Refuse, before any work, a vocabulary with more entries than the model's word-embedding table has rows: a
+    token id past the table would end the run in an IndexError halfway through a batch."""
+    tables = [m.word_embeddings.num_embeddings for m in model.modules() if isinstance(m, TextEmbeddings)]
+    if not tables:
+        return
+    entries = max(read_vocab(vocab_file).values()) + 1
+    if entries > min(tables):
+        raise UserError(f"vocabulary {vocab_file} has {entries} entries, but the model's word-embedding table has "
+                        f"{min(tables)} rows, so token ids {min(tables)} and up have no embedding: pass "
+                        f"{arg('vocab_file')} with the vocab.txt the checkpoint was trained with (bert-base-uncased's "
+                        "for BLIP, VLMo and ViLBERT; the checkpoint directory's own for BERT).")
 
 
 def bert_tokenizer(vocab_file, lowercase: bool, max_length: int) -> Tokenizer:

@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 import torch
 
-from kernels import EAGER
+from npu_kernels import EAGER
 from npu_models import runtime
 from npu_models.models.bert.model import Bert, BertConfig
 from npu_models.models.blip.model import Blip, BlipConfig

@@ -20,11 +20,13 @@ from tests.npu_standin import NPU0
 
 @pytest.fixture
 def restored_cache_settings(monkeypatch):
-    """Whatever a test points torch's caches at is undone after it."""
+    """Whatever a test points torch's caches at is undone after it. torch's config entries go through the
+    config's own patch(): pytest's monkeypatch restores an attribute that is not in a module's __dict__ with
+    delattr (pytest >= 9.2), which deletes the config entry for every later test."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""))
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", torch._inductor.config.fx_graph_cache)
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", torch._functorch.config.enable_autograd_cache)
-    yield
+    with torch._inductor.config.patch(fx_graph_cache=torch._inductor.config.fx_graph_cache), \
+            torch._functorch.config.patch(enable_autograd_cache=torch._functorch.config.enable_autograd_cache):
+        yield
     from torch._inductor.utils import clear_caches
     clear_caches()
 
@@ -132,3 +134,15 @@ def test_cache_compile_only_where_it_applies(ascend_chip, tmp_path, restored_cac
     compiled = runtime.compile_model(model, NPU0, backend, compile_cache=cache if cache else tmp_path)
     torch.testing.assert_close(compiled(x), net(x))
     assert standin.cache_compiles == [] and len(standin.graphs) == 1
+
+
+def test_no_test_patches_a_torch_config_with_monkeypatch():
+    """The rule above, for every test module: a torch config (torch._inductor.config, torch._dynamo.config,
+    ...) is patched with its own config.patch, never with pytest's monkeypatch."""
+    import re
+    from pathlib import Path
+    pattern = re.compile(r"monkeypatch\.(setattr|delattr)\(\s*[\w.]*config\b")
+    offenders = [f"{path.name}:{number}" for path in sorted(Path(__file__).parent.glob("*.py"))
+                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if pattern.search(line)]
+    assert offenders == [], "patch torch config with its own config.patch(...): " + ", ".join(offenders)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from kernels.quant_matmul import SCHEMES
+from npu_kernels.quant_matmul import SCHEMES
 from npu_models import doctor
 from tests.conftest import FIXTURES
 from tests.npu_standin import NPU0
@@ -46,7 +46,7 @@ def fixtures_with_corrupted_bert(tmp_path):
 
 
 def test_a_planted_failure_fails_the_doctor_and_names_its_row(tmp_path, monkeypatch, capsys, compiled_graphs):
-    from kernels import checks
+    from npu_kernels import checks
     fixtures = fixtures_with_corrupted_bert(tmp_path / "fixtures")
     monkeypatch.setattr(doctor, "CPU_GRAPH_MODELS", ("vit",))
     monkeypatch.setattr(checks, "gelu", lambda x, plan: torch.tanh(x))  # a wrong backend
@@ -101,7 +101,7 @@ def test_doctor_under_torchrun_checks_every_fixture_split_two_ways(tmp_path):
 
 
 def test_a_wrong_int8_kernel_fails_the_int8_rows_only(tmp_path, monkeypatch, capsys):
-    from kernels import quant_matmul
+    from npu_kernels import quant_matmul
     monkeypatch.setattr(doctor, "CPU_GRAPH_MODELS", ())
     original = quant_matmul.int_mm_linear
     monkeypatch.setattr(quant_matmul, "int_mm_linear", lambda x, params, scheme: original(x, params, scheme) * 1.3)

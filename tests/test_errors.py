@@ -62,7 +62,7 @@ def test_the_detector_sees_a_flag_in_any_part_of_a_message():
     assert not flags_in_user_error_messages('raise UserError(f"pass {arg(\'vocab_file\')} -- or not")')
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for package in ("npu_models", "kernels")
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for package in ("npu_models", "npu_kernels")
                                         for p in (ROOT / package).rglob("*.py")))
 def test_library_errors_spell_options_through_arg(path):
     """A flag in a library message would tell a Python caller to pass a command-line option: options go

@@ -113,3 +113,39 @@ def test_a_device_index_past_the_count_is_refused_before_the_banner(monkeypatch,
 def test_a_dtype_that_is_not_one_is_refused_before_the_banner(capsys, no_model):
     err = run(capsys, "sst2", ["--dtype", "fp8"])
     assert "unknown dtype 'fp8'" in err and "DEMO RUN" not in err
+
+
+def vocab_cases(tmp_path):
+    """command -> (argv running a small reference model on its data, the vocab.txt that model was made with, the
+    rows of the model's word-embedding table)."""
+    from tests.test_eval_retrieval import write_dataset
+    reference = FIXTURES / "reference"
+    write_dataset(tmp_path / "coco", karpathy=False)
+    return {
+        "sst2 bert": (["--checkpoint", str(reference / "bert" / "checkpoint")],
+                      reference / "bert" / "checkpoint" / "vocab.txt", 170),
+        "vqa vlmo": (["--model", "vlmo", "--checkpoint", str(reference / "vqa-vlmo" / "vqa_checkpoint.pt"), "--data",
+                      str(reference / "vqa-vlmo")], reference / "vqa-vlmo" / "vocab.txt", 128),
+        "vqa vilbert": (["--model", "vilbert", "--checkpoint", str(reference / "vqa-vilbert" / "model.tar.gz"),
+                         "--data", str(reference / "vqa-vilbert")], reference / "vqa-vilbert" / "vocab.txt", 120),
+        "retrieval vlmo": (["--model", "vlmo", "--checkpoint", str(tmp_path / "coco" / "retrieval.pt"), "--data",
+                            str(tmp_path / "coco")], tmp_path / "coco" / "vocab.txt", 128),
+        "retrieval blip": (["--model", "blip", "--checkpoint", str(reference / "retrieval-blip" / "checkpoint.pth"),
+                            "--data", str(reference / "retrieval-blip")], reference / "retrieval-blip" / "vocab.txt", 120),
+    }
+
+
+@pytest.mark.parametrize("case", ["sst2 bert", "vqa vlmo", "vqa vilbert", "retrieval vlmo", "retrieval blip"])
+def test_a_vocab_longer_than_the_embedding_table_is_refused_before_any_work(tmp_path, capsys, case):
+    """A vocab.txt with more entries than the model has embeddings (e.g. another model's) would end in an
+    IndexError once a sentence holds one of the extra tokens: it is refused in one paragraph before the run."""
+    argv, vocab, rows = vocab_cases(tmp_path)[case]
+    longer = tmp_path / "longer_vocab.txt"
+    entries = vocab.read_text(encoding="utf-8").splitlines() + [f"extra{i}" for i in range(rows + 7 - 1)]
+    longer.write_text("\n".join(entries[:rows + 7]) + "\n", encoding="utf-8")
+    predictions = tmp_path / "p.jsonl"
+    err = run(capsys, case.split()[0], argv + ["--vocab", str(longer), "--predictions", str(predictions)])
+    assert f"vocabulary {longer} has {rows + 7} entries, but the model's word-embedding table has {rows} rows" in err
+    assert "--vocab" in err and not predictions.exists()  # refused before a single prediction
+    # the model's own vocabulary runs (the check refuses only what does not fit)
+    assert len(vocab.read_text(encoding="utf-8").splitlines()) <= rows

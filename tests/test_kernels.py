@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import EAGER, PORTABLE, activation, attention, norm, plan_for_ascend_chip
-from kernels import attention_backends as attention_module
-from kernels.attention_backends import eager_attention, sdpa_attention, to_ascend_mask
-from kernels.plan import FUSED_INFER_A2, PROMPT_FLASH_310P
+from npu_kernels import EAGER, PORTABLE, activation, attention, norm, plan_for_ascend_chip
+from npu_kernels import attention_backends as attention_module
+from npu_kernels.attention_backends import eager_attention, sdpa_attention, to_ascend_mask
+from npu_kernels.plan import FUSED_INFER_A2, PROMPT_FLASH_310P
 from tests.npu_standin import CHIPS, DOCUMENTED_CHIPS, AscendContractError
 
 

@@ -1,5 +1,5 @@
 """Our top-level packages import each other one way only, read from the source (every import statement,
-including those inside functions): kernels <- npu_models <- eval <- weights_tools (weights_tools.quantize
+including those inside functions): npu_kernels <- npu_models <- eval <- weights_tools (weights_tools.quantize
 calibrates through the eval commands)."""
 import ast
 from pathlib import Path
@@ -7,10 +7,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # package -> the packages of ours it may import besides itself
 ALLOWED = {
-    "kernels": set(),
-    "npu_models": {"kernels"},
-    "eval": {"npu_models", "kernels"},
-    "weights_tools": {"npu_models", "kernels", "eval"},
+    "npu_kernels": set(),
+    "npu_models": {"npu_kernels"},
+    "eval": {"npu_models", "npu_kernels"},
+    "weights_tools": {"npu_models", "npu_kernels", "eval"},
 }
 
 
@@ -52,9 +52,9 @@ def test_the_check_catches_an_import_against_the_direction(tmp_path):
     for package in ALLOWED:
         (tmp_path / package).mkdir()
     (tmp_path / "npu_models" / "registry.py").write_text("from weights_tools import hf_bert\n")
-    (tmp_path / "kernels" / "plan.py").write_text("def f():\n    import npu_models.errors\n")
+    (tmp_path / "npu_kernels" / "plan.py").write_text("def f():\n    import npu_models.errors\n")
     (tmp_path / "eval" / "bench.py").write_text("from weights_tools.verify import verify\nimport npu_models\n")
     (tmp_path / "weights_tools" / "quantize.py").write_text("from eval.commands import run_eval_command\n")
-    assert layer_violations(tmp_path) == ["kernels/plan.py imports npu_models",
+    assert layer_violations(tmp_path) == ["npu_kernels/plan.py imports npu_models",
                                           "npu_models/registry.py imports weights_tools",
                                           "eval/bench.py imports weights_tools"]

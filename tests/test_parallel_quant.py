@@ -22,7 +22,7 @@ import torch
 import torch.multiprocessing as mp
 
 from eval.bench import cli
-from kernels.quant_matmul import SCHEMES
+from npu_kernels.quant_matmul import SCHEMES
 from npu_models import parallel, registry, runtime, verify
 from npu_models.errors import UserError
 from npu_models.layers.quant import QuantLinear

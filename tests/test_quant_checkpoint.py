@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import npu_models
-from kernels.quant_matmul import pack_deq_scale, unpack_deq_scale
+from npu_kernels.quant_matmul import pack_deq_scale, unpack_deq_scale
 from npu_models import parallel, registry, runtime
 from npu_models.checkpoints import quantized
 from npu_models.errors import UserError

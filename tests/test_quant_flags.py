@@ -7,7 +7,7 @@ import pytest
 
 from eval.bench import cli, report
 from eval.bench.report import COLUMNS
-from kernels.quant_matmul import SCHEMES
+from npu_kernels.quant_matmul import SCHEMES
 from npu_models.layers.quant import QuantLinear
 from npu_models.verify import QUANT_TOLERANCE
 from tests.conftest import BERT_FIXTURE, FIXTURES

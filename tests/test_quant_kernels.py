@@ -1,4 +1,4 @@
-"""The int8 linear kernels (kernels/quant_matmul.py): the quantization formulas, the eager reference, the
+"""The int8 linear kernels (npu_kernels/quant_matmul.py): the quantization formulas, the eager reference, the
 torch._int_mm backend and the Ascend backend through the stand-in (tests/npu_standin_quant.py), which also
 refuses what torch_npu 2.14.0's docs rule out.
 
@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from dataclasses import replace
 
-from kernels import EAGER, PORTABLE, plan_for_ascend_chip
-from kernels.plan import QUANT_310P, QUANT_A2, QUANT_A3
-from kernels.quant_matmul import (SCHEMES, QuantParams, activation_qparams, eager_quant_linear, int_mm_takes,
+from npu_kernels import EAGER, PORTABLE, plan_for_ascend_chip
+from npu_kernels.plan import QUANT_310P, QUANT_A2, QUANT_A3
+from npu_kernels.quant_matmul import (SCHEMES, QuantParams, activation_qparams, eager_quant_linear, int_mm_takes,
                                   prepare_quant_params, quant_linear, quantize_per_tensor, quantize_per_token,
                                   quantize_weight, unsupported_reason)
 from tests.npu_standin import CHIPS, FORMAT_FRACTAL_NZ, FORMAT_ND, AscendContractError

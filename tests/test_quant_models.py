@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from kernels import EAGER, plan_for_ascend_chip
-from kernels.quant_matmul import SCHEMES
+from npu_kernels import EAGER, plan_for_ascend_chip
+from npu_kernels.quant_matmul import SCHEMES
 from npu_models import runtime
 from npu_models.errors import UserError
 from npu_models.layers.quant import QuantLinear

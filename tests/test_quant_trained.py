@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.quant_matmul import SCHEMES
+from npu_kernels.quant_matmul import SCHEMES
 from npu_models import runtime
 from npu_models.models.bert.model import Bert, BertConfig
 from npu_models.quantization import calibrate, quantize_model

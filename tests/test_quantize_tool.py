@@ -11,6 +11,7 @@ from eval import imagenet, retrieval, sst2, vqa
 from npu_models.errors import UserError
 from tests.conftest import BERT_FIXTURE, FIXTURES
 from tests.imagenet_layout import make_flat_layout
+from weights_tools.quantize import CalibrationWarning, quantize
 from weights_tools.quantize import main as quantize_main
 
 REFERENCE = FIXTURES / "reference"
@@ -66,6 +67,19 @@ def test_calibration_reads_the_first_examples_through_the_eval_commands_reader(t
         scales[samples] = torch.stack([state[k].float() for k in sorted(state) if k.endswith(".input_scale")])
     assert read == [SST2_SAMPLE, SST2_SAMPLE] and seen == [1, 40]
     assert not torch.equal(scales[1], scales[40])  # one sentence's ranges are not forty's
+
+
+def test_calibration_records_the_examples_it_used_and_warns_when_the_data_held_fewer(tmp_path, capsys):
+    """--calib-samples 256 on the 40 sentences of the sample: 40 are used, 40 are recorded, and the user is told
+    in one line (no source line of ours), not left to believe 256 were."""
+    out = run_quantize(tmp_path / "q", "bert", BERT_FIXTURE / "checkpoint", "w8a8", SST2_SAMPLE, 256)
+    assert json.loads((out / "config.json").read_text())["quant"]["calibration"]["samples"] == 40
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "calibration" in line or "warn" in line] == [
+        f"warning: {SST2_SAMPLE} holds 40 calibration examples, fewer than the 256 asked for (--calib-samples); "
+        "calibrated on those 40."], err
+    with pytest.warns(CalibrationWarning, match=r"fewer than the 41 asked for \(calib_samples=...\)"):
+        quantize("bert", BERT_FIXTURE / "checkpoint", "w8a8", tmp_path / "python", SST2_SAMPLE, 41)
 
 
 def test_schemes_without_calibration_need_no_data(tmp_path):

@@ -71,7 +71,7 @@ def test_length_buckets_are_bounded_and_cover_the_maximum():
 
 
 def test_prepare_model_gives_every_layer_the_device_kernels_once(ascend_chip):
-    from kernels import PORTABLE
+    from npu_kernels import PORTABLE
     from npu_models.models.vit.model import ViT, ViTConfig
     model = ViT(ViTConfig(image_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_dim=128, num_classes=3))
     prepared = runtime.prepare_model(model, torch.device("cpu"), torch.bfloat16)

@@ -12,7 +12,8 @@ from pathlib import Path
 from eval.data.vqa import answer_files
 from npu_models import registry
 from npu_models.checkpoints.io import save_converted
-from npu_models.errors import UserError, cli_main
+from npu_models.cli import cli_main
+from npu_models.errors import UserError
 
 
 def convert(model_name: str, checkpoint, out_dir) -> Path:

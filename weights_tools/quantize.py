@@ -17,19 +17,25 @@ weights_tools.shard cuts it for tensor parallelism.
 import argparse
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
-from kernels.quant_matmul import SCHEMES
+from npu_kernels.quant_matmul import SCHEMES
 from eval.data.vqa import answer_files
 from npu_models import registry, runtime
 from npu_models.checkpoints import quantized
 from npu_models.checkpoints.io import file_identity
-from npu_models.errors import UserError, arg, cli_main
+from npu_models.cli import cli_main
+from npu_models.errors import UserError, UserFacingWarning, arg
 from npu_models.quantization import CALIBRATION_METHODS, calibrate, quantize_model
 
 DEFAULT_CALIB_SAMPLES = 128
+
+
+class CalibrationWarning(UserFacingWarning):
+    """The calibration data held fewer examples than asked for."""
 
 
 def quantize(model_name: str, checkpoint, scheme: str, out, calib=None, calib_samples: int = DEFAULT_CALIB_SAMPLES,
@@ -46,9 +52,13 @@ def quantize(model_name: str, checkpoint, scheme: str, out, calib=None, calib_sa
     recipe = {}
     calibration = None
     if scheme == "w8a8":
-        calibration = calibrate_on_data(entry, model, checkpoint, Path(calib), calib_samples, calib_method, percentile,
-                                        skip, config_file, batch_size)
-        recipe = {"calibration": {"data": str(calib), "samples": calib_samples, "method": calib_method,
+        calibration, used = calibrate_on_data(entry, model, checkpoint, Path(calib), calib_samples, calib_method,
+                                              percentile, skip, config_file, batch_size)
+        if used < calib_samples:
+            warnings.warn(CalibrationWarning(f"{calib} holds {used} calibration examples, fewer than the "
+                                             f"{calib_samples} asked for ({arg('calib_samples')}); calibrated on "
+                                             f"those {used}."), stacklevel=2)
+        recipe = {"calibration": {"data": str(calib), "samples": used, "method": calib_method,
                                   **({"percentile": percentile} if calib_method == "percentile" else {})}}
     quantize_model(model, scheme, calibration, skip)
     quantized.save_quantized(out, entry.name, model.config, [model], quantized.DTYPES[dtype],
@@ -76,18 +86,21 @@ def check_request(scheme, calib, calib_samples, dtype, checkpoint: Path, out: Pa
 
 
 def calibrate_on_data(entry, model, checkpoint: Path, data: Path, samples: int, method: str, percentile: float, skip,
-                      config_file, batch_size: int) -> dict[str, tuple[float, float]]:
-    """Input ranges of the quantizable layers over the first `samples` examples of `data`, read and batched by
-    the model's eval command (its predictions go to a scratch directory)."""
-    from eval.commands import run_eval_command  # the eval commands import the whole runtime: only when calibrating
+                      config_file, batch_size: int) -> tuple[dict[str, tuple[float, float]], int]:
+    """(input ranges of the quantizable layers over the first `samples` examples of `data`, how many examples
+    that was: fewer where the data holds fewer), read and batched by the model's eval command (its predictions go
+    to a scratch directory)."""
+    from eval.commands import eval_command, run_eval_command  # they import the whole runtime: only when calibrating
     cpu = torch.device("cpu")
     runtime.prepare_model(model, cpu, torch.float32)  # in place: the observers stay on these modules
+    results = {}
     with tempfile.TemporaryDirectory(prefix="calibration-") as scratch:
         def run(m, _):
-            run_eval_command(entry.task.name, m, model_name=entry.name, checkpoint=checkpoint, data=data, limit=samples,
-                             config=config_file, device="cpu", dtype="fp32", batch_size=batch_size,
-                             predictions=Path(scratch) / "predictions.jsonl")
-        return calibrate(model, [None], method, percentile, skip, forward=run)
+            results.update(run_eval_command(entry.task.name, m, model_name=entry.name, checkpoint=checkpoint,
+                                            data=data, limit=samples, config=config_file, device="cpu", dtype="fp32",
+                                            batch_size=batch_size, predictions=Path(scratch) / "predictions.jsonl"))
+        ranges = calibrate(model, [None], method, percentile, skip, forward=run)
+    return ranges, results[eval_command(entry.task.name).limited]
 
 
 @cli_main

@@ -19,7 +19,8 @@ from eval.data.vqa import answer_files
 from npu_models import parallel, registry
 from npu_models.checkpoints import quantized
 from npu_models.checkpoints.io import file_identity, save_converted
-from npu_models.errors import UserError, cli_main
+from npu_models.cli import cli_main
+from npu_models.errors import UserError
 
 
 def shard(model_name: str, checkpoint, tp: int, out_dir, config_file=None) -> Path:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from npu_models import parallel
-from npu_models.errors import cli_main
+from npu_models.cli import cli_main
 from npu_models.verify import DEFAULT_TOLERANCE, QUANT_TOLERANCE, compare, find_checkpoints, format_rows, verify  # noqa: F401
 
 

@@ -21,7 +21,8 @@ from eval.bench.report import format_end_to_end, markdown_table, plot
 from eval.bench.throughput import bench_models, benchmarks_of
 from eval.cli import command_parser
 from npu_models import parallel, registry, runtime
-from npu_models.errors import UserError, cli_main
+from npu_models.cli import cli_main
+from npu_models.errors import UserError
 
 
 def parse_args(argv) -> BenchOptions:

@@ -21,6 +21,7 @@ from eval.data.sst2 import read_sst2, write_length_mix
 from eval.store import write_json_atomic
 from eval.timing import timed_call
 from npu_models import parallel, runtime
+from npu_models.cli import note
 from npu_models.errors import UserError
 
 
@@ -62,8 +63,8 @@ def end_to_end(entry, options: BenchOptions, device, dtype) -> list[dict]:
 def random_sentences(path: Path, vocab: Path) -> Path:
     words = [w for w in vocab.read_text(encoding="utf-8").split() if w.isalpha() and not w.startswith("[")]
     write_length_mix(path, words)
-    print(f"note: {path}: 872 sentences of random words with SST-2's length mix; pass --data with SST-2's "
-          "dev.tsv for the real text", file=sys.stderr)
+    note(f"{path}: 872 sentences of random words with SST-2's length mix; pass --data with SST-2's dev.tsv for "
+         "the real text")
     return path
 
 

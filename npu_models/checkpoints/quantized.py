@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from kernels.quant_matmul import (INT8_MAX, INT8_MIN, activation_qparams, pack_deq_scale,
+from npu_kernels.quant_matmul import (INT8_MAX, INT8_MIN, activation_qparams, pack_deq_scale,
                                   quant_bias_and_deq_scale, unpack_deq_scale)
 from npu_models.errors import UserError
 from npu_models.layers.attention import fused_qkv_bias

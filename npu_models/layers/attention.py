@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import PORTABLE, attention
+from npu_kernels import PORTABLE, attention
 from npu_models.layers.quant import QuantLinear
 
 

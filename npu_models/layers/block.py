@@ -1,7 +1,7 @@
 """Transformer encoder blocks, one class per kind, all built from the same Attention and Mlp."""
 from torch import nn
 
-from kernels import PORTABLE, add_layer_norm
+from npu_kernels import PORTABLE, add_layer_norm
 from npu_models.layers.attention import Attention
 from npu_models.layers.mlp import Mlp
 

@@ -1,7 +1,7 @@
 """The transformer feed-forward network."""
 from torch import nn
 
-from kernels import PORTABLE, gelu
+from npu_kernels import PORTABLE, gelu
 
 
 class Mlp(nn.Module):

@@ -4,14 +4,15 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from kernels import PORTABLE
-from kernels.quant_matmul import (SCHEMES, QuantParams, activation_qparams, prepare_quant_params,
-                                  quant_bias_and_deq_scale, quant_linear, quantize_weight, unsupported_reason)
+from npu_kernels import PORTABLE
+from npu_kernels.quant_matmul import (SCHEMES, QuantParams, activation_qparams, ascend_takes_nz_weight,
+                                      prepare_quant_params, quant_bias_and_deq_scale, quant_linear, quantize_weight,
+                                      unsupported_reason)
 from npu_models.errors import UserError
 
 
 class QuantLinear(nn.Module):
-    """y = x W^T + b with W int8 per output channel (`weight`, `weight_scale`), for one of kernels.quant_matmul's
+    """y = x W^T + b with W int8 per output channel (`weight`, `weight_scale`), for one of npu_kernels.quant_matmul's
     schemes; w8a8 also holds the calibrated per-tensor `input_scale` and int8 `input_offset`.
 
     Those are the layer's state (buffers, saved with the model). The constants a backend derives from them
@@ -81,6 +82,13 @@ class QuantLinear(nn.Module):
             raise UserError(f"this device cannot run the model as quantized: {reason}.")
         prepared = prepare_quant_params(self.state(), self.scheme, self.kernel_plan)
         self.deq_scale, self.quant_bias = prepared.deq_scale, prepared.quant_bias
+
+    def store_weights_blocked(self, cast) -> None:
+        """The runtime's hook for a chip that wants weights in its blocked layout (`cast`: FRACTAL_NZ on the
+        310P): the int8 weight is cast only where this layer's kernel takes it so."""
+        if ascend_takes_nz_weight(self.scheme, self.state(), self.kernel_plan):
+            self.weight = cast(self.weight)  # [N, K], contiguous
+            self.weight_blocked = True
 
     def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """x [..., in_features] -> [..., out_features]; `rows`: only those output features (cls_only's q rows)."""

@@ -3,7 +3,6 @@ settings, compile caches, synchronisation."""
 from npu_models.runtime.compile_cache import check_compile_cache, compile_seconds, default_compile_cache
 from npu_models.runtime.device import (
     default_dtype,
-    device_description,
     dtype_name,
     import_torch_npu,
     is_310p,
@@ -23,7 +22,7 @@ from npu_models.runtime.graph import (
     length_step,
 )
 from npu_models.runtime.kernels import check_quant_scheme, configure_kernels, kernel_plan, prepare_model
-from npu_models.runtime.settings import apply_device_settings, device_settings
+from npu_models.runtime.settings import apply_device_settings, device_description, device_settings
 
 __all__ = [
     "GRAPH_BACKENDS", "apply_device_settings", "bucket_for", "check_compile_cache", "check_quant_scheme", "compile_model", "compile_seconds",

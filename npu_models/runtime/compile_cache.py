@@ -83,12 +83,11 @@ def code_fingerprint() -> str:
     """A hash of this package's and the kernels' sources. torchair's cache_compile keys its cache by the
     module's repr and the compiler config only, so a changed forward would load a stale graph: the
     fingerprint goes into its directory name."""
-    import kernels
-    import npu_models
+    import npu_kernels
 
     digest = hashlib.sha256()
-    for package in (npu_models, kernels):
-        root = Path(package.__file__).parent
+    # npu_models' folder from this file's place: importing the package from inside it would be a cycle
+    for root in (Path(__file__).resolve().parents[1], Path(npu_kernels.__file__).parent):
         for path in sorted(root.rglob("*.py")):
             digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
     return digest.hexdigest()[:16]

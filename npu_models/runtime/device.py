@@ -4,7 +4,7 @@ import re
 
 import torch
 
-from kernels.plan import is_310p
+from npu_kernels.plan import is_310p
 from npu_models.errors import UserError, arg
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|npu)(?::(\d+))?$")
@@ -130,13 +130,3 @@ def synchronize(device: torch.device) -> None:
     elif device.type == "npu":
         torch.npu.synchronize(device)
 
-
-def device_description(device: torch.device) -> str:
-    """A human-readable device name for result files and benchmark tables."""
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    if device.type == "npu":  # with the load-time settings, so every run's device line shows them
-        from npu_models.runtime.settings import describe_settings, device_settings
-        return f"{device} ({npu_chip_name(device)}; {describe_settings(device_settings(device))})"
-    import platform
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -18,6 +18,7 @@ Every backend works on static shapes, so the eval loops feed a fixed batch size 
 short list of buckets: each distinct shape compiles (and is captured) once. Outputs are the caller's to
 keep: where a replay writes into the same memory, they are copied out first.
 """
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -25,7 +26,7 @@ from typing import Callable
 import torch
 from torch.utils._pytree import tree_flatten, tree_map_only, tree_unflatten
 
-from kernels.plan import is_310p, is_a2_or_a3
+from npu_kernels.plan import is_310p, is_a2_or_a3
 from npu_models.errors import UserError, arg
 from npu_models.runtime.compile_cache import FirstCallTimer, code_fingerprint, use_compile_cache
 from npu_models.runtime.device import import_torch_npu, npu_chip_name
@@ -101,7 +102,23 @@ def compiled_for(model, device, backend: str, cache):
         return torchair_compile(model, capture=backend == "npugraph_ex", cache=cache)
     if device.type == "cuda":
         return CudaGraphTrees(torch.compile(model, fullgraph=True, dynamic=False, mode="reduce-overhead"), model)
+    quiet_cuda_home_notice()
     return torch.compile(model, fullgraph=True, dynamic=False)
+
+
+class CudaHomeNotice(logging.Filter):
+    """Drops torch.utils.cpp_extension's "No CUDA runtime is found, using CUDA_HOME=..." warning: inductor imports
+    that module for the C++ include paths of a CPU graph, and a CPU-only run has no use for a CUDA toolkit that
+    merely lies on the disk."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def quiet_cuda_home_notice() -> None:
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, CudaHomeNotice) for f in logger.filters):
+        logger.addFilter(CudaHomeNotice())
 
 
 def torchair_compile(model, capture: bool, cache=None):

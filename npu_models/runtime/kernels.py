@@ -1,8 +1,8 @@
 """Kernel selection, done once when a model is put on its device (never inside a forward)."""
 import torch
 
-from kernels import PORTABLE, KernelPlan, plan_for_ascend_chip
-from kernels.quant_matmul import unsupported_reason
+from npu_kernels import PORTABLE, KernelPlan, plan_for_ascend_chip
+from npu_kernels.quant_matmul import unsupported_reason
 from npu_models.errors import UserError
 from npu_models.runtime.device import npu_chip_name
 from npu_models.runtime.settings import apply_device_settings

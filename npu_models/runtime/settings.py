@@ -10,7 +10,8 @@ reports them (device line, results JSON).
   so each rank casts its own share. NPU_MODELS_NZ_WEIGHTS=0 keeps them ND.
 - The int8 weights of QuantLinear layers that npu_quant_matmul multiplies (w8a8) too, in the layout its doc
   requires on the Atlas inference series: "x2 transposed first, then cast" — the contiguous [N, K] rows are
-  cast, and the kernel passes their transpose as x2 (kernels.quant_matmul.ascend_takes_nz_weight). The weight
+  cast, and the kernel passes their transpose as x2 (QuantLinear.store_weights_blocked asks
+  npu_kernels.quant_matmul.ascend_takes_nz_weight). The weight
   keeps its logical [N, K] shape, so the eager reference and the scales' constants read it as before; a layer
   whose weight is cast computes all its output features where a caller asks for some rows (a range of NZ rows
   is no tensor the op takes). w8a16 weights stay ND: npu_weight_quant_batchmatmul takes an NZ weight in
@@ -18,15 +19,13 @@ reports them (device line, results JSON).
 - PYTORCH_NPU_ALLOC_CONF is the user's to set (the README says what); it is reported, not changed.
 """
 import os
+import platform
 
 import torch
 from torch import nn
 
-from kernels.plan import is_310p
-from kernels.quant_matmul import ascend_takes_nz_weight
+from npu_kernels.plan import is_310p
 from npu_models.errors import UserError
-from npu_models.layers.quant import QuantLinear
-from npu_models.parallel import RowParallelLinear
 from npu_models.runtime.device import import_torch_npu, npu_chip_name
 
 ACL_FORMAT_FRACTAL_NZ = 29  # torch_npu.Format.FRACTAL_NZ (torch_npu/npu/_format.py)
@@ -57,6 +56,15 @@ def describe_settings(settings: dict) -> str:
     return ", ".join(f"{key}={value}" for key, value in settings.items())
 
 
+def device_description(device: torch.device) -> str:
+    """A human-readable device name for result files and benchmark tables."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "npu":  # with the load-time settings, so every run's device line shows them
+        return f"{device} ({npu_chip_name(device)}; {describe_settings(device_settings(device))})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def apply_device_settings(model: nn.Module, device) -> nn.Module:
     """Put the device's load-time settings into effect for `model` (already on the device, cut for its rank)."""
     settings = device_settings(device)
@@ -70,14 +78,17 @@ def apply_device_settings(model: nn.Module, device) -> nn.Module:
 
 
 def cast_weights_to_nz(model: nn.Module) -> None:
-    """Every weight a Linear (or the row-parallel linear of a TP cut) multiplies with, and every int8 weight whose
-    Ascend kernel takes it so, stored in FRACTAL_NZ."""
+    """Every weight a Linear multiplies with stored in FRACTAL_NZ. Our own layers (a row-parallel linear of a TP
+    cut, an int8 linear) decide which of their weights their kernel takes so: each is handed the cast through its
+    `store_weights_blocked(cast)`, so the runtime needs to know no layer type but torch's."""
     torch_npu = import_torch_npu()
+
+    def cast(tensor: torch.Tensor) -> torch.Tensor:
+        return torch_npu.npu_format_cast(tensor, ACL_FORMAT_FRACTAL_NZ)
+
     for module in model.modules():
-        if isinstance(module, (nn.Linear, RowParallelLinear)):
+        if isinstance(module, nn.Linear):
             with torch.no_grad():
-                module.weight.data = torch_npu.npu_format_cast(module.weight.data, ACL_FORMAT_FRACTAL_NZ)
-        elif isinstance(module, QuantLinear) and ascend_takes_nz_weight(module.scheme, module.state(),
-                                                                         module.kernel_plan):
-            module.weight = torch_npu.npu_format_cast(module.weight, ACL_FORMAT_FRACTAL_NZ)  # [N, K], contiguous
-            module.weight_blocked = True
+                module.weight.data = cast(module.weight.data)
+        elif hasattr(module, "store_weights_blocked"):
+            module.store_weights_blocked(cast)

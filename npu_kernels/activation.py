@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels.plan import PORTABLE, KernelPlan
+from npu_kernels.plan import PORTABLE, KernelPlan
 
 
 def eager_gelu(x):

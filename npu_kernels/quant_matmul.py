@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from kernels.plan import PORTABLE, AscendQuantOps, KernelPlan
+from npu_kernels.plan import PORTABLE, AscendQuantOps, KernelPlan
 
 SCHEMES = ("w8a8", "w8a8-dynamic", "w8a16")
 INT8_MIN, INT8_MAX = -128, 127

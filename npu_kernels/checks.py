@@ -2,10 +2,10 @@
 `python -m npu_models.doctor` runs on the user's chip. Each case is (name, plan's output, eager output)."""
 import torch
 
-from kernels.activation import eager_gelu, gelu
-from kernels.attention_backends import attention, eager_attention
-from kernels.norm import add_layer_norm, eager_add_layer_norm
-from kernels.plan import KernelPlan
+from npu_kernels.activation import eager_gelu, gelu
+from npu_kernels.attention_backends import attention, eager_attention
+from npu_kernels.norm import add_layer_norm, eager_add_layer_norm
+from npu_kernels.plan import KernelPlan
 
 # batch, heads, query/key length, head dim: BERT-base's head dim at a short padded sentence
 SHAPE = (2, 4, 24, 64)

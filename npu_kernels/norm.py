@@ -2,13 +2,13 @@
 
 F.layer_norm everywhere, whose statistics accumulate in fp32 on every backend (on NPU it runs torch_npu's
 own kernel); the eager reference spells the formula out in fp32. Ascend's fused `npu_add_layer_norm` has a
-schema and a meta kernel in torch_npu 2.14.0 but no doc page naming any chip (kernels.plan.OP_DOCS), so no
+schema and a meta kernel in torch_npu 2.14.0 but no doc page naming any chip (npu_kernels.plan.OP_DOCS), so no
 plan calls it.
 """
 import torch
 import torch.nn.functional as F
 
-from kernels.plan import PORTABLE, KernelPlan
+from npu_kernels.plan import PORTABLE, KernelPlan
 
 
 def eager_add_layer_norm(x, residual, weight, bias, eps):

@@ -9,7 +9,7 @@ Softmax runs in fp32 on every backend. The backend comes from the caller's `Kern
 import torch
 import torch.nn.functional as F
 
-from kernels.plan import ASCEND_NO_TOKEN_LIMIT, PORTABLE, AscendAttentionOp, KernelPlan
+from npu_kernels.plan import ASCEND_NO_TOKEN_LIMIT, PORTABLE, AscendAttentionOp, KernelPlan
 
 
 def eager_attention(q, k, v, mask=None, scale=None, bias=None):
