@@ -24,13 +24,15 @@ class AscendAttentionOp:
     takes_bias: bool                # pse_shift: not supported on Atlas inference cards (310P)
     max_batch: int
     max_seq: int
+    max_seq_one_query: int | None = None  # FIA: with a query of length 1, keys up to this many
     max_heads: int = 256
     max_head_dim: int = 512
     head_dim_multiple: int = 1      # FIA: fp16/bf16 need D aligned to 16 (32 bytes)
 
     def accepts(self, dtype, heads: int, q_len: int, k_len: int, head_dim: int) -> bool:
         """Everything but the batch, which `ascend_attention` splits into chunks the op accepts."""
-        return (dtype in self.dtypes and heads <= self.max_heads and max(q_len, k_len) <= self.max_seq
+        keys_fit = q_len > 1 or self.max_seq_one_query is None or k_len <= self.max_seq_one_query
+        return (dtype in self.dtypes and heads <= self.max_heads and max(q_len, k_len) <= self.max_seq and keys_fit
                 and head_dim <= self.max_head_dim and head_dim % self.head_dim_multiple == 0)
 
 
@@ -39,9 +41,10 @@ class AscendAttentionOp:
 PROMPT_FLASH_310P = AscendAttentionOp("npu_prompt_flash_attention", "scale_value", returns_tuple=False,
                                       dtypes=(torch.float16,), takes_bias=False, max_batch=128, max_seq=65535)
 # Atlas A2 / A3 (910B, 910_93): fused infer attention; fp16/bf16, pse_shift (B|1, N, Sq, Sk) in the query dtype.
+# Its doc splits the limits by the query length: Q_S > 1, S <= 20971520 (20M); Q_S = 1, S <= 262144.
 FUSED_INFER_A2 = AscendAttentionOp("npu_fused_infer_attention_score", "scale", returns_tuple=True,
                                    dtypes=(torch.float16, torch.bfloat16), takes_bias=True, max_batch=65536,
-                                   max_seq=20971520, head_dim_multiple=16)
+                                   max_seq=20971520, max_seq_one_query=262144, head_dim_multiple=16)
 
 
 # Where each fused op's chip list was read (the "支持的型号" / "产品支持情况" section of its doc page) and the

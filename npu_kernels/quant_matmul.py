@@ -92,11 +92,21 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x * (INT8_MAX / peak)[..., None]).round_().to(torch.int8), peak / INT8_MAX
 
 
+def static_deq_scale(input_scale: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    """w8a8's per-channel scale from the int32 product to the output: the fp32 product of the two scales."""
+    return input_scale.float() * weight_scale.float()
+
+
+def offset_correction(input_offset: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """What the activation's offset adds to each int32 output row, in deq_scale units: offset * rowsum(W)."""
+    return input_offset.to(torch.int64) * weight.to(torch.int64).sum(dim=1)
+
+
 def quant_bias_and_deq_scale(params: QuantParams) -> tuple[torch.Tensor, torch.Tensor]:
     """The static scheme's int32 bias (the float bias and the offset's correction, in deq_scale units) and the
     fp32 per-channel scale from the int32 product to the output."""
-    deq_scale = params.input_scale.float() * params.weight_scale.float()
-    correction = params.input_offset.to(torch.int64) * params.weight.to(torch.int64).sum(dim=1)
+    deq_scale = static_deq_scale(params.input_scale, params.weight_scale)
+    correction = offset_correction(params.input_offset, params.weight)
     bias = torch.zeros_like(deq_scale) if params.bias is None else params.bias.float()
     scaled = torch.round(bias.double() / deq_scale.double()).to(torch.int64) - correction
     if scaled.abs().max() >= 2 ** 31:
@@ -105,13 +115,21 @@ def quant_bias_and_deq_scale(params: QuantParams) -> tuple[torch.Tensor, torch.T
     return scaled.to(torch.int32), deq_scale
 
 
+def bias_from_quant_bias(quant_bias: torch.Tensor, correction: torch.Tensor, deq_scale: torch.Tensor) -> torch.Tensor:
+    """The float bias an int32 quant_bias carries (bias = (quant_bias + correction) * deq_scale, exact in float64),
+    in fp32. The one formula for a bias in whole deq_scale units: a layer's state (dequantized_bias) and a file's
+    bias read back (checkpoints.quantized) both come from it, so a saved layer loads back bit for bit."""
+    return ((quant_bias.double() + correction.double()) * deq_scale.double()).float()
+
+
 def dequantized_bias(params: QuantParams, scheme: str) -> torch.Tensor | None:
     """The bias the scheme's int8 kernels add, as a float: w8a8 adds it inside the int32 quant_bias, so rounded
     to whole units of deq_scale; the other schemes add the float bias itself."""
     if params.bias is None or scheme != "w8a8":
         return params.bias
-    deq_scale = (params.input_scale.float() * params.weight_scale.float()).double()
-    return (torch.round(params.bias.double() / deq_scale) * deq_scale).to(params.bias.dtype)
+    deq_scale = static_deq_scale(params.input_scale, params.weight_scale)
+    units = torch.round(params.bias.double() / deq_scale.double())  # quant_bias + correction, as a float64
+    return bias_from_quant_bias(units, torch.zeros_like(units), deq_scale).to(params.bias.dtype)
 
 
 # ---- deq_scale as the Ascend kernels and msModelSlim's files hold it ---------------------------------------

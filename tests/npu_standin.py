@@ -267,6 +267,9 @@ def fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_mask
     k_len = _shape_bnsd(key, input_layout, num_heads)[2]
     _check(input_layout != "BNSD_BSND" or q_len > 1, "BNSD_BSND needs Q_S > 1")
     _check(batch <= 65536 and heads <= 256 and head_dim <= 512, f"B={batch} N={heads} D={head_dim} over the limits")
+    # "当Q_S大于1时 ... S支持小于等于20971520(20M)"; "当Q_S等于1时 ... 支持S轴小于等于262144"
+    _check(q_len == 1 or max(q_len, k_len) <= 20971520, f"S={max(q_len, k_len)}: with Q_S > 1, S <= 20971520")
+    _check(q_len > 1 or k_len <= 262144, f"S={k_len}: with Q_S = 1, S <= 262144")
     _check(q_len == 1 or head_dim % 16 == 0, f"D={head_dim}: float16/bfloat16 inputs need D aligned to 16")
     _check(sparse_mode in (0, 1), f"sparse_mode={sparse_mode} needs an optimised 2048x2048 mask")
     shapes = {(1, q_len, k_len), (batch, 1, q_len, k_len), (1, 1, q_len, k_len)}

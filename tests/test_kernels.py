@@ -225,6 +225,23 @@ def test_cases_the_fused_op_cannot_take_run_the_fp32_math(ascend_chip, chip, cas
     torch.testing.assert_close(out, eager_attention(q, k, v, mask, None, bias))
 
 
+def test_one_query_over_the_fused_infer_key_limit_runs_the_math(ascend_chip):
+    """FIA's doc: with Q_S = 1, S <= 262144 (20M only for longer queries). One query over 262,145 keys runs the
+    eager math; at the limit, or with two queries, the fused op."""
+    standin = ascend_chip("Ascend910B2")
+    plan = plan_for_ascend_chip("Ascend910B2")
+    op = plan.ascend_attention
+    assert op.name == "npu_fused_infer_attention_score"
+    assert not op.accepts(torch.bfloat16, 1, 1, 262145, 16) and op.accepts(torch.bfloat16, 1, 1, 262144, 16)
+    assert op.accepts(torch.bfloat16, 1, 2, 262145, 16)
+    q, k, v = (torch.randn(1, 1, s, 16).to(torch.bfloat16) for s in (1, 262145, 262145))
+    out = attention(q, k, v, plan=plan)
+    assert sum(standin.calls.values()) == 0
+    torch.testing.assert_close(out, eager_attention(q, k, v, None, None, None))
+    attention(q, k[:, :, :262144], v[:, :, :262144], plan=plan)
+    assert standin.calls == {"npu_fused_infer_attention_score": 1}
+
+
 # The stand-in has teeth: each documented restriction our code works around is refused when violated.
 
 def test_standin_refuses_non_contiguous_inputs(ascend_chip):
@@ -256,6 +273,13 @@ def test_standin_refuses_fused_infer_attention_on_310p_and_unaligned_head_dims(a
     with pytest.raises(AscendContractError, match="aligned to 16"):
         torch.ops.npu.npu_fused_infer_attention_score(*random_qkv(dim=12, dtype=torch.bfloat16), num_heads=4,
                                                       input_layout="BNSD")
+
+
+def test_standin_refuses_one_query_over_262144_keys_in_fused_infer_attention(ascend_chip):
+    ascend_chip("Ascend910B2")
+    q, k = torch.randn(1, 1, 1, 16).to(torch.bfloat16), torch.randn(1, 1, 262145, 16).to(torch.bfloat16)
+    with pytest.raises(AscendContractError, match="with Q_S = 1, S <= 262144"):
+        torch.ops.npu.npu_fused_infer_attention_score(q, k, k, num_heads=1, input_layout="BNSD")
 
 
 def test_standin_masks_follow_the_ascend_polarity(ascend_chip):

@@ -66,6 +66,11 @@ def test_a_saved_quantized_model_loads_back_exactly(tmp_path, family):
     loaded = npu_models.load_model(out, device="cpu", dtype="fp32")
     assert loaded.quant_scheme == "w8a8" and sum(isinstance(m, QuantLinear) for m in loaded.modules()) == sum(
         isinstance(m, QuantLinear) for m in model.modules())
+    # the state itself, not only this machine's outputs: every tensor, the w8a8 biases rebuilt from quant_bias too
+    state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert set(state) == set(loaded_state)
+    changed = [key for key, tensor in state.items() if not torch.equal(loaded_state[key], tensor)]
+    assert changed == []
     expected = outputs(entry, runtime.prepare_model(model, CPU, torch.float32), inputs)
     found = outputs(entry, loaded, inputs)
     for key, tensor in expected.items():
@@ -299,6 +304,34 @@ def test_shards_of_a_quantized_checkpoint_are_the_plan_applied_to_it(tmp_path, f
         for (path, a), (_, b) in zip(expected.named_modules(), found.named_modules()):
             if isinstance(a, QuantLinear):
                 assert torch.equal(a.quant_bias, b.quant_bias), (rank, path)
+
+
+@pytest.mark.parametrize("family", ["bert", "vlmo"])
+def test_a_row_parallel_shard_stores_only_its_columns_offset_correction_in_quant_bias(tmp_path, family):
+    """The tensors in each rank's file, as any reader of msModelSlim's layout takes them: a row-parallel part's
+    quant_bias is -input_offset * rowsum(its int8 columns) and nothing else, and the bias is a float `bias` (added
+    once, after the all-reduce). Were the bias folded into every rank's quant_bias, such a reader would add it once
+    per rank; our loader, which prefers the float bias, would not notice."""
+    entry, checkpoint, _, model = quantized_fixture(family)
+    whole = save(tmp_path, entry, checkpoint, model)
+    whole_state = load_file(str(whole / "model.safetensors"))
+    out = shard(entry.name, whole, 2, tmp_path / "shards")
+    row_parallel = 0
+    for rank in range(2):
+        state = load_file(str(out / f"model-rank{rank}-of-2.safetensors"))
+        for key in [k for k in state if k.endswith(".quant_bias")]:
+            prefix = key[: -len("quant_bias")]
+            if state[prefix + "weight"].shape[1] == whole_state[prefix + "weight"].shape[1]:
+                continue  # not cut by its columns
+            row_parallel += 1
+            columns = state[prefix + "weight"].to(torch.int64)
+            correction = state[prefix + "input_offset"].to(torch.int64) * columns.sum(dim=1)
+            assert torch.equal(state[key].to(torch.int64), -correction), (rank, key)
+            assert state[key].dtype == torch.int32
+            whole_bias = quantized.own_tensors(
+                {name[len(prefix):]: t for name, t in whole_state.items() if name.startswith(prefix)}, "w8a8")["bias"]
+            assert state[prefix + "bias"].is_floating_point() and torch.equal(state[prefix + "bias"], whole_bias)
+    assert row_parallel >= 2 * 2  # attention output and MLP fc2 of at least one block, on both ranks
 
 
 # ---- bad checkpoints ------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from npu_kernels.quant_matmul import (INT8_MAX, INT8_MIN, activation_qparams, pack_deq_scale,
-                                  quant_bias_and_deq_scale, unpack_deq_scale)
+from npu_kernels.quant_matmul import (INT8_MAX, INT8_MIN, activation_qparams, bias_from_quant_bias, offset_correction,
+                                      pack_deq_scale, quant_bias_and_deq_scale, static_deq_scale, unpack_deq_scale)
 from npu_models.errors import UserError
 from npu_models.layers.attention import fused_qkv_bias
 from npu_models.layers.quant import QuantLinear
@@ -243,9 +243,9 @@ def own_tensors(tensors: dict[str, torch.Tensor], scheme: str) -> dict[str, torc
     scales, offsets = tensors["input_scale"].double().flatten(), tensors["input_offset"].double().flatten()
     if "bias" not in tensors:
         parts = part_of_rows(weight.shape[0], len(scales))
-        correction = offsets[parts] * weight.double().sum(dim=1)
-        deq_scale = scales[parts] * own["weight_scale"].double()
-        own["bias"] = ((tensors["quant_bias"].double() + correction) * deq_scale).float()
+        part_offsets = tensors["input_offset"].flatten()[parts]
+        deq_scale = static_deq_scale(tensors["input_scale"].flatten()[parts], own["weight_scale"])
+        own["bias"] = bias_from_quant_bias(tensors["quant_bias"], offset_correction(part_offsets, weight), deq_scale)
     if (scales == scales[0]).all() and (offsets == offsets[0]).all():  # one range (the parts share their input)
         own["input_scale"], own["input_offset"] = scales[:1].float(), offsets[:1].to(torch.int8)
     else:

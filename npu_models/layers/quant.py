@@ -6,8 +6,8 @@ from torch import nn
 
 from npu_kernels import PORTABLE
 from npu_kernels.quant_matmul import (SCHEMES, QuantParams, activation_qparams, ascend_takes_nz_weight,
-                                      prepare_quant_params, quant_bias_and_deq_scale, quant_linear, quantize_weight,
-                                      unsupported_reason)
+                                      dequantized_bias, prepare_quant_params, quant_bias_and_deq_scale, quant_linear,
+                                      quantize_weight, unsupported_reason)
 from npu_models.errors import UserError
 
 
@@ -62,6 +62,8 @@ class QuantLinear(nn.Module):
             layer.input_scale = input_scale.to(linear.weight.device, linear.weight.dtype)
             layer.input_offset = input_offset.to(linear.weight.device)
             quant_bias_and_deq_scale(layer.params())  # refuses a bias the int32 quant_bias cannot hold, now
+            if layer.bias is not None:  # the bias as quant_bias holds it: what the kernels add and the file stores
+                layer.bias = dequantized_bias(layer.state(), scheme)
         return layer
 
     def matmul_bias(self) -> torch.Tensor | None:
