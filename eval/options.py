@@ -25,6 +25,8 @@ class EvalOptions:
     strings."""
     task: ClassVar[str]               # the command and the registry task it runs: sst2, imagenet, vqa, retrieval
     prediction_key: ClassVar[str]     # the field that keys its predictions records
+    # the options naming files or directories the command reads: all checked to exist before any work
+    input_paths: ClassVar[tuple[str, ...]] = ("checkpoint", "data", "config")
     model: str | None = None          # short or registry name; None: the task's default model
     checkpoint: Path | None = None    # official checkpoint or converted directory; None: random weights (a demo)
     data: Path | None = None          # the dataset in its real layout; None: the bundled sample

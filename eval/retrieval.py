@@ -47,6 +47,7 @@ TOP = 10  # candidates listed per query in --predictions
 class RetrievalOptions(EvalOptions):
     task: ClassVar[str] = "retrieval"
     prediction_key: ClassVar[str] = "key"
+    input_paths: ClassVar[tuple[str, ...]] = EvalOptions.input_paths + ("vocab",)
     batch_size: int = 64
     split: str = "test"
     vocab: Path | None = None         # bert-base-uncased vocab.txt; None: in --data or beside the checkpoint

@@ -32,6 +32,7 @@ SAMPLE = SAMPLES_DIR / "sst2"
 class SST2Options(EvalOptions):
     task: ClassVar[str] = "sst2"
     prediction_key: ClassVar[str] = "index"
+    input_paths: ClassVar[tuple[str, ...]] = EvalOptions.input_paths + ("vocab",)
     seq_len: int = 128                # tokens per sentence with [CLS]/[SEP], capped at the model's positions
     vocab: Path | None = None         # None: the vocab.txt beside the checkpoint (the sample's for random weights)
 

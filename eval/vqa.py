@@ -47,6 +47,7 @@ SAMPLE = SAMPLES_DIR / "vqa"
 class VQAOptions(EvalOptions):
     task: ClassVar[str] = "vqa"
     prediction_key: ClassVar[str] = "question_id"
+    input_paths: ClassVar[tuple[str, ...]] = EvalOptions.input_paths + ("answers", "vocab", "detector_weights", "score")
     split: str = "val2014"
     answers: Path | None = None           # answer2label.txt; None: the checkpoint's list, one found beside, or rebuilt
     vocab: Path | None = None             # bert-base-uncased vocab.txt; None: in --data or beside the checkpoint

@@ -118,7 +118,7 @@ def test_graph_mode_gives_the_eager_results(tmp_path, imagenet_val, compiled_gra
 
 
 @pytest.mark.parametrize("setup, expected", [
-    ("missing", "ImageNet directory {root}/nope does not exist"),
+    ("missing", "--data {root}/nope does not exist"),
     ("empty", "no ImageNet images in {root}"),
     ("no_meta", "no meta.mat to map its ILSVRC2012 ids"),
     ("bad_folder", "class folders must be named by ImageNet-1k WordNet id"),

@@ -178,10 +178,13 @@ def test_demo_run_says_loudly_that_weights_are_random(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--data", "/nonexistent/dev.tsv"], "SST-2 file /nonexistent/dev.tsv does not exist"),
+    (["--data", "/nonexistent/dev.tsv"], "--data /nonexistent/dev.tsv does not exist"),
     (["--model", "bret"], "unknown model 'bret'"),
     (["--device", "npu:0"], "needs the Ascend PyTorch adapter torch_npu"),
-    (["--checkpoint", "/nonexistent/ckpt"], "checkpoint /nonexistent/ckpt does not exist"),
+    (["--checkpoint", "/nonexistent/ckpt"], "--checkpoint /nonexistent/ckpt does not exist"),
+    (["--checkpoint", "/nonexistent/ckpt", "--data", "/nonexistent/dev.tsv", "--vocab", "/nonexistent/vocab.txt"],
+     "these paths do not exist: --checkpoint /nonexistent/ckpt; --data /nonexistent/dev.tsv; "
+     "--vocab /nonexistent/vocab.txt."),
 ])
 def test_bad_input_gives_one_paragraph_and_no_traceback(argv, expected):
     result = subprocess.run([sys.executable, "-m", "eval.sst2", *argv], capture_output=True, text=True, timeout=300)

@@ -200,7 +200,7 @@ def test_score_reproduces_the_reference_fixture_from_its_predictions(tmp_path):
 
 
 @pytest.mark.parametrize("results, message", [
-    (None, r"results.json does not exist"),
+    (None, r"--score \S*results.json does not exist"),
     ("not json", r"results.json is not valid JSON"),
     ({"1000": "yes"}, r"holds a JSON dict; a VQA results file is a JSON array of"),
     ([{"question_id": "1000", "answer": "yes"}], r"entry 0 is .*a VQA results file is a JSON array"),
@@ -232,7 +232,8 @@ def test_score_needs_annotations_and_no_model_options(tmp_path, capsys):
         vqa.main(["--score", str(tmp_path / "results.json"), "--data", str(tmp_path / "vqa")])
     assert "--score needs the annotations of --split val2014" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        vqa.main(["--score", str(tmp_path / "results.json"), "--data", str(tmp_path / "vqa"), "--checkpoint", "x.pt"])
+        vqa.main(["--score", str(tmp_path / "results.json"), "--data", str(tmp_path / "vqa"), "--checkpoint",
+                  str(tmp_path / "results.json")])  # a path that exists: the option itself is refused
     assert "--checkpoint cannot be used with it" in capsys.readouterr().err
 
 

@@ -99,6 +99,12 @@ def test_bench_times_float_and_int8_side_by_side(tmp_path, capsys, monkeypatch):
     assert 1e-4 < int8["max_abs_diff_vs_peer"] < 1 and peer["max_abs_diff_vs_peer"] < 1e-5
     assert int8["gflop_per_batch"] == pytest.approx(ours["gflop_per_batch"], rel=1e-3)  # int8 GEMMs counted too
     assert int8["param_mb_per_rank"] < ours["param_mb_per_rank"]  # int8 weights: a quarter of fp32's
+    # each row against its own peak, both measured in this run: int8 GEMMs run on integer units, several times
+    # the fp32 rate, so set against the fp32 matmul an int8 row read over 100%
+    assert (ours["peak"], int8["peak"], peer["peak"]) == ("fp32 matmul", "int8 GEMM", "fp32 matmul")
+    int8_peak = int8["tflops"] / int8["fraction_of_peak"]
+    float_peak = ours["tflops"] / ours["fraction_of_peak"]
+    assert int8_peak != pytest.approx(float_peak, rel=1e-6) and 0 < int8["fraction_of_peak"] < 1
     streamed = capsys.readouterr().out
     assert "quant" in streamed.splitlines()[streamed.splitlines().index("bert-base-cased-sst2") + 1]
     assert any(line.split()[:3] == ["ours", "eager", "w8a8"] for line in streamed.splitlines())
@@ -111,6 +117,7 @@ def test_bench_markdown_table_shows_float_and_int8_against_the_peer():
                 "device": "cpu", "dtype": "fp32", "date": "2026-12-01", "max_abs_diff_vs_peer": None}
     table = report.markdown_table([row("ours", "none", 10.0), row("ours", "w8a8", 25.0), row("peer", "none", 8.0)])
     assert "| m | ours | w8a8 | eager | 8 |" in table
+    assert "int8 rows against the int8 GEMM (torch._int_mm) measured in the same run" in table
     assert "| m | 8 | none | eager, 10.0/s | eager, 8.0/s | 1.25x |" in table
     assert "| m | 8 | w8a8 | eager, 25.0/s | eager, 8.0/s | 3.12x |" in table
 

@@ -92,6 +92,26 @@ def test_convert_refuses_to_overwrite_its_source(tmp_path, capsys):
     assert (tmp_path / "ckpt" / "pytorch_model.bin").is_file()
 
 
+@pytest.mark.parametrize("damage", ["overwritten start", "truncated"])
+def test_a_damaged_bin_is_called_corrupt_and_never_advised_to_load_unsafely(tmp_path, damage):
+    """A .bin whose first bytes were overwritten fails torch's weights-only unpickler as a pickle holding objects
+    does; it is a broken file, and weights_only=False would neither help nor be safe advice."""
+    from npu_models.errors import UserError
+    from npu_models.checkpoints.io import read_state_dict
+
+    data = bytearray((BERT_FIXTURE / "checkpoint" / "pytorch_model.bin").read_bytes())
+    if damage == "overwritten start":
+        data[:16] = bytes(16)
+    else:
+        data = data[: len(data) // 3]
+    (tmp_path / "pytorch_model.bin").write_bytes(bytes(data))
+    with pytest.raises(UserError) as info:
+        read_state_dict(tmp_path / "pytorch_model.bin")
+    message = str(info.value)
+    assert "is not a readable checkpoint" in message and "corrupt or truncated" in message, message
+    assert "weights_only" not in message and "beyond tensors" not in message
+
+
 def test_pickled_objects_are_refused_not_executed(tmp_path):
     from npu_models.errors import UserError
     from npu_models.checkpoints.io import read_state_dict

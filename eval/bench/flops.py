@@ -1,5 +1,5 @@
 """Work done and the device's yardstick: FLOPs of one call counted by torch, and a dense matmul's FLOP/s
-measured in the same run."""
+measured in the same run (the int8 GEMM's for int8 rows)."""
 import statistics
 
 import torch
@@ -38,4 +38,18 @@ def matmul_peak(device, dtype, size: int | None = None, iters: int = 5) -> float
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     seconds = time_iterations(torch.matmul, (a, b), device, warmup=2, iters=iters)
+    return 2 * size ** 3 / statistics.median(seconds)
+
+
+def int8_matmul_peak(device, size: int | None = None, iters: int = 5) -> float | None:
+    """Multiply-add OP/s (counted as FLOPs are) of torch._int_mm, int8 x int8 -> int32, at a large square
+    shape, measured now: the yardstick for int8 rows, whose GEMMs run on the device's integer units (on a CPU
+    with VNNI several times the fp32 rate; set against the float peak an int8 row read 400-500%). None where
+    torch has no int8 GEMM for the device (Ascend's is npu_quant_matmul, inside the plan's kernels)."""
+    if device.type not in ("cpu", "cuda"):
+        return None
+    size = size or (2048 if device.type == "cpu" else 8192)
+    a = torch.randint(-128, 128, (size, size), dtype=torch.int8, device=device)
+    b = torch.randint(-128, 128, (size, size), dtype=torch.int8, device=device)
+    seconds = time_iterations(torch._int_mm, (a, b), device, warmup=2, iters=iters)
     return 2 * size ** 3 / statistics.median(seconds)

@@ -7,7 +7,7 @@ from eval.store import write_json_atomic
 from npu_models.errors import UserError
 
 COLUMNS = ["model", "impl", "quant", "mode", "batch_size", "seq_len", "samples_per_second", "latency_ms_p50",
-           "latency_ms_p90", "first_call_s", "gflop_per_batch", "tflops", "fraction_of_peak", "device", "dtype", "tp",
+           "latency_ms_p90", "first_call_s", "gflop_per_batch", "tflops", "fraction_of_peak", "peak", "device", "dtype", "tp",
            "param_mb_per_rank", "max_abs_diff_vs_peer", "date"]
 
 
@@ -45,6 +45,13 @@ def plot(rows: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def percent_of_peak(row: dict) -> str:
+    """The row's share of its peak (its dtype's matmul, or the int8 GEMM for int8 rows); '-' where none was
+    measured."""
+    fraction = row.get("fraction_of_peak")
+    return "-" if fraction is None else f"{100 * fraction:.1f}"
+
+
 def format_table(rows: list[dict]) -> str:
     header = (f"{'impl':<5} {'mode':<6} {'quant':<12} {'tp':>2} {'batch':>5} {'seq':>4} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} "
               f"{'% peak':>7} {'MiB/rank':>9} {'diff vs peer':>12}")
@@ -53,7 +60,7 @@ def format_table(rows: list[dict]) -> str:
         diff = "" if r["max_abs_diff_vs_peer"] is None else f"{r['max_abs_diff_vs_peer']:.1e}"
         lines.append(f"{r['impl']:<5} {r['mode']:<6} {r['quant']:<12} {r['tp']:>2} {r['batch_size']:>5} {r['seq_len']:>4} "
                      f"{r['samples_per_second']:>10.1f} {r['latency_ms_p50']:>9.2f} {r['latency_ms_p90']:>9.2f} "
-                     f"{100 * r['fraction_of_peak']:>7.1f} {r['param_mb_per_rank']:>9.1f} {diff:>12}")
+                     f"{percent_of_peak(r):>7} {r['param_mb_per_rank']:>9.1f} {diff:>12}")
     return "\n".join(lines)
 
 
@@ -66,7 +73,7 @@ def markdown_table(rows: list[dict]) -> str:
         diff = "" if r["max_abs_diff_vs_peer"] is None else f"{r['max_abs_diff_vs_peer']:.1e}"
         lines.append(f"| {r['model']} | {r['impl']}{'' if r['tp'] == 1 else ' tp' + str(r['tp'])} | {r['quant']} | {r['mode']} | "
                      f"{r['batch_size']} | {r['seq_len']} | {r['samples_per_second']:.1f} | {r['latency_ms_p50']:.2f} | "
-                     f"{r['tflops']:.2f} | {100 * r['fraction_of_peak']:.1f} | {diff} |")
+                     f"{r['tflops']:.2f} | {percent_of_peak(r)} | {diff} |")
     pairs = best_against_best(rows)
     if pairs:
         lines += ["", "| model | batch | quant | ours best | peer best | ours / peer |", "|---|---:|---|---|---|---:|"]
@@ -77,7 +84,8 @@ def markdown_table(rows: list[dict]) -> str:
                          f"{ours['samples_per_second'] / peer['samples_per_second']:.2f}x |")
     first = rows[0]
     lines += ["", f"{first['device']}, {first['dtype']}, {first['date']}; peak = dense {first['dtype']} matmul measured "
-              "in the same run."]
+              "in the same run" + ("; int8 rows against the int8 GEMM (torch._int_mm) measured in the same run."
+                                   if any(r["quant"] != "none" for r in rows) else ".")]
     return "\n".join(lines)
 
 

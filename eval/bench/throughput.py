@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from eval.bench.flops import counted_flops, matmul_peak
+from eval.bench.flops import counted_flops, int8_matmul_peak, matmul_peak
 from eval.bench.options import BenchOptions
 from eval.bench.report import format_table, write_rows
 from eval.data.region_features import MAX_BOXES, RegionFeatureExtractor, pad_regions
@@ -59,6 +59,19 @@ class BenchRun:
     tp: TensorParallel
     peak: float
     rows: list[dict] = field(default_factory=list)
+    int8_peak: float | None = None  # measured at the first int8 row (eval.bench.flops.int8_matmul_peak)
+
+    def peak_for(self, quant: str) -> tuple[float | None, str]:
+        """(the peak a row of `quant` is set against, its name): float rows the dense float matmul, int8 rows
+        (whose GEMMs run on integer units) torch._int_mm, both measured in this run."""
+        if quant == "none":
+            return self.peak, f"{runtime.dtype_name(self.dtype)} matmul"
+        if self.int8_peak is None:
+            self.int8_peak = int8_matmul_peak(self.device)
+            if self.int8_peak is not None:
+                self.say(f"int8 GEMM (torch._int_mm) on {runtime.device_description(self.device)}: "
+                         f"{self.int8_peak / 1e12:.2f} TOP/s (the peak int8 rows are measured against)", file=sys.stderr)
+        return self.int8_peak, "int8 GEMM"
 
     def say(self, *args, **kwargs) -> None:
         if parallel.is_main_process():  # rank 0 reports for all
@@ -222,10 +235,12 @@ def time_batch(run: BenchRun, part: Part, fns: dict, mode: str, batch_size: int)
             diff = (ours_output - outputs[c.key]).abs().max().item()
         elif c.quant != "none" and peer_output is not None:
             diff = (outputs[c.key] - peer_output).abs().max().item()
+        peak, peak_name = run.peak_for(c.quant)
         run.add({"model": part.name, "impl": c.impl, "quant": c.quant, "mode": mode, "batch_size": batch_size, "seq_len": seq_len,
                  "samples_per_second": batch_size * len(seconds) / sum(seconds), **latency_percentiles(seconds),
                  "first_call_s": first_call[c.key], "gflop_per_batch": flops / 1e9, "tflops": achieved / 1e12,
-                 "fraction_of_peak": achieved / run.peak, "device": runtime.device_description(run.device),
+                 "fraction_of_peak": None if peak is None else achieved / peak, "peak": peak_name,
+                 "device": runtime.device_description(run.device),
                  "dtype": runtime.dtype_name(run.dtype), "tp": c.tp, "param_mb_per_rank": parameter_megabytes(c.module),
                  "max_abs_diff_vs_peer": diff, "date": datetime.date.today().isoformat()})
 

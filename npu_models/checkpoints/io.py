@@ -54,6 +54,9 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
         return load_torch_file(path)
     except pickle.UnpicklingError as err:
         reason = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
+        if not reason:  # a pickle torch could not parse, not one naming a class: damaged bytes, not objects
+            raise UserError(f"{path} is not a readable checkpoint ({unpickler_detail(err)}); the file is probably "
+                            "corrupt or truncated: download it again.") from None
         raise UserError(
             f"{path} holds Python objects beyond tensors ({reason or 'not a plain state dict'}); they are not "
             "unpickled, since unpickling can run code. If you trust the file, re-save its state dict once and pass "
@@ -63,6 +66,16 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     except (SafetensorError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise UserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
                         "the file is probably corrupt or truncated: download it again.") from None
+
+
+def unpickler_detail(err: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler found wrong, without its advice to load with weights_only=False."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    marker = next((i for i, line in enumerate(lines) if "WeightsUnpickler error" in line), None)
+    if marker is None:
+        return f"UnpicklingError: {lines[0] if lines else err!r}"
+    detail = lines[marker].split("WeightsUnpickler error:", 1)[1].strip() or (lines[marker + 1:] or ["?"])[0]
+    return f"UnpicklingError: {detail}"
 
 
 # Wrappers around a state dict, outermost first: Lightning ('state_dict'), DeepSpeed ('module', whose keys
