@@ -227,3 +227,14 @@ def test_a_world_size_without_torchrun_says_how_to_launch(monkeypatch, capsys):
     with pytest.raises(SystemExit) as info:
         sst2.main(["--device", "cpu"])
     assert info.value.code == 2 and "run under torchrun --standalone --nproc_per_node 2" in capsys.readouterr().err
+
+
+def test_a_note_prints_once_for_the_job_not_once_per_rank(tmp_path):
+    """The fixture's BERT has 64 positions: --seq-len 128 is capped, and the job says so once."""
+    env = {**os.environ, "NPU_MODELS_DIST_TIMEOUT": "60"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "eval.sst2", "--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu",
+                             "--limit", "4", "--seq-len", "128"], capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("note: --seq-len 128 capped at the model's 64 positions") == 1, result.stderr
