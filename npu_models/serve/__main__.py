@@ -1,0 +1,5 @@
+import sys
+
+from npu_models.serve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,417 @@
+"""python -m npu_models.serve: real servers on 127.0.0.1 (each in a subprocess on a port of its own choosing),
+driven over HTTP with bounded loops. A request's answer is the eval command's answer for the same input,
+whatever it was batched with; bad input, overload and shutdown get the answers users of TEI and vLLM expect."""
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from eval import imagenet, retrieval, sst2, vqa
+from tests.conftest import BERT_FIXTURE, FIXTURES
+from tests.imagenet_layout import make_flat_layout, synthetic_image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+REFERENCE = FIXTURES / "reference"
+START_TIMEOUT = 120  # seconds for a server to load its model and warm up
+SENTENCES = ["a charming and often affecting journey .", "dull", "the acting is wooden and the plot is a mess .",
+             "unflinchingly bleak and desperate", "it 's a charming and often affecting journey . " * 3,
+             "a gorgeous , witty , seductive movie .", "Too long .", "never finds its heart",
+             "an affecting , charming film that never stops being funny , smart , and astounding .", "Bleak ."]
+
+
+class RunningServer:
+    """A server subprocess: its URL once it listens, its stderr, and a bounded wait for readiness."""
+
+    def __init__(self, args: list[str], cwd: Path):
+        env = {k: v for k, v in os.environ.items() if k != "NPU_MODELS_DEBUG"}
+        self.process = subprocess.Popen([sys.executable, "-m", "npu_models.serve", "--port", "0", "--device", "cpu",
+                                         *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
+        self.lines: list[str] = []
+        self.url = None
+        listening = threading.Event()
+
+        def read_stderr():
+            for line in self.process.stderr:
+                self.lines.append(line)
+                found = re.search(r"listening on (http://\S+)", line)
+                if found:
+                    self.url = found.group(1)
+                    listening.set()
+            listening.set()
+
+        threading.Thread(target=read_stderr, daemon=True).start()
+        listening.wait(START_TIMEOUT)
+        assert self.url, "the server did not start listening:\n" + "".join(self.lines)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            status, _, _ = get(self.url + "/health")
+            if status == 200:
+                return
+            assert self.process.poll() is None, "the server exited:\n" + "".join(self.lines)
+            time.sleep(0.2)
+        raise AssertionError("the server never became ready:\n" + "".join(self.lines))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def request(url: str, body=None, raw: bytes | None = None, timeout: float = 60) -> tuple[int, dict, dict]:
+    """(status, headers, JSON body) of one request; errors are answers too."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
+                                 method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            payload = response.read()
+            return response.status, dict(response.headers), json.loads(payload) if payload.startswith(b"{") else payload
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read())
+
+
+def get(url: str):
+    try:
+        return request(url, timeout=5)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, {}, {}
+
+
+@pytest.fixture
+def server(tmp_path):
+    started = []
+
+    def start(*args, ready=True):
+        running = RunningServer(list(args), tmp_path)
+        started.append(running)
+        if ready:
+            running.wait_ready()
+        return running
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def bert_server(tmp_path_factory):
+    """One BERT fixture server for the tests that only send requests: batches of up to 8, 20 ms to fill them,
+    bodies up to 4 KiB."""
+    running = RunningServer(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--max-batch-size", "8",
+                             "--max-wait-ms", "20", "--max-payload", "4096"], tmp_path_factory.mktemp("serve"))
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def image_b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def png_b64(seed: int) -> str:
+    buffer = io.BytesIO()
+    synthetic_image(seed).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def sst2_file(tmp_path: Path) -> Path:
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(SENTENCES)))
+    return dev
+
+
+# ---- the same answers as the eval commands ---------------------------------------------------------------------
+
+
+def test_bert_classify_answers_as_eval_sst2_whatever_the_batch(tmp_path, server):
+    predictions = tmp_path / "sst2.jsonl"
+    sst2.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--data", str(sst2_file(tmp_path)), "--device", "cpu",
+               "--predictions", str(predictions), "--seq-len", "64"])
+    expected = {r["sentence"]: r for r in map(json.loads, predictions.read_text().splitlines())}
+    # The fixture's head leans to one class, but its probabilities move with every sentence (0.968 to 0.997): a
+    # tokenisation or mask difference moves them by far more than the 1e-5 compared below.
+    positive = [r["probs"][1] for r in expected.values()]
+    assert max(positive) - min(positive) > 1e-2
+    running = server("--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--max-wait-ms", "50")
+    status, _, whole = request(running.url + "/classify", {"input": SENTENCES})
+    assert status == 200 and whole["usage"]["prompt_tokens"] > len(SENTENCES)
+    singles = [request(running.url + "/classify", {"input": s})[2]["data"][0] for s in SENTENCES]
+    for sentence, batched, alone in zip(SENTENCES, whole["data"], singles):
+        reference = expected[sentence]
+        assert batched["label"] == alone["label"] == reference["prediction_label"]
+        assert batched["probs"] == pytest.approx(reference["probs"], abs=1e-5)
+        assert alone["probs"] == pytest.approx(reference["probs"], abs=1e-5)
+    assert [d["index"] for d in whole["data"]] == list(range(len(SENTENCES)))
+
+
+def test_vit_classify_answers_each_images_top5_as_eval_imagenet(tmp_path, server):
+    images = tmp_path / "val"
+    paths = make_flat_layout(images, [0, 1, 2, 3])
+    predictions = tmp_path / "imagenet.jsonl"
+    checkpoint = REFERENCE / "vit" / "checkpoint_timm.safetensors"
+    imagenet.main(["--checkpoint", str(checkpoint), "--data", str(images), "--device", "cpu", "--num-workers", "0",
+                   "--predictions", str(predictions)])
+    expected = {r["file"]: r for r in map(json.loads, predictions.read_text().splitlines())}
+    running = server("--model", "vit", "--checkpoint", str(checkpoint))
+    status, _, body = request(running.url + "/classify", {"input": [{"image": image_b64(p)} for p in paths]})
+    assert status == 200
+    for path, answer in zip(paths, body["data"]):
+        reference = expected[path.name]
+        assert [t["class"] for t in answer["top5"]] == reference["top5"]
+        assert answer["probs"] == pytest.approx(reference["top5_probs"], abs=1e-5)
+
+
+def test_vlmo_vqa_answers_as_eval_vqa(tmp_path, server):
+    data = REFERENCE / "vqa-vlmo"
+    predictions = tmp_path / "vqa.jsonl"
+    vqa.main(["--model", "vlmo", "--checkpoint", str(data / "vqa_checkpoint.pt"), "--data", str(data), "--device",
+              "cpu", "--num-workers", "0", "--limit", "8", "--predictions", str(predictions)])
+    expected = [json.loads(line) for line in predictions.read_text().splitlines()]
+    questions = {q["question_id"]: q for q in json.loads(
+        (data / "v2_OpenEnded_mscoco_val2014_questions.json").read_text())["questions"]}
+    running = server("--model", "vlmo", "--checkpoint", str(data / "vqa_checkpoint.pt"))
+    for record in expected:
+        question = questions[record["question_id"]]
+        image = data / "val2014" / f"COCO_val2014_{question['image_id']:012d}.jpg"
+        status, _, body = request(running.url + "/vqa", {"image": image_b64(image), "question": question["question"],
+                                                          "top_k": 3})
+        assert status == 200 and len(body["answers"]) == 3
+        assert (body["answers"][0]["answer"], body["answers"][0]["label"]) == (record["answer"], record["label"])
+        assert body["answers"][0]["score"] >= body["answers"][1]["score"] >= body["answers"][2]["score"]
+
+
+def embeddings(url: str, inputs: list, **options) -> list[list[float]]:
+    status, _, body = request(url + "/v1/embeddings", {"input": inputs, **options})
+    assert status == 200, body
+    return [d["embedding"] for d in body["data"]]
+
+
+def retrieval_embeddings(url: str, data: Path) -> tuple:
+    """(the split, its image embeddings, its caption embeddings) from the server. Captions are cut as the eval
+    cuts them ("truncate": true): BLIP's reference reads 35 tokens of a caption."""
+    import torch
+    split = retrieval.read_retrieval(data)
+    texts = [e for start in range(0, len(split.texts), 20)
+             for e in embeddings(url, split.texts[start:start + 20], truncate=True)]
+    images = embeddings(url, [{"image": image_b64(p)} for p in split.image_paths])
+    return split, torch.tensor(images), torch.tensor(texts)
+
+
+def test_vlmo_embeddings_rank_as_eval_retrieval(tmp_path, server):
+    from tests.test_eval_retrieval import write_dataset
+    write_dataset(tmp_path, karpathy=False)
+    predictions = tmp_path / "p.jsonl"
+    retrieval.main(["--model", "vlmo", "--checkpoint", str(tmp_path / "retrieval.pt"), "--data", str(tmp_path),
+                    "--device", "cpu", "--num-workers", "0", "--predictions", str(predictions)])
+    records = {r["key"]: r for r in map(json.loads, predictions.read_text().splitlines())}
+    running = server("--model", "vlmo", "--checkpoint", str(tmp_path / "retrieval.pt"), "--max-batch-size", "32")
+    split, images, texts = retrieval_embeddings(running.url, tmp_path)
+    assert images.norm(dim=1) == pytest.approx(1.0, abs=1e-5)  # normalised, one space for both
+    sims = images @ texts.T
+    for row in range(len(split.image_paths)):
+        assert sims[row].topk(10).indices.tolist() == records[f"i2t:{row}"]["top10"]
+    # /score is the same similarity, pair by pair
+    status, _, scored = request(running.url + "/score", {"text_1": {"image": image_b64(split.image_paths[0])},
+                                                         "text_2": split.texts[:5]})
+    assert status == 200
+    assert [d["score"] for d in scored["data"]] == pytest.approx(sims[0, :5].tolist(), abs=1e-5)
+    # base64 embeddings are the float32 values themselves
+    status, _, encoded = request(running.url + "/v1/embeddings", {"input": split.texts[0], "encoding_format": "base64"})
+    values = list(memoryview(base64.b64decode(encoded["data"][0]["embedding"])).cast("f"))
+    assert values == pytest.approx(texts[0].tolist(), abs=1e-6)
+
+
+def test_blip_embeddings_and_itm_scores_as_eval_retrieval(tmp_path, server):
+    import torch
+    data = REFERENCE / "retrieval-blip"
+    predictions = tmp_path / "p.jsonl"
+    retrieval.main(["--model", "blip", "--checkpoint", str(data / "checkpoint.pth"), "--data", str(data), "--device",
+                    "cpu", "--num-workers", "0", "--k-test", "4", "--predictions", str(predictions)])
+    records = {r["key"]: r for r in map(json.loads, predictions.read_text().splitlines())}
+    running = server("--model", "blip", "--checkpoint", str(data / "checkpoint.pth"))
+    split, images, texts = retrieval_embeddings(running.url, data)
+    sims = images @ texts.T
+    for row in range(len(split.image_paths)):  # ITC picks the same candidates the eval re-ranked
+        assert set(sims[row].topk(4).indices.tolist()) == set(records[f"i2t:{row}"]["indices"])
+    # the ITM probability of a pair, against the production methods on the eval's preprocessing; their "match"
+    # logit plus the ITC similarity is the score the eval recorded for the pair
+    import npu_models
+    from npu_models.transforms import preprocess
+    row, record = 0, records["i2t:0"]
+    candidates = record["indices"]
+    status, _, scored = request(running.url + "/score", {"text_1": {"image": image_b64(split.image_paths[row])},
+                                                         "text_2": [split.texts[c] for c in candidates],
+                                                         "truncate": True})
+    assert status == 200
+    model = npu_models.load_model("blip", data / "checkpoint.pth", device="cpu")
+    pixels = preprocess(split.image_paths[row], model.config.transform)[None]
+    ids, masks = model.config.text_input.encode(data / "vocab.txt", [split.texts[c] for c in candidates])
+    with torch.no_grad():
+        features = model.image_features(pixels).expand(len(candidates), -1, -1)
+        logits = model.itm_logits(features, ids, masks)
+    assert [d["score"] for d in scored["data"]] == pytest.approx(logits.softmax(-1)[:, 1].tolist(), abs=1e-5)
+    assert (logits[:, 1] + sims[row, candidates]).tolist() == pytest.approx(record["scores"], abs=1e-4)
+
+
+# ---- many clients, overload, bad input, shutdown -------------------------------------------------------------
+
+
+def test_sixteen_clients_get_their_own_answers_none_lost_none_swapped(bert_server):
+    running = bert_server
+    alone = {s: request(running.url + "/classify", {"input": s})[2]["data"][0]["probs"] for s in SENTENCES}
+    work = [SENTENCES[(i * 7) % len(SENTENCES)] for i in range(64)]
+
+    def ask(sentence):
+        status, _, body = request(running.url + "/classify", {"input": sentence}, timeout=120)
+        return sentence, status, body
+
+    with ThreadPoolExecutor(16) as clients:
+        answers = list(clients.map(ask, work, timeout=300))
+    assert len(answers) == 64 and all(status == 200 for _, status, _ in answers)
+    for sentence, _, body in answers:
+        assert body["data"][0]["probs"] == pytest.approx(alone[sentence], abs=1e-5)
+    _, _, metrics = request(running.url + "/metrics")
+    text = metrics.decode()
+    batches = re.search(r"te_batch_next_size_count (\S+)", text).group(1)
+    assert float(batches) < 64 + len(SENTENCES) + 1  # some requests shared a batch
+    assert 'te_request_count_total{endpoint="/classify",status="200"}' in text
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_health_stays_up(tmp_path, server):
+    running = server("--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--max-queue", "4", "--max-wait-ms", "200",
+                     "--max-batch-size", "2")
+    health = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            health.append(get(running.url + "/health")[0])
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(50) as clients:
+            answers = list(clients.map(lambda i: request(running.url + "/classify", {"input": SENTENCES[i % 10]},
+                                                         timeout=120), range(50), timeout=300))
+    finally:
+        stop.set()
+        watcher.join(10)
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) <= {200, 429} and statuses.count(429) > 0 and statuses.count(200) >= 4
+    refused = next(a for a in answers if a[0] == 429)
+    assert refused[1].get("retry-after") == "1" or refused[1].get("Retry-After") == "1"
+    assert refused[2]["error"]["type"] == "rate_limit_exceeded" and "--max-queue" in refused[2]["error"]["message"]
+    assert health and set(health) == {200}
+
+
+@pytest.mark.parametrize("endpoint, body, status, words", [
+    ("/classify", b"{not json", 422, "not valid JSON"),
+    ("/classify", {"inputs": "x"}, 422, "`input` is missing"),
+    ("/classify", {"input": ""}, 422, "`input` is empty"),
+    ("/classify", {"input": ["fine", "  "]}, 422, "`input[1]` is empty"),
+    ("/classify", {"input": ["x"] * 9}, 422, "more than the 8 a request may hold"),
+    ("/classify", {"input": "word " * 80}, 422, "`input` is longer than the 64 tokens"),
+    ("/classify", {"input": 3}, 422, "`input` must be a string"),
+    ("/classify", {"input": "fine", "truncate": "yes"}, 422, "`truncate` must be true or false"),
+    ("/classify", {"input": "x" * 5000}, 413, "--max-payload"),
+    ("/v1/embeddings", {"input": "x"}, 404, "serves /classify"),
+])
+def test_bad_input_gets_its_status_and_a_message_naming_the_field(bert_server, endpoint, body, status, words):
+    running = bert_server
+    raw = body if isinstance(body, bytes) else None
+    answer_status, _, answer = request(running.url + endpoint, None if raw else body, raw=raw)
+    assert answer_status == status, answer
+    assert set(answer) == {"error"} and set(answer["error"]) == {"message", "type", "code"}
+    assert answer["error"]["code"] == status and words in answer["error"]["message"], answer
+    # the same server still answers well-formed requests
+    assert request(running.url + "/classify", {"input": "fine"})[0] == 200
+
+
+def test_truncate_true_cuts_a_long_text_as_the_eval_commands_do(bert_server):
+    running = bert_server
+    status, _, body = request(running.url + "/classify", {"input": "word " * 80, "truncate": True})
+    assert status == 200 and body["usage"]["prompt_tokens"] == 64
+
+
+@pytest.mark.parametrize("image, words", [
+    ("not base64!", "is not valid base64"),
+    (base64.b64encode(b"these bytes are no image").decode(), "could not be decoded as an image"),
+    ("data:image/png,abc", "data: URL without ;base64"),
+])
+def test_bad_images_are_refused_naming_the_field(server, image, words):
+    running = server("--model", "vit", "--checkpoint", str(REFERENCE / "vit" / "checkpoint_timm.safetensors"))
+    status, _, body = request(running.url + "/classify", {"input": [{"image": png_b64(1)}, {"image": image}]})
+    assert status == 422 and "`input[1].image`" in body["error"]["message"] and words in body["error"]["message"]
+    status, _, body = request(running.url + "/classify", {"input": {"image": "data:image/png;base64," + png_b64(2)}})
+    assert status == 200 and len(body["data"][0]["top5"]) == 5
+
+
+def test_sigterm_lets_in_flight_requests_finish_and_exits_0(server):
+    running = server("--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--max-wait-ms", "300")
+    with ThreadPoolExecutor(6) as clients:
+        pending = [clients.submit(request, running.url + "/classify", {"input": s}, None, 60) for s in SENTENCES[:6]]
+        time.sleep(0.1)  # admitted and waiting for their batch
+        running.process.send_signal(signal.SIGTERM)
+        answers = [future.result(timeout=120) for future in pending]
+    assert [status for status, _, _ in answers] == [200] * 6
+    assert running.process.wait(60) == 0
+
+
+def test_health_is_503_until_the_model_is_ready(server):
+    running = server("--checkpoint", str(BERT_FIXTURE / "checkpoint"), ready=False)
+    statuses = []
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        status, _, body = get(running.url + "/health")
+        statuses.append((status, body.get("status") if isinstance(body, dict) else None))
+        if status == 200:
+            break
+        time.sleep(0.02)
+    assert statuses[-1] == (200, "ready")
+    assert all(s in ((503, "loading"), (503, "warming"), (0, None)) for s in statuses[:-1])
+    _, _, models = request(running.url + "/v1/models")
+    model = models["data"][0]
+    assert model["quant"] == "none" and model["dtype"] == "float32" and model["devices"] == ["cpu"]
+    assert model["limits"]["max_batch_size"] == 32 and model["endpoints"] == ["/classify"]
+
+
+def test_two_replicas_answer_alike(server):
+    running = server("--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--devices", "cpu,cpu")
+    with ThreadPoolExecutor(8) as clients:
+        answers = list(clients.map(lambda s: request(running.url + "/classify", {"input": s})[2]["data"][0]["probs"],
+                                   SENTENCES * 2))
+    for first, second in zip(answers[: len(SENTENCES)], answers[len(SENTENCES):]):
+        assert first == pytest.approx(second, abs=1e-5)
+    assert request(running.url + "/v1/models")[2]["data"][0]["devices"] == ["cpu", "cpu"]
+
+
+def test_a_missing_checkpoint_is_refused_before_serving(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "npu_models.serve", "--checkpoint", str(tmp_path / "nope"),
+                           "--vocab", str(tmp_path / "nope.txt"), "--port", "0"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "these paths do not exist: --checkpoint" in done.stderr
+    assert "listening" not in done.stderr
