@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 
 from eval import imagenet, retrieval, sst2, vqa
 from tests.conftest import BERT_FIXTURE, FIXTURES
@@ -415,3 +416,71 @@ def test_a_missing_checkpoint_is_refused_before_serving(tmp_path):
                           timeout=120)
     assert done.returncode == 2 and "these paths do not exist: --checkpoint" in done.stderr
     assert "listening" not in done.stderr
+
+
+def test_a_device_fault_fails_its_batch_with_500_and_health_says_so_until_a_batch_runs_again(tmp_path):
+    """The device failing inside a batch (here: the model raising, as a lost device does) answers that batch's
+    requests with 500; the server stays up, /health is 503 and says what happened, and the next good batch
+    clears it. A real uvicorn server on 127.0.0.1, in this process so the fault can be switched on."""
+    import uvicorn
+
+    from npu_models.serve.app import Limits, ServeState, create_app
+    from npu_models.serve.model import load_served
+
+    failing = threading.Event()
+
+    class LostDevice(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.inner = model
+            self.config = model.config
+
+        def forward(self, *args):
+            if failing.is_set():
+                raise RuntimeError("NPU function error: device lost (simulated)")
+            return self.inner(*args)
+
+    def load():
+        served = load_served("bert", BERT_FIXTURE / "checkpoint", "cpu")
+        served.model = LostDevice(served.model)
+        return [served]
+
+    state = ServeState(load, Limits(max_wait_ms=1), {"model": "bert"})
+    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (server.started and state.status == "ready") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        url = "http://127.0.0.1:%d" % server.servers[0].sockets[0].getsockname()[1]
+        assert request(url + "/classify", {"input": "fine"})[0] == 200
+        failing.set()
+        status, _, body = request(url + "/classify", {"input": ["fine", "dull"]})
+        assert status == 500 and body["error"]["type"] == "server_error" and "device lost" in body["error"]["message"]
+        status, _, health = request(url + "/health")
+        assert status == 503 and health["status"] == "device_error" and "device lost" in health["detail"]
+        failing.clear()
+        assert request(url + "/classify", {"input": "fine"})[0] == 200
+        assert request(url + "/health")[0] == 200
+        _, _, metrics = request(url + "/metrics")
+        assert "te_batch_failure_total 1.0" in metrics.decode()
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_graph_mode_compiles_every_bucket_at_warm_up_and_never_on_a_request(tmp_path, server):
+    """--graph: warm-up compiles one graph per length bucket at the one static batch size (compile_s > 0 once
+    ready); requests of every length, alone or batched, then add no compile time, and answer as eager does."""
+    eager = server("--checkpoint", str(BERT_FIXTURE / "checkpoint"))
+    expected = request(eager.url + "/classify", {"input": SENTENCES})[2]["data"]
+    running = server("--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--graph", "--max-batch-size", "4",
+                     "--compile-cache", str(tmp_path / "cache"))
+    warmed = request(running.url + "/v1/models")[2]["data"][0]
+    assert warmed["graph"] is True and warmed["compile_s"] > 0
+    answers = [request(running.url + "/classify", {"input": s})[2]["data"][0] for s in SENTENCES]
+    answers += request(running.url + "/classify", {"input": SENTENCES[:4]})[2]["data"]
+    assert request(running.url + "/v1/models")[2]["data"][0]["compile_s"] == warmed["compile_s"]
+    for answer, reference in zip(answers, expected + expected[:4]):
+        assert answer["probs"] == pytest.approx(reference["probs"], abs=1e-5)

@@ -109,10 +109,11 @@ class Adapter:
         return self.served.transform(decode_image(item))
 
     def text_rows(self, key: tuple, batch: list[tuple], at: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The batch's token ids and mask (None where no text is padded: attention needs no mask then)."""
+        """The batch's token ids and mask. Eagerly, no mask where no text is padded (attention needs none then), as
+        the eval commands do; graph mode always passes one, so each shape is one graph, compiled at warm-up."""
         sequences = [tensors[at] for tensors in batch]
         ids, mask = pad_ids(sequences, key[-1])
-        return self.to_device(ids), None if bool(mask.all()) else self.to_device(mask)
+        return self.to_device(ids), None if bool(mask.all()) and not self.served.graph else self.to_device(mask)
 
     def dummy_text(self, length: int) -> list[int]:
         """A text of `length` tokens for warm-up: [CLS] [UNK]... [SEP]."""

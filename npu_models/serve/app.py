@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from npu_models import runtime
 from npu_models.serve.adapters import Adapter, Prepared, adapters_for
 from npu_models.serve.batcher import BatchFailed, Batcher
 from npu_models.serve.metrics import ServeMetrics
@@ -224,7 +225,8 @@ def create_app(state: ServeState) -> FastAPI:
         if replicas:
             served = replicas[0].served
             description.update(endpoints=list(replicas[0].adapters), dtype=str(served.dtype).replace("torch.", ""),
-                               quant=served.quant, devices=[str(r.served.device) for r in replicas])
+                               quant=served.quant, devices=[str(r.served.device) for r in replicas],
+                               graph=served.graph, compile_s=runtime.compile_seconds())
         return {"object": "list", "data": [{"id": state.describe["model"], "object": "model", "owned_by": "npu-models",
                                             **description}]}
 
