@@ -484,3 +484,52 @@ def test_graph_mode_compiles_every_bucket_at_warm_up_and_never_on_a_request(tmp_
     assert request(running.url + "/v1/models")[2]["data"][0]["compile_s"] == warmed["compile_s"]
     for answer, reference in zip(answers, expected + expected[:4]):
         assert answer["probs"] == pytest.approx(reference["probs"], abs=1e-5)
+
+
+def documented_curl_commands() -> list[tuple[str, str]]:
+    """(document, command) for every curl command of the README's and the serving page's bash blocks."""
+    root = Path(__file__).resolve().parent.parent
+    commands = []
+    for path in (root / "README.md", root / "docs" / "serving.md"):
+        for block in re.findall(r"```bash\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.sub(r"\s+#\s.*$", "", line.strip())
+                for command in line.split("; "):
+                    if command.startswith("curl "):
+                        commands.append((path.name, command))
+    return commands
+
+
+def test_every_documented_curl_example_runs_against_a_real_server(tmp_path, server):
+    """Each curl example of README.md and docs/serving.md, as written but aimed at a test server of the model its
+    endpoint needs, gets an answer that is no error."""
+    if shutil.which("curl") is None or shutil.which("base64") is None:
+        pytest.skip("needs curl and base64")
+    from tests.test_eval_retrieval import write_dataset
+    synthetic_image(7).save(tmp_path / "cat.jpg")
+    write_dataset(tmp_path / "coco", karpathy=False)
+    vqa_data = REFERENCE / "vqa-vlmo"
+    servers = {
+        "text": lambda: server("--checkpoint", str(BERT_FIXTURE / "checkpoint")),
+        "image": lambda: server("--model", "vit", "--checkpoint", str(REFERENCE / "vit" / "checkpoint_timm.safetensors")),
+        "retrieval": lambda: server("--model", "vlmo", "--checkpoint", str(tmp_path / "coco" / "retrieval.pt")),
+        "vqa": lambda: server("--model", "vlmo", "--checkpoint", str(vqa_data / "vqa_checkpoint.pt")),
+    }
+    running = {}
+    commands = documented_curl_commands()
+    endpoints = {re.search(r"localhost:8000(/\S*)", command).group(1) for _, command in commands}
+    assert {"/classify", "/v1/embeddings", "/score", "/vqa", "/health", "/v1/models", "/metrics"} <= endpoints
+    for document, command in commands:
+        endpoint = re.search(r"localhost:8000(/\S*)", command).group(1)
+        kind = {"/v1/embeddings": "retrieval", "/score": "retrieval", "/vqa": "vqa"}.get(
+            endpoint, "image" if endpoint == "/classify" and "image" in command else "text")
+        if kind not in running:
+            running[kind] = servers[kind]()
+        aimed = command.replace("localhost:8000", running[kind].url.removeprefix("http://"))
+        done = subprocess.run(["bash", "-c", aimed], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (document, command, done.stderr)
+        if endpoint == "/metrics":
+            assert "te_request_count_total" in done.stdout, (document, command)
+        else:
+            answer = json.loads(done.stdout)
+            assert "error" not in answer, (document, command, answer)
