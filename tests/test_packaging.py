@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTION = "npu-models"
 COMMANDS = ["eval.sst2", "eval.imagenet", "eval.vqa", "eval.retrieval", "eval.bench", "npu_models.doctor",
             "weights_tools.convert", "weights_tools.shard", "weights_tools.verify", "weights_tools.quantize",
-            "npu_models.serve"]
+            "npu_models.serve", "eval.bench.serve", "eval.bench.naive_server"]
 
 
 def our_import_names() -> list[str]:

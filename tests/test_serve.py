@@ -511,7 +511,8 @@ def test_every_documented_curl_example_runs_against_a_real_server(tmp_path, serv
     vqa_data = REFERENCE / "vqa-vlmo"
     servers = {
         "text": lambda: server("--checkpoint", str(BERT_FIXTURE / "checkpoint")),
-        "image": lambda: server("--model", "vit", "--checkpoint", str(REFERENCE / "vit" / "checkpoint_timm.safetensors")),
+        "image": lambda: server("--model", "vit", "--checkpoint",
+                                str(REFERENCE / "vit" / "checkpoint_timm.safetensors")),
         "retrieval": lambda: server("--model", "vlmo", "--checkpoint", str(tmp_path / "coco" / "retrieval.pt")),
         "vqa": lambda: server("--model", "vlmo", "--checkpoint", str(vqa_data / "vqa_checkpoint.pt")),
     }
@@ -533,3 +534,48 @@ def test_every_documented_curl_example_runs_against_a_real_server(tmp_path, serv
         else:
             answer = json.loads(done.stdout)
             assert "error" not in answer, (document, command, answer)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_load_generator_measures_ours_and_the_naive_peer_which_agree(tmp_path, server):
+    """eval.bench.serve drives a closed loop against our server and against the naive peer (a transformers
+    pipeline behind FastAPI, one request at a time) on the same checkpoint; both answer every request, and the two
+    give the same probabilities (the peer is transformers itself)."""
+    pytest.importorskip("transformers")
+    from eval.bench import serve as load
+    data = sst2_file(tmp_path)
+    ours = server("--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--max-wait-ms", "20")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "NPU_MODELS_DEBUG"}
+    naive = subprocess.Popen([sys.executable, "-m", "eval.bench.naive_server", "--checkpoint",
+                              str(BERT_FIXTURE / "checkpoint"), "--port", str(port)], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        peer = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT
+        while get(peer + "/docs")[0] == 0 and time.monotonic() < deadline:
+            assert naive.poll() is None, naive.stderr.read()
+            time.sleep(0.2)
+        for sentence in SENTENCES[:4]:
+            mine = request(ours.url + "/classify", {"input": sentence})[2]["data"][0]
+            theirs = request(peer + "/classify", {"input": sentence})[2]["data"][0]
+            assert mine["label"] == theirs["label"] and mine["probs"] == pytest.approx(theirs["probs"], abs=1e-5)
+        out = tmp_path / "ours.json"
+        assert load.main(["--url", ours.url, "--data", str(data), "--concurrency", "4", "--requests", "12",
+                          "--json", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["ok"] == 12 and result["statuses"] == {"200": 12} and result["mean_batch_size"] >= 1
+        assert result["latency_ms_p50"] <= result["latency_ms_p99"] and result["requests_per_second"] > 0
+        assert load.main(["--url", peer, "--data", str(data), "--concurrency", "4", "--requests", "8",
+                          "--json", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["ok"] == 8 and result["mean_batch_size"] is None  # it has no /metrics to read batches from
+    finally:
+        naive.terminate()
+        naive.wait(30)

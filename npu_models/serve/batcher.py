@@ -66,9 +66,10 @@ class Batcher:
             self.full(items) or now - items[0].since >= self.max_wait_s)]
         if not ready:
             return None
-        key = min(ready, key=lambda k: self.waiting[k][0].since)  # oldest first: nothing starves
+        key = min(ready, key=lambda k: self.waiting[k][0].since)  # the oldest input first: nothing starves
         items, taken, tokens = self.waiting[key], [], 0
-        while items and len(taken) < self.max_batch_size and (not taken or tokens + items[0].tokens <= self.max_batch_tokens):
+        while items and len(taken) < self.max_batch_size and (
+                not taken or tokens + items[0].tokens <= self.max_batch_tokens):
             tokens += items[0].tokens
             taken.append(items.pop(0))
         if not items:

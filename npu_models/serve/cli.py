@@ -35,7 +35,8 @@ def parse_args(argv):
     parser.add_argument("--model", default="bert", help="short or registry name (default bert)")
     parser.add_argument("--checkpoint", type=Path, help="official checkpoint, or a converted or quantized directory; "
                         "omitted: the demo, with RANDOM weights")
-    parser.add_argument("--config", type=Path, help="hyper-parameters the checkpoint cannot reveal (as the eval commands)")
+    parser.add_argument("--config", type=Path,
+                        help="hyper-parameters the checkpoint cannot reveal (as for the eval commands)")
     parser.add_argument("--vocab", type=Path, help="vocab.txt (default: beside or inside the checkpoint)")
     parser.add_argument("--answers", type=Path, help="VQA: answer2label.txt (default: beside or inside the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto | npu[:N] | cuda[:N] | cpu (default auto)")
@@ -69,8 +70,10 @@ def check_before_serving(args) -> list:
     every input path (all missing ones at once)."""
     missing = [arg(name, value) for name in INPUT_PATHS if (value := getattr(args, name)) is not None
                and not Path(value).exists()]
-    if missing:
-        raise UserError(f"{'these paths do' if len(missing) > 1 else 'this path does'} not exist: {'; '.join(missing)}.")
+    if len(missing) == 1:
+        raise UserError(f"{missing[0]} does not exist; check the path.")
+    if missing:  # all at once: a user with two wrong paths fixes both in one go
+        raise UserError(f"these paths do not exist: {'; '.join(missing)}. Check each.")
     if parallel.world_size() > 1:
         raise UserError("serving under torchrun (--tp) is not built yet: run one process per server, or one replica "
                         f"per device with {arg('devices')}.")
