@@ -159,6 +159,14 @@ def check_world(tp: int) -> None:
                         f"{torchrun_command(world)}.")
 
 
+def broadcast_from_main(obj=None):
+    """Rank 0's `obj` on every rank of the job (what the others pass is ignored): how one process that takes the
+    requests hands each batch to the ranks that hold the rest of a tensor-parallel model (npu_models.serve)."""
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 @dataclass(frozen=True)
 class DataParallel:
     """This process's data-parallel rank and how many there are; `group` spans the whole world (gloo, so

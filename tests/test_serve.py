@@ -38,11 +38,12 @@ SENTENCES = ["a charming and often affecting journey .", "dull", "the acting is 
 class RunningServer:
     """A server subprocess: its URL once it listens, its stderr, and a bounded wait for readiness."""
 
-    def __init__(self, args: list[str], cwd: Path):
+    def __init__(self, args: list[str], cwd: Path, launcher: tuple[str, ...] = ()):
         env = {k: v for k, v in os.environ.items() if k != "NPU_MODELS_DEBUG"}
-        self.process = subprocess.Popen([sys.executable, "-m", "npu_models.serve", "--port", "0", "--device", "cpu",
-                                         *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
+        env["NPU_MODELS_DIST_TIMEOUT"] = "60"  # a rank left waiting fails the test within a minute
+        python = [sys.executable, *launcher] if launcher else [sys.executable]
+        self.process = subprocess.Popen([*python, "-m", "npu_models.serve", "--port", "0", "--device", "cpu", *args],
+                                        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.url = None
         listening = threading.Event()
@@ -579,3 +580,31 @@ def test_the_load_generator_measures_ours_and_the_naive_peer_which_agree(tmp_pat
     finally:
         naive.terminate()
         naive.wait(30)
+
+
+def test_two_processes_under_torchrun_serve_one_model_split_with_the_answers_of_one(tmp_path, server):
+    """--tp 2 under torchrun: rank 0 takes the requests, both ranks run every batch on their halves of the model
+    (the all-reduces meet); the answers are one process's, alone and batched."""
+    alone = server("--checkpoint", str(BERT_FIXTURE / "checkpoint"))
+    expected = request(alone.url + "/classify", {"input": SENTENCES})[2]["data"]
+    running = RunningServer(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--tp", "2", "--max-wait-ms", "20"],
+                            tmp_path, launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"))
+    try:
+        running.wait_ready()
+        batched = request(running.url + "/classify", {"input": SENTENCES})[2]["data"]
+        with ThreadPoolExecutor(4) as clients:
+            singles = list(clients.map(lambda s: request(running.url + "/classify", {"input": s})[2]["data"][0],
+                                       SENTENCES))
+        for reference, one, many in zip(expected, singles, batched):
+            assert one["probs"] == pytest.approx(reference["probs"], abs=1e-5)
+            assert many["probs"] == pytest.approx(reference["probs"], abs=1e-5)
+        assert request(running.url + "/v1/models")[2]["data"][0]["tp"] == 2
+        assert "".join(running.lines).count("listening on") == 1  # rank 0 alone holds the HTTP side
+    finally:
+        running.stop()
+
+
+def test_tp_without_torchrun_is_refused_with_the_launch_command(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "npu_models.serve", "--tp", "2", "--port", "0"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "--tp 2 needs 2 processes: run under torchrun" in done.stderr

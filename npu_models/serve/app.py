@@ -15,13 +15,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from npu_models import runtime
+from npu_models import parallel, runtime
 from npu_models.serve.adapters import Adapter, Prepared, adapters_for
 from npu_models.serve.batcher import BatchFailed, Batcher
 from npu_models.serve.metrics import ServeMetrics
 from npu_models.serve.requests import RequestError
 
 ENDPOINTS = ("/classify", "/v1/embeddings", "/score", "/vqa")
+# Under tensor parallelism the other ranks wait for rank 0's next batch inside a collective, which times out
+# (NPU_MODELS_DIST_TIMEOUT, 300 s by default): an idle rank 0 sends this every KEEP_ALIVE_S instead.
+KEEP_ALIVE, KEEP_ALIVE_S = ("keep-alive",), 30.0
 
 
 @dataclass
@@ -54,6 +57,7 @@ class ServeState:
         self.in_flight = 0
         self.pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="preprocess")
         self.on_fatal = None  # set by the CLI: stops the server when the model cannot be loaded
+        self.keep_alive: asyncio.Task | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
@@ -69,17 +73,30 @@ class ServeState:
                                           self.batch_done, name=str(replica.served.device))
                 await loop.run_in_executor(replica.batcher.device_thread, self.warm_up, replica)
                 replica.batcher.start()
+                if replica.served.tp > 1:
+                    self.keep_alive = loop.create_task(self.keep_followers(replica))
             self.status = "ready"
         except Exception as err:  # a model that cannot be loaded: said once, then the server stops
             self.status, self.detail = "failed", getattr(err, "command_line_message", lambda: str(err))()
             if self.on_fatal is not None:
                 self.on_fatal(self.detail)
 
+    async def keep_followers(self, replica: Replica) -> None:
+        """Every KEEP_ALIVE_S, a no-op to the other ranks, on the device thread (in order with the batches)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(KEEP_ALIVE_S)
+            await loop.run_in_executor(replica.batcher.device_thread, parallel.broadcast_from_main, KEEP_ALIVE)
+
     async def stop(self) -> None:
         self.status = "draining"
+        if self.keep_alive is not None:
+            self.keep_alive.cancel()
         for replica in self.replicas:
             if replica.batcher is not None:
                 await replica.batcher.stop()
+            if replica.served.tp > 1:  # the other ranks stop following (after the last batch: the thread is done)
+                parallel.broadcast_from_main(None)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def warm_up(self, replica: Replica) -> None:
@@ -90,15 +107,17 @@ class ServeState:
                 self.run_on(replica)(key, batch)
 
     def run_on(self, replica: Replica):
-        """The batch function of a replica's batcher: graph mode pads the rows to its one static batch size."""
+        """The batch function of a replica's batcher: graph mode pads the rows to its one static batch size; under
+        tensor parallelism every other rank is handed the batch first and runs it too (follow_batches)."""
         rows = self.limits.max_batch_size if replica.served.graph else None
 
         def run(key, batch):
             count = len(batch)
             if rows and count < rows:
                 batch = batch + [batch[0]] * (rows - count)  # real rows as filler: no empty attention row
-            adapter = next(a for a in replica.adapters.values() if key_belongs(a, key))
-            return adapter.run(key, batch)[:count]
+            if replica.served.tp > 1:
+                parallel.broadcast_from_main((key, batch))
+            return run_batch(replica.adapters, key, batch)[:count]
         return run
 
     def batch_done(self, key, size: int, tokens: int, seconds: float, error, waits: list[float]) -> None:
@@ -185,6 +204,21 @@ class ServeState:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise RequestError(422, f"the body is not valid JSON ({err}).") from None
+
+
+def run_batch(adapters: dict[str, Adapter], key: tuple, batch: list[tuple]) -> list:
+    adapter = next(a for a in adapters.values() if key_belongs(a, key))
+    return adapter.run(key, batch)
+
+
+def follow_batches(served) -> None:
+    """A rank other than 0 of a tensor-parallel server: run every batch rank 0 hands over (its share of each
+    layer; the model's all-reduces meet rank 0's), until rank 0 says stop."""
+    adapters = adapters_for(served, 1)
+    while (work := parallel.broadcast_from_main()) is not None:
+        if work != KEEP_ALIVE:
+            key, batch = work
+            run_batch(adapters, key, batch)
 
 
 def key_belongs(adapter: Adapter, key: tuple) -> bool:

@@ -4,6 +4,7 @@ device.
     python -m npu_models.serve --model bert --checkpoint checkpoint-12630 --device npu:0 --port 8000
     python -m npu_models.serve --model vlmo --checkpoint vlmo_base_patch16_384_coco.pt --vocab vocab.txt \\
         --devices npu:0,npu:1
+    torchrun --nproc_per_node 2 -m npu_models.serve --model vlmo --checkpoint vlmo.pt --tp 2 --device npu
     python -m npu_models.serve                      # the demo: BERT with RANDOM weights on the bundled vocab
 
 Endpoints by the model's task: POST /classify (BERT, ViT; vLLM's shape), POST /v1/embeddings and POST /score
@@ -22,7 +23,7 @@ from eval.cli import positive_int
 from npu_models import parallel, runtime
 from npu_models.cli import cli_main
 from npu_models.errors import UserError, arg
-from npu_models.serve.app import Limits, ServeState, create_app
+from npu_models.serve.app import Limits, ServeState, create_app, follow_batches
 from npu_models.serve.model import load_served
 
 INPUT_PATHS = ("checkpoint", "config", "vocab", "answers")
@@ -43,6 +44,8 @@ def parse_args(argv):
     parser.add_argument("--devices", help="one replica per device, comma-separated (npu:0,npu:1); each has its own "
                         "batcher and a request goes to the least loaded")
     parser.add_argument("--dtype", help="auto | fp32 | fp16 | bf16 (default: the device's)")
+    parser.add_argument("--tp", type=positive_int, default=1, help="one model over N chips: run under torchrun "
+                        "--nproc_per_node N; rank 0 takes the requests and every rank runs each batch")
     parser.add_argument("--graph", action="store_true", help="graph mode; warm-up compiles or captures every batch "
                         "shape before the server is ready")
     parser.add_argument("--compile-cache", type=Path, metavar="DIR", help="with --graph, as for the eval commands")
@@ -74,9 +77,14 @@ def check_before_serving(args) -> list:
         raise UserError(f"{missing[0]} does not exist; check the path.")
     if missing:  # all at once: a user with two wrong paths fixes both in one go
         raise UserError(f"these paths do not exist: {'; '.join(missing)}. Check each.")
-    if parallel.world_size() > 1:
-        raise UserError("serving under torchrun (--tp) is not built yet: run one process per server, or one replica "
-                        f"per device with {arg('devices')}.")
+    parallel.check_world(args.tp)
+    if parallel.world_size() != args.tp:
+        raise UserError(f"{parallel.world_size()} processes for {arg('tp', args.tp)}: a server splits one model over "
+                        f"all its processes; launch {parallel.torchrun_command(args.tp)}, or run one replica per "
+                        f"device in one process with {arg('devices')}.")
+    if args.tp > 1 and args.devices:
+        raise UserError(f"{arg('devices')} runs one whole model per device; with {arg('tp', args.tp)} each process "
+                        "drives its own chip (LOCAL_RANK): leave one of the two out.")
     devices = [runtime.parse_device(d.strip()) for d in args.devices.split(",")] if args.devices else \
         [runtime.parse_device(args.device)]
     for device in devices:
@@ -90,13 +98,18 @@ def serve(args, devices) -> None:
     import uvicorn
 
     def load():
-        return [load_served(args.model, args.checkpoint, str(device), args.dtype, args.graph, 1, args.max_batch_size,
-                            args.vocab, args.answers, args.config, args.compile_cache) for device in devices]
+        return [load_served(args.model, args.checkpoint, str(device), args.dtype, args.graph, args.tp,
+                            args.max_batch_size, args.vocab, args.answers, args.config, args.compile_cache)
+                for device in devices]
+
+    if not parallel.is_main_process():  # another rank of a tensor-parallel server: run what rank 0 hands over
+        follow_batches(load()[0])
+        return
 
     limits = Limits(args.max_batch_size, args.max_batch_tokens, args.max_wait_ms, args.max_queue, args.max_payload,
                     args.workers)
     describe = {"model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-                "random_weights": args.checkpoint is None, "tp": 1, "dp": len(devices),
+                "random_weights": args.checkpoint is None, "tp": args.tp, "dp": len(devices),
                 "limits": {"max_batch_size": limits.max_batch_size, "max_batch_tokens": limits.max_batch_tokens,
                            "max_wait_ms": limits.max_wait_ms, "max_queue": limits.max_queue,
                            "max_payload": limits.max_payload}}

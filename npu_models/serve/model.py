@@ -12,7 +12,7 @@ import torch
 import npu_models
 from eval.data.vqa import read_answer2label
 from eval.samples import sample_path
-from npu_models import registry
+from npu_models import parallel, registry
 from npu_models.errors import UserError, arg
 from npu_models.quantization import scheme_of
 from npu_models.serve.adapters import TextEncoder
@@ -83,7 +83,7 @@ def load_served(name: str, checkpoint=None, device: str = "auto", dtype: str | N
     vocabulary and answer list; without a checkpoint, the demo: random weights, the bundled samples' files."""
     checkpoint = None if checkpoint is None else Path(checkpoint)
     entry, config, answer_list = registry.get_entry(name), None, None
-    if checkpoint is None:
+    if checkpoint is None and parallel.is_main_process():
         print(f"{'=' * 78}\nDEMO SERVER: {entry.name} with RANDOM weights; its answers are meaningless. Pass "
               f"--checkpoint for a real model.\n{'=' * 78}", file=sys.stderr, flush=True)
         answer_list = find_answers(entry, None, answers)
