@@ -8,6 +8,7 @@ image or an over-long text) -> the least-loaded device's batcher -> the answer (
 import asyncio
 import json
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -159,6 +160,11 @@ class ServeState:
             status = 500
             body = RequestError(500, f"the device failed on this request's batch ({err}); the server is still up, "
                                      "see GET /health", "server_error").body()
+        except Exception as err:  # a fault of ours: the client still gets the JSON error shape, the log the trace
+            traceback.print_exc()
+            status = 500
+            body = RequestError(500, f"internal error ({type(err).__name__}: {err}); the server is still up",
+                                "server_error").body()
         self.metrics.requests.labels(endpoint, str(status)).inc()
         self.metrics.request_duration.labels(endpoint).observe(time.perf_counter() - started)
         return JSONResponse(body, status_code=status, headers=headers)
