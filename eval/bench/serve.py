@@ -52,8 +52,10 @@ def batch_histogram(connection: http.client.HTTPConnection) -> tuple[float, floa
     return None if not all(found) else (float(found[0].group(1)), float(found[1].group(1)))
 
 
-def run_load(url: str, path: str, inputs: list, concurrency: int, requests: int, timeout: float = 300) -> dict:
-    """Closed loop: `concurrency` clients, `requests` answered in all; latencies in seconds."""
+def run_load(url: str, path: str, inputs: list, concurrency: int, requests: int, model: str | None = None,
+             timeout: float = 300) -> dict:
+    """Closed loop: `concurrency` clients, `requests` answered in all, each a list of one input (the form every
+    such server takes; Infinity takes no bare string), with "model" where given; latencies in seconds."""
     address = urlsplit(url)
     if address.scheme != "http" or not address.hostname:
         raise UserError(f"--url {url} is not an http://host:port URL.")
@@ -73,7 +75,7 @@ def run_load(url: str, path: str, inputs: list, concurrency: int, requests: int,
                 if index >= requests:
                     return
                 next_index[0] += 1
-            body = json.dumps({"input": inputs[index % len(inputs)]})
+            body = json.dumps({"input": [inputs[index % len(inputs)]], **({"model": model} if model else {})})
             started = time.perf_counter()
             try:
                 connection.request("POST", path, body, {"Content-Type": "application/json"})
@@ -139,6 +141,7 @@ def main(argv=None):
     parser.add_argument("--concurrency", type=int, default=32, help="clients in the closed loop (default 32)")
     parser.add_argument("--requests", type=int, default=1000, help="requests answered in all (default 1000)")
     parser.add_argument("--warmup", type=int, default=0, help="requests sent first and not counted (default 0)")
+    parser.add_argument("--model", help="the request's \"model\" field, for servers that route by it")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     if not args.data.exists():
@@ -147,8 +150,8 @@ def main(argv=None):
         raise UserError("--concurrency and --requests must be at least 1, --warmup at least 0.")
     inputs = read_inputs(args.data)
     if args.warmup:
-        run_load(args.url, ENDPOINTS[args.endpoint], inputs, args.concurrency, args.warmup)
-    result = run_load(args.url, ENDPOINTS[args.endpoint], inputs, args.concurrency, args.requests)
+        run_load(args.url, ENDPOINTS[args.endpoint], inputs, args.concurrency, args.warmup, args.model)
+    result = run_load(args.url, ENDPOINTS[args.endpoint], inputs, args.concurrency, args.requests, args.model)
     print(format_report(result))
     if args.json:
         write_json_atomic(args.json, result)
