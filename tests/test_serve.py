@@ -608,3 +608,55 @@ def test_tp_without_torchrun_is_refused_with_the_launch_command(tmp_path):
     done = subprocess.run([sys.executable, "-m", "npu_models.serve", "--tp", "2", "--port", "0"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and "--tp 2 needs 2 processes: run under torchrun" in done.stderr
+
+
+def test_vilbert_answers_from_the_detector_run_on_each_image_as_eval_vqa(tmp_path, server):
+    """ViLBERT's /vqa runs the detector on the request's image and answers from its regions: the answers of
+    eval.vqa on the features eval's extractor cached for the same images (one image a batch)."""
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    from eval.data.region_features import extract_missing_features
+    torch.manual_seed(0)
+    detector = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).eval()
+    with torch.no_grad():  # random class scores are ~1/91, under the 0.05 threshold: make some classes win
+        detector.roi_heads.box_predictor.cls_score.weight.mul_(30)
+    weights = tmp_path / "detector.pth"
+    torch.save(detector.state_dict(), weights)
+    data = tmp_path / "vqa"
+    shutil.copytree(REFERENCE / "vqa-vilbert", data, ignore=shutil.ignore_patterns("features"))
+    questions = json.loads((data / "v2_OpenEnded_mscoco_val2014_questions.json").read_text())["questions"][:4]
+    images = {}
+    for question in questions:
+        path = data / "val2014" / f"COCO_val2014_{question['image_id']:012d}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        if path not in images.values():
+            synthetic_image(question["image_id"]).save(path)
+        images[question["question_id"]] = path
+    assert extract_missing_features(sorted(set(images.values())), data / "features", weights, torch.device("cpu"),
+                                    batch_size=1) == []
+    predictions = tmp_path / "vqa.jsonl"
+    vqa.main(["--model", "vilbert", "--checkpoint", str(data / "model.tar.gz"), "--data", str(data), "--device", "cpu",
+              "--num-workers", "0", "--limit", "4", "--predictions", str(predictions)])
+    expected = {r["question_id"]: r for r in map(json.loads, predictions.read_text().splitlines())}
+    running = server("--model", "vilbert", "--checkpoint", str(data / "model.tar.gz"), "--vocab",
+                     str(data / "vocab.txt"), "--detector-weights", str(weights))
+    import npu_models
+    from eval.data.region_features import RegionFeatureDataset, feature_path
+    from npu_models import registry
+    model = npu_models.load_model("vilbert", data / "model.tar.gz", device="cpu")
+    model_task = registry.get_entry("vilbert").task
+    for question in questions:
+        status, _, body = request(running.url + "/vqa", {"image": image_b64(images[question["question_id"]]),
+                                                          "question": question["question"], "top_k": 2})
+        assert status == 200, body
+        record = expected[question["question_id"]]
+        assert (body["answers"][0]["answer"], body["answers"][0]["label"]) == (record["answer"], record["label"])
+        # and the score itself: the answer head on the cached features, through the production methods
+        _, (features, boxes, box_mask), _ = RegionFeatureDataset([feature_path(data / "features", images[
+            question["question_id"]])])[0]
+        ids, masks = model.config.text_input.encode(data / "vocab.txt", [question["question"]])
+        with torch.no_grad():
+            logits = model_task.answer_logits(model, features[None], boxes[None], box_mask[None], ids, masks)[0]
+        top = logits.topk(2)
+        assert [a["label"] for a in body["answers"]] == top.indices.tolist()
+        assert [a["score"] for a in body["answers"]] == pytest.approx(top.values.sigmoid().tolist(), abs=1e-5)

@@ -57,11 +57,23 @@ SCORE_THRESHOLD, NMS_IOU, MIN_BOX_SIDE = 0.05, 0.5, 0.01
 
 
 def load_detector_image(path: Path) -> torch.Tensor:
-    """The reference loader: read_image (uint8 CHW) / 256, normalised, then resized so the short side is 800
-    (long side at most 1333), bilinear. A greyscale image broadcasts to three channels at normalisation."""
+    """The reference loader: read_image (uint8 CHW), then detector_image."""
     from torchvision.io import ImageReadMode, read_image
 
-    image = read_image(str(path), ImageReadMode.UNCHANGED).float() / 256
+    return detector_image(read_image(str(path), ImageReadMode.UNCHANGED))
+
+
+def decode_detector_image(data: bytes) -> torch.Tensor:
+    """An image file's bytes (a server's request) as load_detector_image reads the file."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    return detector_image(decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.UNCHANGED))
+
+
+def detector_image(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 CHW / 256, normalised, then resized so the short side is 800 (long side at most 1333), bilinear. A
+    greyscale image broadcasts to three channels at normalisation."""
+    image = pixels.float() / 256
     image = (image - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
     height, width = image.shape[-2:]
     scale = min(SHORT_SIDE / min(height, width), LONG_SIDE_CAP / max(height, width))

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from eval.data.region_features import decode_detector_image, pad_regions
 from npu_models import runtime
-from npu_models.serve.requests import (ImageItem, RequestError, as_list, body_value, decode_image, image_item, invalid,
+from npu_models.serve.requests import (ImageItem, as_list, body_value, decode_image, image_item, invalid,
                                        positive_int, text_item)
 from npu_models.tokenizer import bert_tokenizer
 
@@ -325,13 +326,36 @@ class VisualQuestionAnswering(Adapter):
     def prepare(self, item, options):
         image, (question, name) = item
         ids = self.served.encoder.encode(question, name, options["truncate"])
-        return Prepared(self.text_key("vqa", ids), len(ids), (ids, self.image_tensor(image)))
+        visual = self.detector_input(image) if self.regions else self.image_tensor(image)
+        return Prepared(self.text_key("vqa", ids), len(ids), (ids, visual))
+
+    @property
+    def regions(self) -> bool:
+        return self.served.task.visual == "regions"
+
+    def detector_input(self, item: ImageItem) -> torch.Tensor:
+        """The image as eval.vqa feeds the detector (eval.data.region_features), or a 422 naming the field."""
+        try:
+            return decode_detector_image(item.data)
+        except (RuntimeError, ValueError) as err:
+            raise invalid(f"`{item.field}` could not be decoded as an image ({type(err).__name__}): send a JPEG or "
+                          "PNG.") from None
+
+    def visual_inputs(self, images: list[torch.Tensor]) -> tuple:
+        """Pixels, or for a region-feature model its detections: each image alone through the detector (features
+        as eval.vqa caches them, one file an image), padded to the model's box count."""
+        if not self.regions:
+            return (self.to_device(torch.stack(images)),)
+        padded = [pad_regions(r["box_features"], r["box_coordinates"])
+                  for r in (self.served.extractor([image])[0] for image in images)]
+        features, boxes, box_mask = (torch.stack([p[i] for p in padded]) for i in range(3))
+        return self.to_device(features), self.to_device(boxes), box_mask.to(self.device)
 
     def run(self, key, batch):
         ids, mask = self.text_rows(key, batch)
-        pixels = self.to_device(torch.stack([t[1] for t in batch]))
+        visual = self.visual_inputs([t[1] for t in batch])
         with torch.no_grad():
-            logits = self.served.task.answer_logits(self.model, pixels, ids, mask)
+            logits = self.served.task.answer_logits(self.model, *visual, ids, mask)
         return logits.float().cpu().tolist()
 
     def respond(self, parsed, outputs, prepared):
@@ -343,16 +367,13 @@ class VisualQuestionAnswering(Adapter):
         return {"answers": answers, "model": self.served.name, "usage": self.usage(prepared)}
 
     def warmup(self):
-        size = self.served.transform_spec.size
-        return [(key, [(ids, torch.zeros(3, size, size)) for (ids,) in batch])
-                for key, batch in self.text_warmup("vqa")]
+        size = 64 if self.regions else self.served.transform_spec.size  # the detector takes any size
+        image = torch.zeros(3, size, size)
+        return [(key, [(ids, image) for (ids,) in batch]) for key, batch in self.text_warmup("vqa")]
 
 
 def adapters_for(served, max_items: int) -> dict[str, Adapter]:
     """The endpoints a model serves, by its task."""
     kinds = {"sst2": [TextClassify], "imagenet": [ImageClassify], "retrieval": [Embeddings, Score],
              "vqa": [VisualQuestionAnswering]}
-    task = served.task.name
-    if task == "vqa" and served.task.visual != "pixels":
-        raise RequestError(501, f"{served.name} reads detected regions; serving it needs the detector, not built yet.")
-    return {cls.endpoint: cls(served, max_items) for cls in kinds[task]}
+    return {cls.endpoint: cls(served, max_items) for cls in kinds[served.task.name]}

@@ -8,7 +8,7 @@ device.
     python -m npu_models.serve                      # the demo: BERT with RANDOM weights on the bundled vocab
 
 Endpoints by the model's task: POST /classify (BERT, ViT; vLLM's shape), POST /v1/embeddings and POST /score
-(BLIP, VLMo retrieval; OpenAI's and vLLM's shapes), POST /vqa (VLMo VQA); GET /health, GET /v1/models,
+(BLIP, VLMo retrieval; OpenAI's and vLLM's shapes), POST /vqa (VLMo VQA; ViLBERT with --detector-weights); GET /health, GET /v1/models,
 GET /metrics (Prometheus, TEI's names). The server listens at once; /health answers 503 while the model loads
 and warms up, 200 once it is ready. On SIGTERM it stops accepting, finishes what is in flight within
 --shutdown-timeout and exits 0.
@@ -26,7 +26,7 @@ from npu_models.errors import UserError, arg
 from npu_models.serve.app import Limits, ServeState, create_app, follow_batches
 from npu_models.serve.model import load_served
 
-INPUT_PATHS = ("checkpoint", "config", "vocab", "answers")
+INPUT_PATHS = ("checkpoint", "config", "vocab", "answers", "detector_weights")
 
 
 def parse_args(argv):
@@ -40,6 +40,8 @@ def parse_args(argv):
                         help="hyper-parameters the checkpoint cannot reveal (as for the eval commands)")
     parser.add_argument("--vocab", type=Path, help="vocab.txt (default: beside or inside the checkpoint)")
     parser.add_argument("--answers", type=Path, help="VQA: answer2label.txt (default: beside or inside the checkpoint)")
+    parser.add_argument("--detector-weights", type=Path, help="ViLBERT: torchvision's COCO Faster R-CNN weights, run "
+                        "on each request's image as eval.vqa runs them")
     parser.add_argument("--device", default="auto", help="auto | npu[:N] | cuda[:N] | cpu (default auto)")
     parser.add_argument("--devices", help="one replica per device, comma-separated (npu:0,npu:1); each has its own "
                         "batcher and a request goes to the least loaded")
@@ -99,8 +101,8 @@ def serve(args, devices) -> None:
 
     def load():
         return [load_served(args.model, args.checkpoint, str(device), args.dtype, args.graph, args.tp,
-                            args.max_batch_size, args.vocab, args.answers, args.config, args.compile_cache)
-                for device in devices]
+                            args.max_batch_size, args.vocab, args.answers, args.config, args.compile_cache,
+                            args.detector_weights) for device in devices]
 
     if not parallel.is_main_process():  # another rank of a tensor-parallel server: run what rank 0 hands over
         follow_batches(load()[0])

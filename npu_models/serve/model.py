@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 import npu_models
+from eval.data.region_features import RegionFeatureExtractor
 from eval.data.vqa import read_answer2label
 from eval.samples import sample_path
 from npu_models import parallel, registry
@@ -33,6 +34,7 @@ class Served:
     answers: list[str] | None
     checkpoint: Path | None
     tp: int = 1
+    extractor: object | None = None  # region-feature models: the detector eval.vqa runs on each image
 
     def __post_init__(self):
         self.transform = None if self.transform_spec is None else self.transform_spec.build()
@@ -78,7 +80,7 @@ def find_vocab(entry, checkpoint: Path | None, vocab: Path | None) -> Path | Non
 
 def load_served(name: str, checkpoint=None, device: str = "auto", dtype: str | None = None, graph: bool = False,
                 tp: int = 1, max_batch_size: int = 32, vocab=None, answers=None, config_file=None,
-                compile_cache=None) -> Served:
+                compile_cache=None, detector_weights=None) -> Served:
     """The model `name` from `checkpoint` (which decides among a family's tasks: VLMo's VQA or retrieval) with its
     vocabulary and answer list; without a checkpoint, the demo: random weights, the bundled samples' files."""
     checkpoint = None if checkpoint is None else Path(checkpoint)
@@ -107,5 +109,12 @@ def load_served(name: str, checkpoint=None, device: str = "auto", dtype: str | N
         text_input = getattr(config, "text_input", None)
         encoder = (TextEncoder.for_text_input(vocab_file, text_input) if text_input is not None
                    else TextEncoder(vocab_file, config.do_lower_case, config.max_positions))
+    extractor = None
+    if getattr(entry.task, "visual", None) == "regions":
+        if detector_weights is None:
+            raise UserError(f"{entry.name} answers from detected regions: pass {arg('detector_weights')} with "
+                            "torchvision's COCO Faster R-CNN weights (fasterrcnn_resnet50_fpn_coco-258fb6c6.pth), as "
+                            "eval.vqa takes them.")
+        extractor = RegionFeatureExtractor(Path(detector_weights), parameter.device)
     return Served(entry.name, model, entry.task, parameter.device, parameter.dtype, graph, max_batch_size, encoder,
-                  getattr(config, "transform", None), answer_list, checkpoint, tp)
+                  getattr(config, "transform", None), answer_list, checkpoint, tp, extractor)
