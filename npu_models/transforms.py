@@ -4,8 +4,6 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from torchvision import transforms
-from torchvision.transforms import InterpolationMode
 
 
 @dataclass(frozen=True)
@@ -19,7 +17,12 @@ class ImageTransform:
     interpolation: str = "bicubic"
 
     def build(self):
-        """A callable PIL image -> normalised float tensor [3, size, size]."""
+        """A callable PIL image -> normalised float tensor [3, size, size]. torchvision is imported here, when an
+        image is about to be transformed: a text-only command never pays for it (nor for torch._dynamo, which
+        torchvision.ops brings in)."""
+        from torchvision import transforms
+        from torchvision.transforms import InterpolationMode
+
         interpolation = InterpolationMode(self.interpolation)
         if self.crop_pct is None:
             resize = [transforms.Resize((self.size, self.size), interpolation=interpolation)]

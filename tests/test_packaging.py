@@ -76,3 +76,12 @@ def test_a_cpu_graph_drops_torchs_cuda_home_notice_and_nothing_else(caplog):
         logger.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local/cuda")
         logger.warning("Error checking compiler version for %s", "c++")
     assert [r.getMessage() for r in caplog.records] == ["Error checking compiler version for c++"]
+
+
+def test_a_text_only_command_never_imports_torchvision(tmp_path):
+    """eval.sst2 reads no image: torchvision (about a second to import, torch._dynamo through torchvision.ops)
+    stays out of its process, start-up and run alike."""
+    script = ("import sys\nfrom eval import sst2\nsst2.main(['--limit', '2', '--device', 'cpu'])\n"
+              "assert 'torchvision' not in sys.modules, 'torchvision was imported'\n")
+    done = run_outside_the_repository(tmp_path, "-c", script)
+    assert done.returncode == 0, done.stderr
