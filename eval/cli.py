@@ -9,7 +9,7 @@ from pathlib import Path
 from eval.options import EvalOptions
 from eval.store import check_prediction_record, write_json_atomic
 from npu_models import parallel, registry, runtime
-from npu_models.errors import UserError, arg
+from npu_models.errors import UserError, check_paths_exist
 
 
 def positive_int(text: str) -> int:
@@ -78,21 +78,9 @@ def check_writable(path: Path | None, option: str) -> None:
         raise UserError(f"{option} {path} cannot be written ({err.strerror or err}); choose a writable location.") from None
 
 
-def check_inputs_exist(options: EvalOptions) -> None:
-    """Every file or directory the options name is there: all that are not are reported at once, so that a user
-    with two wrong paths fixes both in one go."""
-    missing = [arg(name, value) for name in options.input_paths
-               if (value := getattr(options, name, None)) is not None and not Path(value).exists()]
-    if len(missing) == 1:
-        raise UserError(f"{missing[0]} does not exist; check the path.")
-    if missing:  # all at once: a user with two wrong paths fixes both in one go
-        raise UserError(f"these paths do not exist: {'; '.join(missing)}. Check each (a typo, a relative path from "
-                        "another directory, a file not yet downloaded).")
-
-
 def check_before_work(options: EvalOptions) -> None:
     """Everything that can be checked before data is read and a model is built."""
-    check_inputs_exist(options)
+    check_paths_exist({name: getattr(options, name, None) for name in options.input_paths})
     registry.get_entry(options.model, task=options.task)  # names the models that can do the task
     parallel.check_world(options.tp)
     if getattr(options, "score", None) is None:  # eval.vqa --score scores a file: no model, no device

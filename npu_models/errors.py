@@ -6,6 +6,7 @@ so), from the same message. Library code never writes a command-line flag itself
 of ranks or processes: it sits below everything that raises a UserError.
 """
 import re
+from pathlib import Path
 
 # Python arguments whose command-line option is not spelled `--name-with-dashes`.
 CLI_FLAGS = {"name_or_path": "--model", "config_file": "--config", "vocab_file": "--vocab"}
@@ -62,3 +63,14 @@ class UserFacingWarning(UserWarning):
 
     def command_line_message(self) -> str:
         return render(super().__str__(), command_line=True)
+
+
+def check_paths_exist(paths: dict[str, object]) -> None:
+    """Every path given (argument name -> path, or None where not given) exists; the missing ones are reported
+    together, before any work, so that a user with two wrong paths fixes both in one go."""
+    missing = [arg(name, value) for name, value in paths.items() if value is not None and not Path(value).exists()]
+    if len(missing) == 1:
+        raise UserError(f"{missing[0]} does not exist; check the path.")
+    if missing:
+        raise UserError(f"these paths do not exist: {'; '.join(missing)}. Check each (a typo, a relative path from "
+                        "another directory, a file not yet downloaded).")

@@ -94,6 +94,9 @@ def test_schemes_without_calibration_need_no_data(tmp_path):
     (["--scheme", "w4a8"], ["unknown --scheme w4a8", "w8a8, w8a8-dynamic, w8a16"]),
     (["--scheme", "w8a16", "--dtype", "int4"], ["unknown --dtype int4"]),
     (["--scheme", "w8a8", "--calib", "/nowhere/dev.tsv"], ["--calib /nowhere/dev.tsv does not exist"]),
+    (["--scheme", "w8a8", "--calib", str(SST2_SAMPLE), "--calib-samples", "0"],
+     ["--calib-samples 0: calibrate on at least one example"]),
+    (["--scheme", "w8a16", "--out", str(BERT_FIXTURE / "checkpoint")], ["--out must differ from --checkpoint"]),
     (["--scheme", "w8a8", "--calib", "/nowhere/dev.tsv", "--checkpoint", "/nowhere/ckpt"],
      ["these paths do not exist: --checkpoint /nowhere/ckpt; --calib /nowhere/dev.tsv."]),
 ])

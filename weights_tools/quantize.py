@@ -28,7 +28,7 @@ from npu_models import registry, runtime
 from npu_models.checkpoints import quantized
 from npu_models.checkpoints.io import file_identity
 from npu_models.cli import cli_main
-from npu_models.errors import UserError, UserFacingWarning, arg
+from npu_models.errors import UserError, UserFacingWarning, arg, check_paths_exist
 from npu_models.quantization import CALIBRATION_METHODS, calibrate, quantize_model
 
 DEFAULT_CALIB_SAMPLES = 128
@@ -77,13 +77,11 @@ def check_request(scheme, calib, calib_samples, dtype, checkpoint: Path, out: Pa
         raise UserError(f"w8a8 fixes each layer's activation range by calibration: pass {arg('calib')} with data in the "
                         "layout the model's eval command reads as --data (an SST-2 TSV, an ImageNet folder, a VQAv2 or "
                         "retrieval directory), or quantize with w8a8-dynamic / w8a16, which need none.")
-    missing = [arg(name, str(path)) for name, path in (("checkpoint", checkpoint), ("calib", calib))
-               if path is not None and not Path(path).exists()]
-    if len(missing) == 1:
-        raise UserError(f"{missing[0]} does not exist; check the path.")
-    if missing:  # all at once: a user with two wrong paths fixes both in one go
-        raise UserError(f"these paths do not exist: {'; '.join(missing)}. Check each (a typo, a relative path from "
-                        "another directory, a file not yet downloaded).")
+    check_paths_exist({"checkpoint": checkpoint, "calib": calib})
+    if calib_samples < 1:
+        raise UserError(f"{arg('calib_samples', calib_samples)}: calibrate on at least one example.")
+    if out.resolve() == checkpoint.resolve():
+        raise UserError(f"{arg('out')} must differ from {arg('checkpoint')}: quantizing in place would replace the original.")
 
 
 def calibrate_on_data(entry, model, checkpoint: Path, data: Path, samples: int, method: str, percentile: float, skip,

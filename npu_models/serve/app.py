@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from npu_models import parallel, runtime
+from npu_models.errors import UserError
 from npu_models.serve.adapters import Adapter, Prepared, adapters_for
 from npu_models.serve.batcher import BatchFailed, Batcher
 from npu_models.serve.metrics import ServeMetrics
@@ -78,7 +79,8 @@ class ServeState:
                     self.keep_alive = loop.create_task(self.keep_followers(replica))
             self.status = "ready"
         except Exception as err:  # a model that cannot be loaded: said once, then the server stops
-            self.status, self.detail = "failed", getattr(err, "command_line_message", lambda: str(err))()
+            message = err.command_line_message() if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+            self.status, self.detail = "failed", message
             if self.on_fatal is not None:
                 self.on_fatal(self.detail)
 

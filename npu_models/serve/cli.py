@@ -22,7 +22,7 @@ from pathlib import Path
 from eval.cli import positive_int
 from npu_models import parallel, runtime
 from npu_models.cli import cli_main
-from npu_models.errors import UserError, arg
+from npu_models.errors import UserError, arg, check_paths_exist
 from npu_models.serve.app import Limits, ServeState, create_app, follow_batches
 from npu_models.serve.model import load_served
 
@@ -73,12 +73,7 @@ def parse_args(argv):
 def check_before_serving(args) -> list:
     """Everything the arguments alone can get wrong, refused before the model is read: the devices, the dtype,
     every input path (all missing ones at once)."""
-    missing = [arg(name, value) for name in INPUT_PATHS if (value := getattr(args, name)) is not None
-               and not Path(value).exists()]
-    if len(missing) == 1:
-        raise UserError(f"{missing[0]} does not exist; check the path.")
-    if missing:  # all at once: a user with two wrong paths fixes both in one go
-        raise UserError(f"these paths do not exist: {'; '.join(missing)}. Check each.")
+    check_paths_exist({name: getattr(args, name) for name in INPUT_PATHS})
     parallel.check_world(args.tp)
     if parallel.world_size() != args.tp:
         raise UserError(f"{parallel.world_size()} processes for {arg('tp', args.tp)}: a server splits one model over "
