@@ -411,6 +411,15 @@ def test_two_replicas_answer_alike(server):
     assert request(running.url + "/v1/models")[2]["data"][0]["devices"] == ["cpu", "cpu"]
 
 
+def test_vilbert_without_detector_weights_is_refused_before_its_weights_are_read(monkeypatch):
+    import npu_models
+    from npu_models.errors import UserError
+    from npu_models.serve.model import load_served
+    monkeypatch.setattr(npu_models, "load_model", lambda *a, **k: pytest.fail("the model was read"))
+    with pytest.raises(UserError, match="answers from detected regions: pass detector_weights="):
+        load_served("vilbert", REFERENCE / "vqa-vilbert" / "model.tar.gz", "cpu")
+
+
 def test_a_missing_checkpoint_is_refused_before_serving(tmp_path):
     done = subprocess.run([sys.executable, "-m", "npu_models.serve", "--checkpoint", str(tmp_path / "nope"),
                            "--vocab", str(tmp_path / "nope.txt"), "--port", "0"], capture_output=True, text=True,

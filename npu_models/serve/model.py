@@ -78,6 +78,17 @@ def find_vocab(entry, checkpoint: Path | None, vocab: Path | None) -> Path | Non
     return Path(found)
 
 
+def check_detector(entry, detector_weights) -> bool:
+    """Whether the model answers from detected regions (ViLBERT), refused without the detector's weights."""
+    if getattr(entry.task, "visual", None) != "regions":
+        return False
+    if detector_weights is None:
+        raise UserError(f"{entry.name} answers from detected regions: pass {arg('detector_weights')} with "
+                        "torchvision's COCO Faster R-CNN weights (fasterrcnn_resnet50_fpn_coco-258fb6c6.pth), as "
+                        "eval.vqa takes them.")
+    return True
+
+
 def load_served(name: str, checkpoint=None, device: str = "auto", dtype: str | None = None, graph: bool = False,
                 tp: int = 1, max_batch_size: int = 32, vocab=None, answers=None, config_file=None,
                 compile_cache=None, detector_weights=None) -> Served:
@@ -85,9 +96,11 @@ def load_served(name: str, checkpoint=None, device: str = "auto", dtype: str | N
     vocabulary and answer list; without a checkpoint, the demo: random weights, the bundled samples' files."""
     checkpoint = None if checkpoint is None else Path(checkpoint)
     entry, config, answer_list = registry.get_entry(name), None, None
-    if checkpoint is None and parallel.is_main_process():
-        print(f"{'=' * 78}\nDEMO SERVER: {entry.name} with RANDOM weights; its answers are meaningless. Pass "
-              f"--checkpoint for a real model.\n{'=' * 78}", file=sys.stderr, flush=True)
+    check_detector(entry, detector_weights)  # before the model is read
+    if checkpoint is None:
+        if parallel.is_main_process():
+            print(f"{'=' * 78}\nDEMO SERVER: {entry.name} with RANDOM weights; its answers are meaningless. Pass "
+                  f"--checkpoint for a real model.\n{'=' * 78}", file=sys.stderr, flush=True)
         answer_list = find_answers(entry, None, answers)
         if answer_list is not None:  # random weights: one logit per answer of the list
             config = dataclasses.replace(entry.default_config(), num_answers=len(answer_list))
@@ -110,11 +123,7 @@ def load_served(name: str, checkpoint=None, device: str = "auto", dtype: str | N
         encoder = (TextEncoder.for_text_input(vocab_file, text_input) if text_input is not None
                    else TextEncoder(vocab_file, config.do_lower_case, config.max_positions))
     extractor = None
-    if getattr(entry.task, "visual", None) == "regions":
-        if detector_weights is None:
-            raise UserError(f"{entry.name} answers from detected regions: pass {arg('detector_weights')} with "
-                            "torchvision's COCO Faster R-CNN weights (fasterrcnn_resnet50_fpn_coco-258fb6c6.pth), as "
-                            "eval.vqa takes them.")
+    if check_detector(entry, detector_weights):
         extractor = RegionFeatureExtractor(Path(detector_weights), parameter.device)
     return Served(entry.name, model, entry.task, parameter.device, parameter.dtype, graph, max_batch_size, encoder,
                   getattr(config, "transform", None), answer_list, checkpoint, tp, extractor)
