@@ -67,6 +67,10 @@ def init_tensor_parallel(tp: int, device_type: str) -> TensorParallel:
     if world == 1:
         return SINGLE
     if not dist.is_initialized():
+        # torch._dynamo, which torch imports lazily (the first meta-device init, a collective), must come in
+        # before the group: imported after it, it leaves gloo's threads alive past release_at_exit
+        # (tests/test_parallel_exit.py; seen once torchvision, which used to import it first, went lazy)
+        import torch._dynamo  # noqa: F401
         dist.init_process_group(BACKENDS.get(device_type, "gloo"), timeout=TIMEOUT)
         atexit.register(release_at_exit)  # the group is ours to end (one joined by the caller is not)
     rank = dist.get_rank()
