@@ -2,7 +2,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+try:
+    import torch
+except ImportError:  # a clear word instead of a collection error in every test module
+    pytest.exit("torch is not installed here: run the README's Quickstart first (pip install torch==2.14.1 "
+                "torchvision==0.29.1 && pip install -e \".[test]\"), then python -m pytest -q.", returncode=4)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BERT_FIXTURE = FIXTURES / "reference" / "bert"

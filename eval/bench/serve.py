@@ -52,61 +52,77 @@ def batch_histogram(connection: http.client.HTTPConnection) -> tuple[float, floa
     return None if not all(found) else (float(found[0].group(1)), float(found[1].group(1)))
 
 
-def run_load(url: str, path: str, inputs: list, concurrency: int, requests: int, model: str | None = None,
-             timeout: float = 300) -> dict:
-    """Closed loop: `concurrency` clients, `requests` answered in all, each a list of one input (the form every
-    such server takes; Infinity takes no bare string), with "model" where given; latencies in seconds."""
-    address = urlsplit(url)
-    if address.scheme != "http" or not address.hostname:
-        raise UserError(f"--url {url} is not an http://host:port URL.")
+class ClosedLoop:
+    """`concurrency` clients on one keep-alive connection each, sending `requests` in all; each client sends its
+    next request as soon as its last is answered. Statuses are counted, and the latency of each 200 kept."""
 
-    def connect():
-        return http.client.HTTPConnection(address.hostname, address.port or 80, timeout=timeout)
+    def __init__(self, url: str, path: str, inputs: list, requests: int, model: str | None, timeout: float):
+        address = urlsplit(url)
+        if address.scheme != "http" or not address.hostname:
+            raise UserError(f"--url {url} is not an http://host:port URL.")
+        self.host, self.port, self.timeout = address.hostname, address.port or 80, timeout
+        self.path, self.inputs, self.requests, self.model = path, inputs, requests, model
+        self.lock, self.sent = threading.Lock(), 0
+        self.latencies, self.statuses = [], {}
 
-    before = batch_histogram(connect())
-    lock, next_index = threading.Lock(), [0]
-    latencies, statuses = [], {}
+    def connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
-    def client():
-        connection = connect()
-        while True:
-            with lock:
-                index = next_index[0]
-                if index >= requests:
-                    return
-                next_index[0] += 1
-            body = json.dumps({"input": [inputs[index % len(inputs)]], **({"model": model} if model else {})})
+    def next_body(self) -> str | None:
+        """The next request's body (each input as a list of one: the form every such server takes; Infinity
+        takes no bare string), or None once all are sent."""
+        with self.lock:
+            if self.sent >= self.requests:
+                return None
+            index, self.sent = self.sent, self.sent + 1
+        return json.dumps({"input": [self.inputs[index % len(self.inputs)]],
+                           **({"model": self.model} if self.model else {})})
+
+    def client(self) -> None:
+        connection = self.connect()
+        while (body := self.next_body()) is not None:
             started = time.perf_counter()
             try:
-                connection.request("POST", path, body, {"Content-Type": "application/json"})
+                connection.request("POST", self.path, body, {"Content-Type": "application/json"})
                 response = connection.getresponse()
                 response.read()
                 status = response.status
             except (OSError, http.client.HTTPException) as err:
                 status = type(err).__name__
                 connection.close()
-                connection = connect()
+                connection = self.connect()
             elapsed = time.perf_counter() - started
-            with lock:
-                statuses[status] = statuses.get(status, 0) + 1
+            with self.lock:
+                self.statuses[status] = self.statuses.get(status, 0) + 1
                 if status == 200:
-                    latencies.append(elapsed)
+                    self.latencies.append(elapsed)
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
-    after = batch_histogram(connect())
-    ok = len(latencies)
+    def run(self, concurrency: int) -> float:
+        """Seconds until every request was answered."""
+        started = time.perf_counter()
+        threads = [threading.Thread(target=self.client, daemon=True) for _ in range(concurrency)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return time.perf_counter() - started
+
+
+def run_load(url: str, path: str, inputs: list, concurrency: int, requests: int, model: str | None = None,
+             timeout: float = 300) -> dict:
+    """The closed loop's result: throughput, latency percentiles (ms), statuses, and the mean batch size where
+    the server counts its batches in te_batch_next_size."""
+    loop = ClosedLoop(url, path, inputs, requests, model, timeout)
+    before = batch_histogram(loop.connect())
+    seconds = loop.run(concurrency)
+    after = batch_histogram(loop.connect())
+    latencies, ok = loop.latencies, len(loop.latencies)
     quantiles = statistics.quantiles(latencies, n=100) if ok >= 2 else [latencies[0]] * 99 if ok else [None] * 99
     mean_batch = None
     if before is not None and after is not None and after[1] > before[1]:
         mean_batch = (after[0] - before[0]) / (after[1] - before[1])
     return {"url": url, "endpoint": path, "concurrency": concurrency, "requests": requests, "ok": ok,
-            "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)}, "seconds": seconds,
+            "statuses": {str(k): v for k, v in sorted(loop.statuses.items(), key=str)}, "seconds": seconds,
             "requests_per_second": ok / seconds, "inputs_per_second": ok / seconds,
             "latency_ms_p50": milliseconds(quantiles[49]), "latency_ms_p90": milliseconds(quantiles[89]),
             "latency_ms_p99": milliseconds(quantiles[98]), "mean_batch_size": mean_batch,
