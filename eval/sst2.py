@@ -23,7 +23,7 @@ from eval.data.sst2 import read_sst2
 from npu_models import registry, runtime
 from npu_models.cli import cli_main, note
 from npu_models.errors import UserError
-from npu_models.tokenizer import bert_tokenizer, check_vocab_fits
+from npu_models.tokenizer import bert_tokenizer, check_vocab_fits, pad_token_ids
 
 SAMPLE = SAMPLES_DIR / "sst2"
 
@@ -125,11 +125,7 @@ def classify(loop: EvalLoop, model, todo: list, encoded: list[list[int]], batche
 
 def make_batch(sequences: list[list[int]], length: int, device):
     """Pad token ids to `length`; returns input_ids, attention_mask, token_type_ids."""
-    input_ids = torch.zeros(len(sequences), length, dtype=torch.long)
-    attention_mask = torch.zeros(len(sequences), length, dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
+    input_ids, attention_mask = pad_token_ids(sequences, length)
     return input_ids.to(device), attention_mask.to(device), torch.zeros_like(input_ids, device=device)
 
 

@@ -54,16 +54,21 @@ def bert_tokenizer(vocab_file, lowercase: bool, max_length: int) -> Tokenizer:
 def encode_padded(tokenizer: Tokenizer, texts: list[str], length: int | None = None):
     """Token ids and attention mask [N, length] int64, padded with [PAD] = 0 to exactly `length`
     (None: to the longest text)."""
+    sequences = [encoding.ids for encoding in tokenizer.encode_batch(texts)]
+    if length is None:
+        length = max((len(ids) for ids in sequences), default=1)
+    return pad_token_ids(sequences, length)
+
+
+def pad_token_ids(sequences: list[list[int]], length: int):
+    """Token id sequences as ids and attention mask [N, length] int64: cut to `length`, padded with [PAD] = 0."""
     import torch
 
-    encodings = tokenizer.encode_batch(texts)
-    if length is None:
-        length = max((len(e.ids) for e in encodings), default=1)
-    ids = torch.zeros(len(texts), length, dtype=torch.long)
-    mask = torch.zeros(len(texts), length, dtype=torch.long)
-    for row, encoding in enumerate(encodings):
-        ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids[:length])
-        mask[row, : len(encoding.ids)] = 1
+    ids = torch.zeros(len(sequences), length, dtype=torch.long)
+    mask = torch.zeros(len(sequences), length, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = torch.tensor(sequence[:length])
+        mask[row, : len(sequence)] = 1
     return ids, mask
 
 

@@ -4,7 +4,8 @@ prepared inputs runs on the device, and the response. The model is called exactl
 
 An adapter's `parse` runs on the event loop and only checks the body (a RequestError is a 4xx before any work);
 `prepare` tokenizes or decodes one input in the worker pool; `run` gets prepared inputs that share a batch key
-(the endpoint and the padded shape) on the device's thread; `respond` builds the JSON answer.
+(the endpoint first, then the kind of input and its padded shape) on the device's thread; `respond` builds the
+JSON answer.
 """
 import base64
 import math
@@ -17,7 +18,7 @@ from eval.data.region_features import decode_detector_image, pad_regions
 from npu_models import runtime
 from npu_models.serve.requests import (ImageItem, as_list, body_value, decode_image, image_item, invalid,
                                        positive_int, text_item)
-from npu_models.tokenizer import bert_tokenizer
+from npu_models.tokenizer import bert_tokenizer, pad_token_ids
 
 LENGTH_STEP = 16  # texts are batched by length bucket: a batch pads fewer than 16 tokens per text
 
@@ -65,16 +66,6 @@ class TextEncoder:
         return self.max_length if self.pad_to_max else runtime.bucket_for(length, self.buckets)
 
 
-def pad_ids(sequences: list[list[int]], length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask [N, length], padded with [PAD] = 0."""
-    ids = torch.zeros(len(sequences), length, dtype=torch.long)
-    mask = torch.zeros(len(sequences), length, dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = torch.tensor(sequence)
-        mask[row, : len(sequence)] = 1
-    return ids, mask
-
-
 def truncate_option(body: dict) -> bool:
     value = body.get("truncate", False)
     if not isinstance(value, bool):
@@ -99,6 +90,10 @@ class Adapter:
     def prepare(self, item, options: dict) -> Prepared:
         raise NotImplementedError
 
+    def prepare_all(self, parsed: Parsed) -> list[Prepared]:
+        """Every input of a request, ready for the device (in the worker pool)."""
+        return [self.prepare(item, parsed.options) for item in parsed.items]
+
     def run(self, key: tuple, batch: list[tuple]) -> list:
         raise NotImplementedError
 
@@ -122,29 +117,30 @@ class Adapter:
         """The batch's token ids and mask. Eagerly, no mask where no text is padded (attention needs none then), as
         the eval commands do; graph mode always passes one, so each shape is one graph, compiled at warm-up."""
         sequences = [tensors[at] for tensors in batch]
-        ids, mask = pad_ids(sequences, self.padded_to(key, sequences))
+        ids, mask = pad_token_ids(sequences, self.padded_to(key, sequences))
         return self.to_device(ids), None if bool(mask.all()) and not self.served.graph else self.to_device(mask)
 
-    def text_key(self, kind: str, ids: list[int]) -> tuple:
-        return kind, self.served.encoder.padded_length(len(ids))
+    def text_key(self, ids: list[int]) -> tuple:
+        """A text input's batch key: its endpoint (which adapter runs the batch), and its padded length."""
+        return self.endpoint, "text", self.served.encoder.padded_length(len(ids))
 
     def dummy_text(self, length: int) -> list[int]:
         """A text of `length` tokens for warm-up: [CLS] [UNK]... [SEP]."""
         vocab = self.served.encoder.tokenizer.get_vocab()
         return [vocab["[CLS]"]] + [vocab["[UNK]"]] * (length - 2) + [vocab["[SEP]"]]
 
-    def text_warmup(self, kind: str) -> list[tuple[tuple, list[tuple]]]:
+    def text_warmup(self) -> list[tuple[tuple, list[tuple]]]:
         encoder = self.served.encoder
         lengths = [encoder.max_length] if encoder.pad_to_max else encoder.buckets
         if not self.served.graph:  # eager mode sets nothing up per shape: one small batch warms the kernels
             lengths = lengths[:1]
         rows = self.served.max_batch_size if self.served.graph else 1
-        return [((kind, length), [(self.dummy_text(length),)] * rows) for length in lengths]
+        return [((self.endpoint, "text", length), [(self.dummy_text(length),)] * rows) for length in lengths]
 
-    def image_warmup(self, kind: str) -> list[tuple[tuple, list[tuple]]]:
+    def image_warmup(self) -> list[tuple[tuple, list[tuple]]]:
         size = self.served.transform_spec.size
         rows = self.served.max_batch_size if self.served.graph else 1
-        return [((kind,), [(torch.zeros(3, size, size),)] * rows)]
+        return [((self.endpoint, "image"), [(torch.zeros(3, size, size),)] * rows)]
 
     def usage(self, prepared: list[Prepared]) -> dict:
         tokens = sum(p.tokens for p in prepared)
@@ -167,7 +163,7 @@ class TextClassify(Adapter):
     def prepare(self, item, options: dict) -> Prepared:
         text, name = item
         ids = self.served.encoder.encode(text, name, options["truncate"])
-        return Prepared(self.text_key("classify", ids), len(ids), (ids,))
+        return Prepared(self.text_key(ids), len(ids), (ids,))
 
     def run(self, key, batch):
         ids, mask = self.text_rows(key, batch)
@@ -181,7 +177,7 @@ class TextClassify(Adapter):
         return {"object": "list", "data": data, "usage": self.usage(prepared)}
 
     def warmup(self):
-        return self.text_warmup("classify")
+        return self.text_warmup()
 
 
 class ImageClassify(Adapter):
@@ -195,7 +191,7 @@ class ImageClassify(Adapter):
         return Parsed(items, single)
 
     def prepare(self, item, options):
-        return Prepared(("image",), 0, (self.image_tensor(item),))
+        return Prepared((self.endpoint, "image"), 0, (self.image_tensor(item),))
 
     def run(self, key, batch):
         pixels = self.to_device(torch.stack([tensors[0] for tensors in batch]))
@@ -214,7 +210,7 @@ class ImageClassify(Adapter):
         return {"object": "list", "data": data, "usage": {"prompt_tokens": 0, "total_tokens": 0}}
 
     def warmup(self):
-        return self.image_warmup("image")
+        return self.image_warmup()
 
 
 def text_or_image(value, name: str):
@@ -236,19 +232,19 @@ class Embeddings(Adapter):
 
     def prepare(self, item, options):
         if isinstance(item, ImageItem):
-            return Prepared(("embed_image",), 0, (self.image_tensor(item),))
+            return Prepared((self.endpoint, "image"), 0, (self.image_tensor(item),))
         text, name = item
         ids = self.served.encoder.encode(text, name, options["truncate"])
-        return Prepared(self.text_key("embed_text", ids), len(ids), (ids,))
+        return Prepared(self.text_key(ids), len(ids), (ids,))
 
     def run(self, key, batch):
         task = self.served.task
         with torch.no_grad():
-            if key[0] == "embed_image":
+            if key[1] == "image":
                 embeds = task.encode_images(self.model, self.to_device(torch.stack([t[0] for t in batch])))[0]
             else:
                 sequences = [t[0] for t in batch]
-                ids, mask = pad_ids(sequences, self.padded_to(key, sequences))
+                ids, mask = pad_token_ids(sequences, self.padded_to(key, sequences))
                 embeds = task.encode_texts(self.model, self.to_device(ids), self.to_device(mask))
         return embeds.float().cpu().tolist()
 
@@ -260,7 +256,7 @@ class Embeddings(Adapter):
         return {"object": "list", "data": data, "model": self.served.name, "usage": self.usage(prepared)}
 
     def warmup(self):
-        return self.text_warmup("embed_text") + self.image_warmup("embed_image")
+        return self.text_warmup() + self.image_warmup()
 
 
 class Score(Adapter):
@@ -281,21 +277,34 @@ class Score(Adapter):
                           "all texts, or as many images as texts.")
         return Parsed(list(zip(images, texts)), single_text, {"truncate": truncate_option(body)})
 
+    def prepare_all(self, parsed) -> list[Prepared]:
+        # one image scored against many texts is decoded once: its pairs share its ImageItem, then its tensor
+        images = {id(image): self.image_tensor(image) for image, _ in parsed.items}
+        return [self.prepare_pair(images[id(image)], text, parsed.options) for image, text in parsed.items]
+
     def prepare(self, item, options):
-        image, (text, name) = item
-        ids = self.served.encoder.encode(text, name, options["truncate"])
-        return Prepared(self.text_key("score", ids), len(ids), (self.image_tensor(image), ids))
+        image, text = item
+        return self.prepare_pair(self.image_tensor(image), text, options)
+
+    def prepare_pair(self, pixels: torch.Tensor, text: tuple[str, str], options) -> Prepared:
+        ids = self.served.encoder.encode(*text, options["truncate"])
+        return Prepared(self.text_key(ids), len(ids), (pixels, ids))
 
     def run(self, key, batch):
-        pixels = self.to_device(torch.stack([t[0] for t in batch]))
+        # each distinct image of the batch through the image encoder once, then one row a pair
+        distinct: dict[int, int] = {}
+        rows = [distinct.setdefault(id(pixels), len(distinct)) for pixels, _ in batch]
+        images = list({id(pixels): pixels for pixels, _ in batch}.values())
+        pixels, rows = self.to_device(torch.stack(images)), torch.tensor(rows, device=self.device)
         sequences = [t[1] for t in batch]
-        ids, mask = pad_ids(sequences, self.padded_to(key, sequences))
+        ids, mask = pad_token_ids(sequences, self.padded_to(key, sequences))
         ids, mask = self.to_device(ids), self.to_device(mask)
         with torch.no_grad():
             if hasattr(self.model, "itm_logits"):  # a matching head: its probability of "match"
-                scores = self.model.itm_logits(self.model.image_features(pixels), ids, mask).float().softmax(-1)[:, 1]
+                features = self.model.image_features(pixels)[rows]
+                scores = self.model.itm_logits(features, ids, mask).float().softmax(-1)[:, 1]
             else:
-                image = self.served.task.encode_images(self.model, pixels)[0]
+                image = self.served.task.encode_images(self.model, pixels)[0][rows]
                 scores = (image * self.served.task.encode_texts(self.model, ids, mask)).sum(dim=-1)
         return scores.float().cpu().tolist()
 
@@ -306,7 +315,7 @@ class Score(Adapter):
     def warmup(self):
         size = self.served.transform_spec.size
         image = torch.zeros(3, size, size)
-        return [(key, [(image, ids) for (ids,) in batch]) for key, batch in self.text_warmup("score")]
+        return [(key, [(image, ids) for (ids,) in batch]) for key, batch in self.text_warmup()]
 
 
 class VisualQuestionAnswering(Adapter):
@@ -327,7 +336,7 @@ class VisualQuestionAnswering(Adapter):
         image, (question, name) = item
         ids = self.served.encoder.encode(question, name, options["truncate"])
         visual = self.detector_input(image) if self.regions else self.image_tensor(image)
-        return Prepared(self.text_key("vqa", ids), len(ids), (ids, visual))
+        return Prepared(self.text_key(ids), len(ids), (ids, visual))
 
     @property
     def regions(self) -> bool:
@@ -369,7 +378,7 @@ class VisualQuestionAnswering(Adapter):
     def warmup(self):
         size = 64 if self.regions else self.served.transform_spec.size  # the detector takes any size
         image = torch.zeros(3, size, size)
-        return [(key, [(ids, image) for (ids,) in batch]) for key, batch in self.text_warmup("vqa")]
+        return [(key, [(ids, image) for (ids,) in batch]) for key, batch in self.text_warmup()]
 
 
 def adapters_for(served, max_items: int) -> dict[str, Adapter]:

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from npu_models import parallel, runtime
 from npu_models.errors import UserError
-from npu_models.serve.adapters import Adapter, Prepared, adapters_for
+from npu_models.serve.adapters import Adapter, adapters_for
 from npu_models.serve.batcher import BatchFailed, Batcher
 from npu_models.serve.metrics import ServeMetrics
 from npu_models.serve.requests import RequestError
@@ -187,7 +187,7 @@ class ServeState:
             parsed = adapter.parse(await self.read_json(request))
             loop = asyncio.get_running_loop()
             prepare_started = time.perf_counter()
-            prepared = await loop.run_in_executor(self.pool, prepare_all, adapter, parsed)
+            prepared = await loop.run_in_executor(self.pool, adapter.prepare_all, parsed)
             self.metrics.preprocess_duration.observe(time.perf_counter() - prepare_started)
             replica = self.replica_for()
             outputs = await asyncio.gather(*(replica.batcher.submit(p.key, p.tensors, p.tokens) for p in prepared))
@@ -215,8 +215,8 @@ class ServeState:
 
 
 def run_batch(adapters: dict[str, Adapter], key: tuple, batch: list[tuple]) -> list:
-    adapter = next(a for a in adapters.values() if key_belongs(a, key))
-    return adapter.run(key, batch)
+    """The batch run by the adapter that made its inputs (a batch key starts with its endpoint)."""
+    return adapters[key[0]].run(key, batch)
 
 
 def follow_batches(served) -> None:
@@ -227,17 +227,6 @@ def follow_batches(served) -> None:
         if work != KEEP_ALIVE:
             key, batch = work
             run_batch(adapters, key, batch)
-
-
-def key_belongs(adapter: Adapter, key: tuple) -> bool:
-    """Which of a replica's adapters made inputs of this batch key (the key starts with the kind it names)."""
-    kinds = {"/classify": ("classify", "image"), "/v1/embeddings": ("embed_text", "embed_image"), "/score": ("score",),
-             "/vqa": ("vqa",)}
-    return key[0] in kinds[adapter.endpoint]
-
-
-def prepare_all(adapter: Adapter, parsed) -> list[Prepared]:
-    return [adapter.prepare(item, parsed.options) for item in parsed.items]
 
 
 def create_app(state: ServeState) -> FastAPI:

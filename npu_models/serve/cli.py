@@ -14,6 +14,7 @@ and warms up, 200 once it is ready. On SIGTERM it stops accepting, finishes what
 --shutdown-timeout and exits 0.
 """
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -107,12 +108,10 @@ def serve(args, devices) -> None:
                     args.workers)
     describe = {"model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
                 "random_weights": args.checkpoint is None, "tp": args.tp, "dp": len(devices),
-                "limits": {"max_batch_size": limits.max_batch_size, "max_batch_tokens": limits.max_batch_tokens,
-                           "max_wait_ms": limits.max_wait_ms, "max_queue": limits.max_queue,
-                           "max_payload": limits.max_payload}}
+                "limits": {k: v for k, v in dataclasses.asdict(limits).items() if k != "workers"}}
     state = ServeState(load, limits, describe)
-    server = Server(uvicorn.Config(create_app(state), host=args.host, port=args.port, log_level="warning",
-                                   timeout_graceful_shutdown=args.shutdown_timeout, lifespan="on"), state)
+    server = named_server(uvicorn.Config(create_app(state), host=args.host, port=args.port, log_level="warning",
+                                         timeout_graceful_shutdown=args.shutdown_timeout, lifespan="on"), state)
 
     def fatal(message: str):
         print(f"error: {message}", file=sys.stderr, flush=True)
@@ -127,29 +126,27 @@ def serve(args, devices) -> None:
         sys.exit(2)
 
 
-class Server:
+def named_server(config, state):
     """uvicorn's server, saying where it listens once it does, and draining (503 on open connections) from the
-    moment SIGTERM arrives."""
+    moment SIGTERM arrives. Defined here: uvicorn is imported only when a server starts."""
+    import uvicorn
 
-    def __new__(cls, config, state):
-        import uvicorn
+    class NamedServer(uvicorn.Server):
+        failed = False
 
-        class NamedServer(uvicorn.Server):
-            failed = False
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            for server in self.servers:
+                for sock in server.sockets:
+                    host, port = sock.getsockname()[:2]
+                    print(f"listening on http://{host}:{port} (GET /health answers 200 once the model is ready)",
+                          file=sys.stderr, flush=True)
 
-            async def startup(self, sockets=None):
-                await super().startup(sockets)
-                for server in self.servers:
-                    for sock in server.sockets:
-                        host, port = sock.getsockname()[:2]
-                        print(f"listening on http://{host}:{port} (GET /health answers 200 once the model is ready)",
-                              file=sys.stderr, flush=True)
+        def handle_exit(self, sig, frame):
+            state.status = "draining"
+            super().handle_exit(sig, frame)
 
-            def handle_exit(self, sig, frame):
-                state.status = "draining"
-                super().handle_exit(sig, frame)
-
-        return NamedServer(config)
+    return NamedServer(config)
 
 
 @cli_main

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from npu_models.transforms import load_rgb
+
 
 class RequestError(Exception):
     """A request the server refuses: the HTTP status, and the JSON error body's message and type."""
@@ -83,8 +85,7 @@ def image_item(value, name: str) -> ImageItem:
 def decode_image(item: ImageItem) -> Image.Image:
     """The RGB image (greyscale, CMYK and palette images converted), or a 422 naming the field."""
     try:
-        with Image.open(io.BytesIO(item.data)) as image:
-            return image.convert("RGB")
+        return load_rgb(io.BytesIO(item.data))  # as the eval commands decode an image file
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise invalid(f"`{item.field}` could not be decoded as an image ({type(err).__name__}): send a JPEG, PNG or "
                       "another format Pillow reads.") from None
