@@ -23,6 +23,11 @@ def plan_batches(lengths: list[int], batch_size: int, buckets: list[int]) -> lis
     return [(chunk, runtime.bucket_for(max(lengths[i] for i in chunk), buckets)) for chunk in chunks]
 
 
+def pad_columns(tokens: torch.Tensor, columns: int) -> torch.Tensor:
+    """Token ids or a mask [N, L] padded with 0 ([PAD], masked out) to `columns` columns."""
+    return torch.nn.functional.pad(tokens, (0, columns - tokens.shape[1])) if tokens.shape[1] < columns else tokens
+
+
 def pad_rows(tensors: tuple, rows: int) -> tuple:
     """Repeat each tensor's first row until it has `rows` rows: graph mode's one static batch shape (the
     filler rows are real examples, so no attention row is empty)."""

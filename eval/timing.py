@@ -12,13 +12,14 @@ class LatencyMeter:
     """Wall-clock time of each batch, synchronised with the device, and the time from the command's start
     (`started_at`, a perf_counter reading) to the end of its first batch: loading, reading, compiling; and of
     that, the time graph mode spent compiling while the meter ran (runtime.compile_seconds: the first call per
-    input shape, 0 in eager mode)."""
+    input shape, 0 in eager mode), with the number of graphs it loaded and compiled."""
 
     def __init__(self, device: torch.device, started_at: float | None = None):
         self.device, self.seconds, self.samples = device, [], 0
         self.busy_seconds = None  # set by combine(): the busiest data-parallel rank's time in the model
         self.started_at, self.first_batch_s = started_at, None
         self.compile_seconds_at_start = runtime.compile_seconds()
+        self.graph_counts_at_start = runtime.graph_counts()
 
     @contextlib.contextmanager
     def batch(self, samples: int):
@@ -44,13 +45,18 @@ class LatencyMeter:
     def summary(self) -> dict:
         if not self.seconds:
             return {"samples_per_second": None, "latency_ms_p50": None, "latency_ms_p90": None,
-                    "time_to_first_batch_s": None, "compile_s": self.compile_s()}
+                    "time_to_first_batch_s": None, "compile_s": self.compile_s(), **self.graphs()}
         busy = self.busy_seconds or sum(self.seconds)
         return {"samples_per_second": self.samples / busy, **latency_percentiles(self.seconds),
-                "time_to_first_batch_s": self.first_batch_s, "compile_s": self.compile_s()}
+                "time_to_first_batch_s": self.first_batch_s, "compile_s": self.compile_s(), **self.graphs()}
 
     def compile_s(self) -> float:
         return runtime.compile_seconds() - self.compile_seconds_at_start
+
+    def graphs(self) -> dict:
+        """Graph mode on the CPU: how many graphs were loaded from the compile cache, and compiled (and saved)."""
+        now = runtime.graph_counts()
+        return {f"graphs_{how}": now[how] - self.graph_counts_at_start[how] for how in ("loaded", "saved")}
 
 
 def latency_percentiles(seconds: list[float]) -> dict:

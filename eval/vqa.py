@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 
 from eval import metrics
-from eval.batching import batch_positions, pad_rows, plan_batches
+from eval.batching import batch_positions, pad_columns, pad_rows, plan_batches
 from eval.cli import add_common_args, command_parser, parse_options, run_eval
 from eval.data.images import ImageDataset, collate
 from eval.data.region_features import (RegionFeatureDataset, collate_regions, extract_missing_features,
@@ -167,6 +167,8 @@ def answer_questions(loop: EvalLoop, model, task, todo, vocab: Path, answers: li
     annotations) stored; questions whose visual input cannot be read are listed as unreadable."""
     config, text = model.config, model.config.text_input
     text_ids, text_masks = text.encode(vocab, [e.question for e in todo])
+    if options.graph:  # buckets up to the model's maximum, whatever the data: the same shapes for every dataset
+        text_ids, text_masks = (pad_columns(t, text.max_length) for t in (text_ids, text_masks))
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     answer_index = {answer: label for label, answer in enumerate(answers)}
     buckets = runtime.length_buckets(text_ids.shape[1], runtime.length_step(options.graph))

@@ -44,6 +44,8 @@ def load_model(name_or_path, checkpoint=None, device="auto", dtype=None, graph=F
     dtype = runtime.parse_dtype(dtype, device)
     graph_backend = runtime.graph_backend_for(device, graph, graph_backend)
     check_before_loading(checkpoint, device, graph, compile_cache)
+    if graph:
+        runtime.begin_graph_mode(device, graph_backend)
     if checkpoint is None:  # after the checks above: a refused call warns of nothing
         warnings.warn(RandomWeightsWarning(f"{entry.name} has RANDOM weights (no checkpoint given): its outputs are "
                                            f"meaningless. Pass {arg('checkpoint')} with an official checkpoint or a "

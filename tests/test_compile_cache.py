@@ -35,17 +35,19 @@ def small_net():
     return nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4)).eval().requires_grad_(False)
 
 
-def test_a_second_compile_of_the_same_model_and_shape_loads_it_from_the_cache(tmp_path, restored_cache_settings,
-                                                                              compiled_graphs):
+def test_a_second_compile_of_the_same_function_and_shape_loads_it_from_the_cache(tmp_path, restored_cache_settings,
+                                                                                 compiled_graphs):
+    """Inductor's caches, for what is not saved as a graph (a plain function here; every graph on CUDA): a model's
+    forward on the CPU is a saved graph, tests/test_saved_graphs.py."""
     net, x = small_net(), torch.randn(2, 8)
     with torch.no_grad():
-        runtime.compile_model(net, torch.device("cpu"), compile_cache=tmp_path)(x)
+        runtime.compile_model(lambda t: net(t), torch.device("cpu"), compile_cache=tmp_path)(x)
         assert compiled_graphs() == (1, 0)
         assert counters["inductor"]["fxgraph_cache_miss"] == 1 and counters["inductor"]["fxgraph_cache_hit"] == 0
         assert any((tmp_path / "inductor").rglob("*")), "the compiled graph was not written to the cache directory"
         torch._dynamo.reset()  # as a new process would: nothing compiled in memory
         counters.clear()
-        again = runtime.compile_model(net, torch.device("cpu"), compile_cache=tmp_path)(x)
+        again = runtime.compile_model(lambda t: net(t), torch.device("cpu"), compile_cache=tmp_path)(x)
     assert counters["inductor"]["fxgraph_cache_hit"] == 1 and counters["inductor"]["fxgraph_cache_miss"] == 0
     torch.testing.assert_close(again, net(x))
 

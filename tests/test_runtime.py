@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from npu_models import runtime
+from npu_models.runtime.saved_graphs import SavedGraphs
 from npu_models.errors import UserError
 from npu_models.runtime import device as device_module
 
@@ -118,8 +119,11 @@ def test_graph_mode_on_cuda_captures_cuda_graphs_and_outputs_survive_the_next_re
     assert compiled.config == "the model's config"
 
 
-def test_graph_mode_on_cpu_compiles_without_capture(monkeypatch):
+def test_graph_mode_on_cpu_compiles_without_capture(monkeypatch, tmp_path):
     requested = {}
     monkeypatch.setattr(torch, "compile", lambda fn, **options: requested.update(options) or fn)
-    runtime.compile_model(torch.nn.Identity(), torch.device("cpu"))
+    runtime.compile_model(torch.nn.Identity(), torch.device("cpu"), compile_cache="off")
     assert requested == {"fullgraph": True, "dynamic": False}
+    # with a compile cache, each shape is compiled on its first call and saved (tests/test_saved_graphs.py)
+    saved = runtime.compile_model(torch.nn.Identity(), torch.device("cpu"), compile_cache=tmp_path)
+    assert isinstance(saved.run, SavedGraphs) and saved.run.method == "forward"

@@ -9,7 +9,9 @@ One backend per device by default (`graph_backend="auto"`), another by name:
 |               | `torch.cuda.graph`), replayed: CapturedGraphs                     |                       |
 | `npugraph_ex` | torchair's capture-and-replay of the compiled graph (aclgraph)    | Atlas A2 / A3         |
 | `ge`          | torchair's GE graph (any Ascend chip; torchair documents A2/A3)   | other Ascend chips    |
-| `inductor`    | torch.compile; on CUDA with CUDA graphs (mode reduce-overhead)    | CUDA, CPU             |
+| `inductor`    | torch.compile; on CUDA with CUDA graphs (mode reduce-overhead);   | CUDA, CPU             |
+|               | on the CPU saved per shape and loaded by later processes          |                       |
+|               | (runtime.saved_graphs)                                            |                       |
 
 Why: torchair's overview lists Atlas A2, A3 (and 950) only; vLLM-Ascend, which runs the Atlas 300I Duo,
 captures the whole eager forward with NPUGraph there and documents npugraph_ex as unsupported on it.
@@ -30,6 +32,7 @@ from npu_kernels.plan import is_310p, is_a2_or_a3
 from npu_models.errors import UserError, arg
 from npu_models.runtime.compile_cache import FirstCallTimer, code_fingerprint, use_compile_cache
 from npu_models.runtime.device import import_torch_npu, npu_chip_name
+from npu_models.runtime.saved_graphs import SavedGraphs, import_in_background
 
 GRAPH_BACKENDS = ("auto", "capture", "npugraph_ex", "ge", "inductor")
 # Captured shapes per compiled callable. Each graph holds device resources: vLLM-Ascend's 300I Duo guide says
@@ -85,6 +88,12 @@ def graph_backend_for(device, graph: bool, backend: str = "auto") -> str | None:
     return backend
 
 
+def begin_graph_mode(device, backend: str) -> None:
+    """What graph mode starts before the model is built: on the CPU, the imports its saved graphs need."""
+    if backend == "inductor" and device.type == "cpu":
+        import_in_background()
+
+
 def compile_model(model, device, backend: str = "auto", compile_cache=None):
     """The graph-mode version of `model` (a module, or one of its methods) for `device`; the original stays
     usable eagerly. Outputs are the caller's to keep: a later call never overwrites them. Compiled artifacts
@@ -103,7 +112,19 @@ def compiled_for(model, device, backend: str, cache):
     if device.type == "cuda":
         return CudaGraphTrees(torch.compile(model, fullgraph=True, dynamic=False, mode="reduce-overhead"), model)
     quiet_cuda_home_notice()
+    if cache is not None and module_method(model) is not None:  # a later process loads what this one compiles
+        return SavedGraphs(*module_method(model), device, cache, call_key)
     return torch.compile(model, fullgraph=True, dynamic=False)
+
+
+def module_method(model) -> tuple[torch.nn.Module, str] | None:
+    """(module, method name) for a module (its forward) or a module's bound method; None for other callables."""
+    if isinstance(model, torch.nn.Module):
+        return model, "forward"
+    owner = getattr(model, "__self__", None)
+    if isinstance(owner, torch.nn.Module) and getattr(owner, model.__name__, None) == model:
+        return owner, model.__name__
+    return None
 
 
 class CudaHomeNotice(logging.Filter):
