@@ -28,6 +28,12 @@ def pad_columns(tokens: torch.Tensor, columns: int) -> torch.Tensor:
     return torch.nn.functional.pad(tokens, (0, columns - tokens.shape[1])) if tokens.shape[1] < columns else tokens
 
 
+def static_rows(batch_size: int, count: int) -> int:
+    """Graph mode's one batch shape: --batch-size rows, or all `count` examples of a run that has fewer (the VQA
+    demo's 4 questions run a graph of 4 rows, not 32 rows of which 28 are filler)."""
+    return max(1, min(batch_size, count))
+
+
 def pad_rows(tensors: tuple, rows: int) -> tuple:
     """Repeat each tensor's first row until it has `rows` rows: graph mode's one static batch shape (the
     filler rows are real examples, so no attention row is empty)."""

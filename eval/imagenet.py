@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 
 from eval import metrics
-from eval.batching import batch_positions, pad_rows
+from eval.batching import batch_positions, pad_rows, static_rows
 from eval.cli import add_common_args, command_parser, parse_options, run_eval
 from eval.data.imagenet import read_imagenet
 from eval.data.images import ImageDataset, collate
@@ -90,7 +90,7 @@ def classify(loop: EvalLoop, model, todo: list, options: ImageNetOptions) -> Non
         if pixels is None:  # every image of the batch was unreadable
             continue
         if options.graph:  # one static shape for the compiled graph
-            (pixels,) = pad_rows((pixels,), options.batch_size)
+            (pixels,) = pad_rows((pixels,), static_rows(options.batch_size, len(todo)))
         with loop.timed(len(positions)):
             logits = model(pixels.to(device, dtype, non_blocking=True))
             probs, ranked = logits.float().softmax(dim=-1)[: len(positions)].topk(top_k, dim=-1)

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from eval import metrics
-from eval.batching import pad_rows, plan_batches
+from eval.batching import pad_rows, plan_batches, static_rows
 from eval.cli import add_common_args, command_parser, parse_options, run_eval
 from eval.loop import EvalLoop
 from eval.samples import SAMPLES_DIR
@@ -84,7 +84,7 @@ def evaluate(options: SST2Options, model=None) -> dict:
         batches = plan_batches([len(ids) for ids in encoded], options.batch_size,
                                runtime.length_buckets(seq_len, runtime.length_step(options.graph)))
         classify(loop, model, todo, encoded, batches, options)
-    rows = static_rows(options)
+    rows = graph_rows(options, len(todo))
     labelled = [e for e in examples if e.label is not None]
     return {
         "accuracy": metrics.accuracy([loop.store.done[e.index]["prediction"] for e in labelled],
@@ -95,14 +95,14 @@ def evaluate(options: SST2Options, model=None) -> dict:
     }
 
 
-def static_rows(options: SST2Options) -> int | None:
-    """Graph mode compiles one graph per shape: every batch is padded to the full batch size."""
-    return options.batch_size if options.graph else None
+def graph_rows(options: SST2Options, count: int) -> int | None:
+    """Graph mode compiles one graph per shape: every batch is padded to the same number of rows."""
+    return static_rows(options.batch_size, count) if options.graph else None
 
 
 def classify(loop: EvalLoop, model, todo: list, encoded: list[list[int]], batches, options: SST2Options) -> None:
     device, labels = next(model.parameters()).device, model.config.labels
-    rows = static_rows(options)
+    rows = graph_rows(options, len(todo))
     compiled = set()
     for positions, length in loop.steps(batches, desc="sst2", unit="batch"):
         batch = make_batch([encoded[i] for i in positions], length, device)

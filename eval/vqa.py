@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 
 from eval import metrics
-from eval.batching import batch_positions, pad_columns, pad_rows, plan_batches
+from eval.batching import batch_positions, pad_columns, pad_rows, plan_batches, static_rows
 from eval.cli import add_common_args, command_parser, parse_options, run_eval
 from eval.data.images import ImageDataset, collate
 from eval.data.region_features import (RegionFeatureDataset, collate_regions, extract_missing_features,
@@ -189,7 +189,7 @@ def answer_questions(loop: EvalLoop, model, task, todo, vocab: Path, answers: li
             ids, masks = ids[:, :length], masks[:, :length]
         inputs = tuple(runtime.to_model_input(t, device, dtype) for t in (*visual, ids, masks))
         if options.graph:  # one static batch shape for the compiled graph
-            inputs = pad_rows(inputs, options.batch_size)
+            inputs = pad_rows(inputs, static_rows(options.batch_size, len(todo)))
         elif bool(masks.all()):  # no padded key in the batch: attention runs without a mask
             inputs = (*inputs[:-1], None)
         with loop.timed(len(positions)):

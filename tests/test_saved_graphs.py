@@ -154,8 +154,9 @@ COMMAND_CASES = {  # task: (model, extra options, token lengths to compile: the 
 @pytest.mark.parametrize("task", COMMAND_CASES)
 def test_each_command_loads_what_weights_tools_compile_made_and_compiles_nothing(tmp_path, task):
     name, extra, lengths = COMMAND_CASES[task]
-    _, options, _ = SETUPS[task](tmp_path)
-    options = {**options, **extra}
+    _, options, examples = SETUPS[task](tmp_path)
+    # graph mode's batch: --batch-size rows, or every example of a smaller run (eval.batching.static_rows)
+    options = {**options, **extra, "batch_size": min(options["batch_size"], len(examples))}
     cache = tmp_path / "cache"
     rows = compile_tool.compile_graphs(name, options["checkpoint"], "cpu", batch_sizes=[options["batch_size"]],
                                        seq_lens=lengths, out=cache)
