@@ -43,11 +43,11 @@ from npu_models.errors import UserFacingWarning
 from npu_models.runtime.compile_cache import code_fingerprint
 
 GRAPHS_DIR = "graphs"
-_counts = {"loaded": 0, "saved": 0}  # this process's saved graphs read from files, and compiled and saved
+_counts = {"loaded": 0, "compiled": 0}  # this process's graphs read from files, and compiled (then saved)
 
 
 def graph_counts() -> dict[str, int]:
-    """How many saved graphs this process has loaded from files and compiled (then saved) so far."""
+    """How many graphs this process has loaded from saved files, and compiled (saving each it could), so far."""
     return dict(_counts)
 
 
@@ -186,13 +186,13 @@ class SavedGraphs:
 
     def compile(self, shape_key, args, kwargs, path: Path):
         bound = getattr(self.module, self.method)
+        _counts["compiled"] += 1
         graph = torch.compile(bound, fullgraph=True, dynamic=False).aot_compile((args, kwargs))
         if not graph.guard_check(self.module, *args, **kwargs):
             # a forward that cannot be called back with its module as first argument (nn.Sequential's): compiled
             # the usual way, from inductor's cache, and not saved
             return torch.compile(bound, fullgraph=True, dynamic=False)
         self.compiled.append(shape_key)
-        _counts["saved"] += 1
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             graph.save_compiled_function(str(path))  # written to a temporary file, then renamed
