@@ -29,17 +29,36 @@ def ascend_chip(monkeypatch):
     torch._dynamo.reset()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_compile_cache(tmp_path_factory):
+    """Graph mode's default compile cache ($XDG_CACHE_HOME/npu-models/compile) in a folder of this test session:
+    the tests neither read graphs an earlier run saved nor write into the user's cache. Subprocesses inherit it
+    (a subprocess resolves its default cache afresh, from XDG_CACHE_HOME unless TORCHINDUCTOR_CACHE_DIR is set)."""
+    from npu_models.runtime import compile_cache
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        # as if the user had not set TORCHINDUCTOR_CACHE_DIR (torch writes it itself once inductor has chosen one)
+        patch.setattr(compile_cache, "_USER_INDUCTOR_DIR", None)
+        yield
+
+
 @pytest.fixture
 def compiled_graphs():
-    """What torch.compile really compiled during the test: () -> (graphs, graph breaks).
+    """What graph mode really compiled during the test: () -> (graphs, graph breaks).
 
     Comparing graph mode with eager passes when nothing was compiled; a graph-mode test also asserts
-    this count (one graph per distinct input shape, no break), so a no-op compile fails it.
+    this count (one graph per distinct input shape, no break), so a no-op compile fails it. A graph is one that
+    Dynamo traced, or one loaded from a saved graph (runtime.saved_graphs: an earlier test of the session may
+    have compiled the same model and shape into the session's compile cache).
     """
     from torch._dynamo.utils import counters
+
+    from npu_models import runtime
     torch._dynamo.reset()
     counters.clear()
-    yield lambda: (counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()))
+    loaded_before = runtime.graph_counts()["loaded"]
+    yield lambda: (counters["stats"]["unique_graphs"] + runtime.graph_counts()["loaded"] - loaded_before,
+                   sum(counters["graph_break"].values()))
     torch._dynamo.reset()
 
 
