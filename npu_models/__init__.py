@@ -2,6 +2,7 @@
 import warnings
 from pathlib import Path
 
+import npu_models.runtime  # noqa: F401  first, before torch: it sets how OpenMP's threads wait (runtime/openmp.py)
 from npu_models.errors import UserError, UserFacingWarning, arg
 
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -165,6 +166,26 @@ def test_end_to_end_is_for_sst2_models(capsys):
     assert exit.value.code == 2 and "--end-to-end times the SST-2 eval" in capsys.readouterr().err
 
 
+def test_busy_load_times_every_row_again_beside_spinning_processes(tmp_path, capsys, monkeypatch):
+    from eval.bench import load
+    started = []
+    real_popen = load.subprocess.Popen
+    monkeypatch.setattr(load.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1])
+    out = tmp_path / "rows.json"
+    cli.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--batch-sizes", "2",
+              "--seq-len", "8", "--modes", "eager", "--warmup", "0", "--iters", "1", "--no-peer", "--quant",
+              "none,w8a8", "--load", "idle,busy", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r["quant"], r["load"]) for r in rows] == [("none", "idle"), ("w8a8", "idle"), ("none", "busy"),
+                                                       ("w8a8", "busy")]
+    assert len(started) == os.cpu_count() and all(p.poll() is not None for p in started)  # one per core, all gone
+    printed = capsys.readouterr().out
+    assert "w8a8 / float, eager, idle, batch 2: " in printed and "w8a8 / float, eager, busy, batch 2: " in printed
+    with pytest.raises(SystemExit):
+        cli.main(["--load", "heavy", "--device", "cpu"])
+    assert "--load takes a comma list of idle, busy, got 'heavy'" in capsys.readouterr().err
+
+
 def test_markdown_table_sets_each_implementation_at_its_best_mode_side_by_side():
     def row(impl, mode, rate):
         return {"model": "m", "impl": impl, "quant": "none", "mode": mode, "batch_size": 8, "seq_len": 128, "samples_per_second": rate,
@@ -173,7 +194,7 @@ def test_markdown_table_sets_each_implementation_at_its_best_mode_side_by_side()
     table = report.markdown_table([row("ours", "eager", 10.0), row("peer", "eager", 8.0), row("ours", "graph", 30.0),
                                   row("peer", "graph", 20.0)])
     assert table.count("\n| m | ") == 5  # four rows, one best-against-best line
-    assert "| m | 8 | none | graph, 30.0/s | graph, 20.0/s | 1.50x |" in table
+    assert "| m | 8 | idle | none | graph, 30.0/s | graph, 20.0/s | 1.50x |" in table
 
 
 def test_model_all_takes_no_checkpoint(capsys):

@@ -13,7 +13,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTION = "npu-models"
 COMMANDS = ["eval.sst2", "eval.imagenet", "eval.vqa", "eval.retrieval", "eval.bench", "npu_models.doctor",
-            "weights_tools.convert", "weights_tools.shard", "weights_tools.verify", "weights_tools.quantize",
+            "weights_tools.convert", "weights_tools.shard", "weights_tools.verify", "weights_tools.quantize", "weights_tools.compile",
             "npu_models.serve", "eval.bench.serve", "eval.bench.naive_server"]
 
 
@@ -84,3 +84,38 @@ def test_a_text_only_command_never_imports_torchvision(tmp_path):
               "assert 'torchvision' not in sys.modules, 'torchvision was imported'\n")
     done = run_outside_the_repository(tmp_path, "-c", script)
     assert done.returncode == 0, done.stderr
+
+
+# Records GOMP_SPINCOUNT at the moment torch is first imported (when libgomp reads its settings), then imports the
+# command's module.
+SPIN_AT_TORCH_IMPORT = """
+import builtins, importlib, os, sys
+seen = []
+real_import = builtins.__import__
+def watch(name, *args, **kwargs):
+    if name.split(".")[0] == "torch" and "torch" not in sys.modules and not seen:
+        seen.append(os.environ.get("GOMP_SPINCOUNT"))
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = watch
+importlib.import_module(sys.argv[1])
+print(seen[0])
+"""
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_sets_openmps_spin_count_before_torch_loads_it(tmp_path, command):
+    """runtime/openmp.py: spinning OpenMP threads made int8 slower than float on a busy machine; libgomp reads
+    GOMP_SPINCOUNT once, when torch is imported, so every command must have set it by then."""
+    module = command.removesuffix(".__main__")
+    done = run_outside_the_repository(tmp_path, "-c", SPIN_AT_TORCH_IMPORT, module)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["10000"]
+
+
+@pytest.mark.parametrize("users, expected", [({"GOMP_SPINCOUNT": "5"}, "5"), ({"OMP_WAIT_POLICY": "PASSIVE"}, "None")])
+def test_the_users_own_openmp_settings_are_left_alone(tmp_path, monkeypatch, users, expected):
+    for name, value in users.items():
+        monkeypatch.setenv(name, value)
+    done = run_outside_the_repository(tmp_path, "-c", SPIN_AT_TORCH_IMPORT, "eval.sst2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [expected]

@@ -53,6 +53,9 @@ def parse_args(argv) -> BenchOptions:
     parser.add_argument("--quant", help="comma list of none (our float model), w8a8, w8a8-dynamic, w8a16: ours "
                         "quantized on the fly, calibrated on the bench's own inputs (under --tp: the whole model on "
                         "every rank, then cut), timed beside float (default none)")
+    parser.add_argument("--load", dest="loads", help="comma list of idle (the machine as it is) and busy (every core "
+                        "also running a Python loop in its own process, as when a test run shares the machine): each "
+                        "row timed under each (default idle)")
     given = vars(parser.parse_args(argv))
     if "batch_sizes" in given:
         try:
@@ -63,6 +66,8 @@ def parse_args(argv) -> BenchOptions:
         given["modes"] = tuple(given["modes"].split(","))
     if "quant" in given:
         given["quant"] = tuple(given["quant"].split(","))
+    if "loads" in given:
+        given["loads"] = tuple(given["loads"].split(","))
     return BenchOptions(**given)
 
 

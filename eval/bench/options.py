@@ -2,6 +2,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval.bench.load import LOADS
 from eval.options import paths_from_strings
 from npu_kernels.quant_matmul import SCHEMES
 from npu_models import registry
@@ -32,6 +33,7 @@ class BenchOptions:
     end_to_end: bool = False              # SST-2 models: eval.sst2's own code path against the ModelZoo flow
     data: Path | None = None              # end-to-end: SST-2 dev.tsv; None: random words with SST-2's length mix
     quant: tuple[str, ...] = ("none",)    # ours as float ("none") and/or quantized on the fly (whole, then cut for tp)
+    loads: tuple[str, ...] = ("idle",)    # time each row on the machine as it is, and/or with every core kept busy
 
     def __post_init__(self):
         if self.batch_sizes is None:
@@ -40,6 +42,8 @@ class BenchOptions:
             raise UserError(f"--modes takes eager and/or graph, got '{','.join(self.modes)}'.")
         if set(self.quant) - set(QUANT) or not self.quant:
             raise UserError(f"--quant takes a comma list of {', '.join(QUANT)}, got '{','.join(self.quant)}'.")
+        if set(self.loads) - set(LOADS) or not self.loads:
+            raise UserError(f"--load takes a comma list of {', '.join(LOADS)}, got '{','.join(self.loads)}'.")
         if set(self.quant) != {"none"} and self.end_to_end:
             raise UserError(f"--quant {','.join(self.quant)} times the model parts, and --end-to-end runs float "
                             "(eval.sst2's path); drop one of them.")

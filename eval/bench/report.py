@@ -6,7 +6,7 @@ from pathlib import Path
 from eval.store import write_json_atomic
 from npu_models.errors import UserError
 
-COLUMNS = ["model", "impl", "quant", "mode", "batch_size", "seq_len", "samples_per_second", "latency_ms_p50",
+COLUMNS = ["model", "impl", "quant", "mode", "load", "batch_size", "seq_len", "samples_per_second", "latency_ms_p50",
            "latency_ms_p90", "first_call_s", "gflop_per_batch", "tflops", "fraction_of_peak", "peak", "device", "dtype", "tp",
            "param_mb_per_rank", "max_abs_diff_vs_peer", "date"]
 
@@ -53,12 +53,12 @@ def percent_of_peak(row: dict) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'impl':<5} {'mode':<6} {'quant':<12} {'tp':>2} {'batch':>5} {'seq':>4} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} "
+    header = (f"{'impl':<5} {'mode':<6} {'load':<4} {'quant':<12} {'tp':>2} {'batch':>5} {'seq':>4} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} "
               f"{'% peak':>7} {'MiB/rank':>9} {'diff vs peer':>12}")
     lines = [header]
     for r in rows:
         diff = "" if r["max_abs_diff_vs_peer"] is None else f"{r['max_abs_diff_vs_peer']:.1e}"
-        lines.append(f"{r['impl']:<5} {r['mode']:<6} {r['quant']:<12} {r['tp']:>2} {r['batch_size']:>5} {r['seq_len']:>4} "
+        lines.append(f"{r['impl']:<5} {r['mode']:<6} {r.get('load', 'idle'):<4} {r['quant']:<12} {r['tp']:>2} {r['batch_size']:>5} {r['seq_len']:>4} "
                      f"{r['samples_per_second']:>10.1f} {r['latency_ms_p50']:>9.2f} {r['latency_ms_p90']:>9.2f} "
                      f"{percent_of_peak(r):>7} {r['param_mb_per_rank']:>9.1f} {diff:>12}")
     return "\n".join(lines)
@@ -67,18 +67,19 @@ def format_table(rows: list[dict]) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """Every row as one markdown table, then each implementation's best mode per model part and batch size
     set side by side (the honest ratio: each at its fastest)."""
-    lines = ["| model | impl | quant | mode | batch | seq | samples/s | p50 ms | TFLOP/s | % of peak | max diff vs peer |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | impl | quant | mode | load | batch | seq | samples/s | p50 ms | TFLOP/s | % of peak | max diff vs peer |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         diff = "" if r["max_abs_diff_vs_peer"] is None else f"{r['max_abs_diff_vs_peer']:.1e}"
         lines.append(f"| {r['model']} | {r['impl']}{'' if r['tp'] == 1 else ' tp' + str(r['tp'])} | {r['quant']} | {r['mode']} | "
-                     f"{r['batch_size']} | {r['seq_len']} | {r['samples_per_second']:.1f} | {r['latency_ms_p50']:.2f} | "
+                     f"{r.get('load', 'idle')} | {r['batch_size']} | {r['seq_len']} | {r['samples_per_second']:.1f} | {r['latency_ms_p50']:.2f} | "
                      f"{r['tflops']:.2f} | {percent_of_peak(r)} | {diff} |")
     pairs = best_against_best(rows)
     if pairs:
-        lines += ["", "| model | batch | quant | ours best | peer best | ours / peer |", "|---|---:|---|---|---|---:|"]
+        lines += ["", "| model | batch | load | quant | ours best | peer best | ours / peer |",
+                  "|---|---:|---|---|---|---|---:|"]
         for ours, peer in pairs:
-            lines.append(f"| {ours['model']} | {ours['batch_size']} | {ours['quant']} | "
+            lines.append(f"| {ours['model']} | {ours['batch_size']} | {ours.get('load', 'idle')} | {ours['quant']} | "
                          f"{ours['mode']}, {ours['samples_per_second']:.1f}/s | "
                          f"{peer['mode']}, {peer['samples_per_second']:.1f}/s | "
                          f"{ours['samples_per_second'] / peer['samples_per_second']:.2f}x |")
@@ -89,15 +90,26 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def quant_speedups(rows: list[dict]) -> list[str]:
+    """Each quantized row of ours against our float row of the same part, mode, load, batch size and tp: one line
+    each ("w8a8 / float, eager, busy, batch 8: 2.07x")."""
+    def key(r):
+        return r["model"], r["mode"], r.get("load", "idle"), r["batch_size"], r["tp"]
+    floats = {key(r): r for r in rows if r["impl"] == "ours" and r["quant"] == "none"}
+    return [f"{r['model']}: {r['quant']} / float, {r['mode']}, {r.get('load', 'idle')}, batch {r['batch_size']}: "
+            f"{r['samples_per_second'] / floats[key(r)]['samples_per_second']:.2f}x"
+            for r in rows if r["impl"] == "ours" and r["quant"] != "none" and key(r) in floats]
+
+
 def best_against_best(rows: list[dict]) -> list[tuple[dict, dict]]:
     """(ours, the whole peer) at each one's fastest mode, per model part, batch size, our tp degree and our
-    quantization (float and int8 each against the float peer)."""
+    quantization (float and int8 each against the float peer), under the same load."""
     best = {}
     for r in rows:
-        key = (r["model"], r["batch_size"], r["impl"], r["tp"], r["quant"])
+        key = (r["model"], r["batch_size"], r.get("load", "idle"), r["impl"], r["tp"], r["quant"])
         if key not in best or r["samples_per_second"] > best[key]["samples_per_second"]:
             best[key] = r
-    pairs = [(best[key], best.get((key[0], key[1], "peer", 1, "none"))) for key in best if key[2] == "ours"]
+    pairs = [(best[key], best.get((*key[:3], "peer", 1, "none"))) for key in best if key[3] == "ours"]
     return [(ours, peer) for ours, peer in pairs if peer is not None]
 
 

@@ -11,9 +11,10 @@ from typing import Callable
 
 import torch
 
+from eval.bench.load import competing_load
 from eval.bench.flops import counted_flops, int8_matmul_peak, matmul_peak
 from eval.bench.options import BenchOptions
-from eval.bench.report import format_table, write_rows
+from eval.bench.report import format_table, quant_speedups, write_rows
 from eval.data.region_features import MAX_BOXES, RegionFeatureExtractor, pad_regions
 from eval.peers import PEERS
 from eval.timing import latency_percentiles, time_interleaved, timed_call
@@ -152,6 +153,8 @@ def run_benchmark(run: BenchRun, name: str, entry, bench: Benchmark, build_ours)
             time_batch(run, part, fns, mode, batch_size)
     rows = run.rows[first:]
     run.say(f"\n{name} on {rows[0]['device']}, {rows[0]['dtype']}\n{format_table(rows)}")
+    for line in quant_speedups(rows):
+        run.say(line)
     return rows
 
 
@@ -222,7 +225,14 @@ def time_batch(run: BenchRun, part: Part, fns: dict, mode: str, batch_size: int)
         for c in part.contenders:
             output, first_call[c.key] = timed_call(fns[c.key], inputs, run.device)
             outputs[c.key] = output.float()
-    timings = time_interleaved(fns, inputs, run.device, run.options.warmup, run.options.iters)
+    for load in run.options.loads:
+        with competing_load(load):
+            timings = time_interleaved(fns, inputs, run.device, run.options.warmup, run.options.iters)
+        add_rows(run, part, mode, batch_size, seq_len, load, inputs, outputs, first_call, timings)
+
+
+def add_rows(run: BenchRun, part: Part, mode: str, batch_size: int, seq_len: int, load: str, inputs, outputs: dict,
+             first_call: dict, timings: dict) -> None:
     ours_output, peer_output = outputs.get(f"ours@tp{run.tp.size}"), outputs.get("peer@tp1")
     for c in part.contenders:
         seconds = timings[c.key]
@@ -236,7 +246,8 @@ def time_batch(run: BenchRun, part: Part, fns: dict, mode: str, batch_size: int)
         elif c.quant != "none" and peer_output is not None:
             diff = (outputs[c.key] - peer_output).abs().max().item()
         peak, peak_name = run.peak_for(c.quant)
-        run.add({"model": part.name, "impl": c.impl, "quant": c.quant, "mode": mode, "batch_size": batch_size, "seq_len": seq_len,
+        run.add({"model": part.name, "impl": c.impl, "quant": c.quant, "mode": mode, "load": load,
+                 "batch_size": batch_size, "seq_len": seq_len,
                  "samples_per_second": batch_size * len(seconds) / sum(seconds), **latency_percentiles(seconds),
                  "first_call_s": first_call[c.key], "gflop_per_batch": flops / 1e9, "tflops": achieved / 1e12,
                  "fraction_of_peak": None if peak is None else achieved / peak, "peak": peak_name,

@@ -1,5 +1,9 @@
 """The only code that knows NPU vs CUDA vs CPU: devices, dtypes, kernel choice, graph mode, load-time
 settings, compile caches, synchronisation."""
+from npu_models.runtime.openmp import prefer_short_spin_waits
+
+prefer_short_spin_waits()  # before anything imports torch: OpenMP reads its settings once, when torch loads it
+
 from npu_models.runtime.compile_cache import check_compile_cache, compile_seconds, default_compile_cache
 from npu_models.runtime.device import (
     default_dtype,
