@@ -50,9 +50,13 @@ def sdpa_attention(q, k, v, mask=None, scale=None, bias=None):
 
     SDPA takes one additive float mask. A bias with a key-padding mask ([B, 1, 1, Sk], the common case)
     keeps the bias batch-shared and folds the padding into q and k (fold_key_padding); a bias with any
-    other mask becomes the bias with -inf on masked keys."""
+    other mask becomes the bias with -inf on masked keys. The bias goes in as 4-D: given a 3-D [H, Sq, Sk] mask
+    (VLMo's relative positions), torch 2.14 leaves its CPU flash kernel for the unfused math, 4x slower at VLMo's
+    941 tokens (measured; a third of VLMo's forward at batch 8)."""
     if bias is not None:
         bias = bias.to(q.dtype)
+        while bias.dim() < 4:
+            bias = bias.unsqueeze(0)
         if mask is not None and mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
             head_dim = q.shape[-1]
             q, k, v = fold_key_padding(q, k, v, mask)
