@@ -488,12 +488,27 @@ def test_graph_mode_compiles_every_bucket_at_warm_up_and_never_on_a_request(tmp_
     running = server("--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--graph", "--max-batch-size", "4",
                      "--compile-cache", str(tmp_path / "cache"))
     warmed = request(running.url + "/v1/models")[2]["data"][0]
-    assert warmed["graph"] is True and warmed["compile_s"] > 0
+    assert warmed["graph"] is True and warmed["compile_s"] > 0 and warmed["graphs_compiled"] > 0
     answers = [request(running.url + "/classify", {"input": s})[2]["data"][0] for s in SENTENCES]
     answers += request(running.url + "/classify", {"input": SENTENCES[:4]})[2]["data"]
     assert request(running.url + "/v1/models")[2]["data"][0]["compile_s"] == warmed["compile_s"]
     for answer, reference in zip(answers, expected + expected[:4]):
         assert answer["probs"] == pytest.approx(reference["probs"], abs=1e-5)
+
+
+def test_warm_up_loads_the_graphs_weights_tools_compile_made(tmp_path, server):
+    """The server's warm-up goes through the same saved graphs as the eval commands: after `weights_tools.compile`
+    with the server's batch size and length buckets, a server starts without compiling anything."""
+    from npu_models import load_model
+    from npu_models.runtime import length_buckets
+    from weights_tools import compile as compile_tool
+    buckets = length_buckets(load_model("bert", BERT_FIXTURE / "checkpoint", device="cpu").config.max_positions)
+    compile_tool.compile_graphs("bert", BERT_FIXTURE / "checkpoint", "cpu", batch_sizes=[4], seq_lens=buckets,
+                                out=tmp_path / "cache")
+    running = server("--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--graph", "--max-batch-size", "4",
+                     "--compile-cache", str(tmp_path / "cache"))
+    warmed = request(running.url + "/v1/models")[2]["data"][0]
+    assert (warmed["graphs_compiled"], warmed["graphs_loaded"]) == (0, len(buckets))
 
 
 def documented_curl_commands() -> list[tuple[str, str]]:
