@@ -119,7 +119,8 @@ def test_every_documented_command_parses_with_its_own_parser(monkeypatch, capsys
     calls = documented_calls()
     modules = {module for _, module, _ in calls}
     assert {"eval.sst2", "eval.imagenet", "eval.vqa", "eval.retrieval", "eval.bench", "npu_models.doctor",
-            "weights_tools.quantize", "weights_tools.verify", "weights_tools.shard", "weights_tools.convert"} <= modules
+            "weights_tools.quantize", "weights_tools.verify", "weights_tools.shard", "weights_tools.convert",
+            "weights_tools.compile"} <= modules
     original = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, args=None, namespace=None):
