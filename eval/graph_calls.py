@@ -25,10 +25,19 @@ class GraphCall:
     run: Callable[[], object]
 
 
+def longest_text(task, config) -> int | None:
+    """The most tokens the command (or the server) pads a text of this model to; None for images alone."""
+    if isinstance(task, tasks.ImageClassification):
+        return None
+    if isinstance(task, tasks.TextClassification):
+        return config.max_positions  # eval.sst2's --seq-len goes up to it
+    return config.text_input.max_length
+
+
 def default_lengths(task, config) -> list[int]:
-    """The token lengths a command pads texts to in graph mode: its 16-token buckets up to the model's maximum
-    (eval.sst2's default --seq-len for BERT), or the one maximum of a model that pads every text to it; none for
-    images alone."""
+    """The token lengths a command pads texts to in graph mode by default: its 16-token buckets (up to eval.sst2's
+    default --seq-len for BERT, up to the model's maximum otherwise), or the one maximum of a model that pads every
+    text to it; none for images alone."""
     if isinstance(task, tasks.ImageClassification):
         return []
     if isinstance(task, tasks.TextClassification):

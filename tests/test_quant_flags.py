@@ -109,7 +109,8 @@ def test_bench_times_float_and_int8_side_by_side(tmp_path, capsys, monkeypatch):
     assert int8_peak != pytest.approx(float_peak, rel=1e-6) and 0 < int8["fraction_of_peak"] < 1
     streamed = capsys.readouterr().out
     assert "quant" in streamed.splitlines()[streamed.splitlines().index("bert-base-cased-sst2") + 1]
-    assert any(line.split()[:3] == ["ours", "eager", "w8a8"] for line in streamed.splitlines())
+    assert any(line.split()[:4] == ["ours", "eager", "idle", "w8a8"] for line in streamed.splitlines())
+    assert "bert-base-cased-sst2: w8a8 / float, eager, idle, batch 2: " in streamed
 
 
 def test_bench_markdown_table_shows_float_and_int8_against_the_peer():
@@ -118,10 +119,10 @@ def test_bench_markdown_table_shows_float_and_int8_against_the_peer():
                 "samples_per_second": rate, "latency_ms_p50": 1.0, "tflops": 1.0, "fraction_of_peak": 0.5, "tp": 1,
                 "device": "cpu", "dtype": "fp32", "date": "2026-12-01", "max_abs_diff_vs_peer": None}
     table = report.markdown_table([row("ours", "none", 10.0), row("ours", "w8a8", 25.0), row("peer", "none", 8.0)])
-    assert "| m | ours | w8a8 | eager | 8 |" in table
+    assert "| m | ours | w8a8 | eager | idle | 8 |" in table
     assert "int8 rows against the int8 GEMM (torch._int_mm) measured in the same run" in table
-    assert "| m | 8 | none | eager, 10.0/s | eager, 8.0/s | 1.25x |" in table
-    assert "| m | 8 | w8a8 | eager, 25.0/s | eager, 8.0/s | 3.12x |" in table
+    assert "| m | 8 | idle | none | eager, 10.0/s | eager, 8.0/s | 1.25x |" in table
+    assert "| m | 8 | idle | w8a8 | eager, 25.0/s | eager, 8.0/s | 3.12x |" in table
 
 
 @pytest.mark.parametrize("args, message", [(["--quant", "int4"], "--quant takes a comma list"),

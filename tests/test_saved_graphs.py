@@ -215,5 +215,5 @@ def test_the_compile_command_refuses_what_has_no_graph(tmp_path, capsys):
         compile_tool.main(["--model", "vlmo", "--checkpoint", str(FIXTURES / "reference" / "vqa-vlmo" /
                                                                    "vqa_checkpoint.pt"), "--seq-lens", "16", "--out",
                            str(tmp_path)])
-    assert "--seq-lens 16 goes past the 12 tokens the command pads vlmo-base-vqa's texts to at most" in \
+    assert "--seq-lens 16 goes past the 12 tokens vlmo-base-vqa reads at most: give lengths up to 12" in \
         capsys.readouterr().err

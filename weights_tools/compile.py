@@ -21,11 +21,10 @@ import warnings
 from pathlib import Path
 
 import torch
-
 from tqdm import tqdm
 
 from eval.commands import eval_command
-from eval.graph_calls import default_lengths, graph_calls
+from eval.graph_calls import default_lengths, graph_calls, longest_text
 from npu_models import RandomWeightsWarning, load_model, parallel, registry, runtime
 from npu_models.cli import cli_main, note
 from npu_models.errors import UserError, arg, check_paths_exist
@@ -50,12 +49,11 @@ def compile_graphs(model_name: str, checkpoint=None, device="cpu", dtype=None, b
     with warnings.catch_warnings():  # random weights are what a graph for any checkpoint of the config is made on
         warnings.simplefilter("ignore", RandomWeightsWarning)
         model = load_model(entry.name, checkpoint, device=device, dtype=dtype, graph=True, compile_cache=out)
-    buckets = default_lengths(task, model.config)
-    lengths = seq_lens or buckets
-    if seq_lens and buckets and max(seq_lens) > buckets[-1]:
-        raise UserError(f"{arg('seq_lens', ' '.join(map(str, seq_lens)))} goes past the {buckets[-1]} tokens the "
-                        f"command pads {entry.name}'s texts to at most: give lengths up to {buckets[-1]} (its "
-                        f"buckets: {' '.join(map(str, buckets))}).")
+    lengths = seq_lens or default_lengths(task, model.config)
+    longest = longest_text(task, model.config)
+    if seq_lens and longest is not None and max(seq_lens) > longest:
+        raise UserError(f"{arg('seq_lens', ' '.join(map(str, seq_lens)))} goes past the {longest} tokens "
+                        f"{entry.name} reads at most: give lengths up to {longest}.")
     calls = [call for batch_size in batch_sizes or [eval_command(task.name).options.batch_size]
              for call in graph_calls(task, model, batch_size, lengths)]
     rows = []
