@@ -16,19 +16,33 @@ import torch
 from npu_models.spec import Ranking
 
 
+def shape_mismatch(row: dict, ours: torch.Tensor, reference: torch.Tensor) -> dict | None:
+    """The failed row when our tensor's shape is not the reference's; None when they match."""
+    if tuple(ours.shape) == tuple(reference.shape):
+        return None
+    return {**row, "max_abs_diff": float("inf"), "ok": False, "note": f"our shape {list(ours.shape)}"}
+
+
+def compared_cells(ours: torch.Tensor, reference: torch.Tensor, excluded: torch.Tensor | None,
+                   why_excluded: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Both tensors as float64 vectors of the cells compared (those the bool mask `excluded` marks left out), and
+    the note that says so."""
+    ours, reference = ours.detach().double().cpu().flatten(), reference.double().flatten()
+    if excluded is None or not excluded.any():
+        return ours, reference, ""
+    keep = ~excluded.flatten()
+    return ours[keep], reference[keep], f"{int(excluded.sum())} cell(s) left out: {why_excluded}"
+
+
 def compare(name: str, ours: torch.Tensor, reference: torch.Tensor, atol: float, rtol: float,
             excluded: torch.Tensor | None = None, why_excluded: str = "") -> dict:
     """Element-wise comparison; cells where the bool mask `excluded` is True are left out."""
     row = {"name": name, "shape": list(reference.shape), "tolerance": f"{atol:g} + {rtol:g}*|ref|"}
-    if tuple(ours.shape) != tuple(reference.shape):
-        return {**row, "max_abs_diff": float("inf"), "ok": False, "note": f"our shape {list(ours.shape)}"}
-    ours, reference = ours.detach().double().cpu(), reference.double()
+    if (mismatch := shape_mismatch(row, ours, reference)) is not None:
+        return mismatch
+    ours, reference, note = compared_cells(ours, reference, excluded, why_excluded)
     diff = (ours - reference).abs()
     within = diff <= atol + rtol * reference.abs()
-    note = ""
-    if excluded is not None and excluded.any():
-        diff, within = diff.masked_fill(excluded, 0.0), within | excluded
-        note = f"{int(excluded.sum())} cell(s) left out: {why_excluded}"
     return {**row, "max_abs_diff": diff.max().item() if diff.numel() else 0.0, "ok": bool(within.all()), "note": note}
 
 
@@ -101,14 +115,9 @@ def compare_low_precision(name: str, ours: torch.Tensor, reference: torch.Tensor
     the largest error relative to the tensor's scale. Element-wise bounds fail near-zero entries of correct
     runs and pass wrong large ones; these judge the tensor as a whole, as rounding affects it."""
     row = {"name": name, "shape": list(reference.shape), "tolerance": bounds.describe()}
-    if tuple(ours.shape) != tuple(reference.shape):
-        return {**row, "max_abs_diff": float("inf"), "ok": False, "note": f"our shape {list(ours.shape)}"}
-    ours, reference = ours.detach().double().cpu().flatten(), reference.double().flatten()
-    note = ""
-    if excluded is not None and excluded.any():
-        keep = ~excluded.flatten()
-        ours, reference = ours[keep], reference[keep]
-        note = f"{int(excluded.sum())} cell(s) left out: {why_excluded}"
+    if (mismatch := shape_mismatch(row, ours, reference)) is not None:
+        return mismatch
+    ours, reference, note = compared_cells(ours, reference, excluded, why_excluded)
     diff = ours - reference
     scale, norm = reference.abs().max().item() if reference.numel() else 0.0, reference.norm().item()
     relative_l2 = diff.norm().item() / norm if norm else diff.norm().item()
