@@ -56,7 +56,7 @@ class LatencyMeter:
     def graphs(self) -> dict:
         """Graph mode on the CPU: how many graphs were loaded from the compile cache, and compiled (and saved)."""
         now = runtime.graph_counts()
-        return {f"graphs_{how}": now[how] - self.graph_counts_at_start[how] for how in ("loaded", "compiled")}
+        return {key: count - self.graph_counts_at_start[key] for key, count in now.items()}
 
 
 def latency_percentiles(seconds: list[float]) -> dict:

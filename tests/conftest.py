@@ -56,8 +56,8 @@ def compiled_graphs():
     from npu_models import runtime
     torch._dynamo.reset()
     counters.clear()
-    loaded_before = runtime.graph_counts()["loaded"]
-    yield lambda: (counters["stats"]["unique_graphs"] + runtime.graph_counts()["loaded"] - loaded_before,
+    loaded_before = runtime.graph_counts()["graphs_loaded"]
+    yield lambda: (counters["stats"]["unique_graphs"] + runtime.graph_counts()["graphs_loaded"] - loaded_before,
                    sum(counters["graph_break"].values()))
     torch._dynamo.reset()
 

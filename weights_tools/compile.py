@@ -58,12 +58,11 @@ def compile_graphs(model_name: str, checkpoint=None, device="cpu", dtype=None, b
              for call in graph_calls(task, model, batch_size, lengths)]
     rows = []
     for call in tqdm(calls, desc="compile", unit="shape", disable=not parallel.is_main_process()):
-        saved = getattr(model.run, "loaded", None)
-        before = len(saved) if saved is not None else 0
+        loaded_before = runtime.graph_counts()["graphs_loaded"]
         start = time.perf_counter()
         with torch.no_grad():  # as the eval loops and the server call the model: grad mode is part of a graph
             call.run()
-        how = "loaded" if saved is not None and len(saved) > before else "compiled"
+        how = "loaded" if runtime.graph_counts()["graphs_loaded"] > loaded_before else "compiled"
         rows.append({"shape": call.shape, "how": how, "seconds": round(time.perf_counter() - start, 2)})
     return rows
 

@@ -112,8 +112,9 @@ def compiled_for(model, device, backend: str, cache):
     if device.type == "cuda":
         return CudaGraphTrees(torch.compile(model, fullgraph=True, dynamic=False, mode="reduce-overhead"), model)
     quiet_cuda_home_notice()
-    if cache is not None and module_method(model) is not None:  # a later process loads what this one compiles
-        return SavedGraphs(*module_method(model), device, cache, call_key)
+    owner = module_method(model)
+    if cache is not None and owner is not None:  # a later process loads what this one compiles
+        return SavedGraphs(*owner, device, cache, call_key)
     return torch.compile(model, fullgraph=True, dynamic=False)
 
 

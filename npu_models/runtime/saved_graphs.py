@@ -43,11 +43,12 @@ from npu_models.errors import UserFacingWarning
 from npu_models.runtime.compile_cache import code_fingerprint
 
 GRAPHS_DIR = "graphs"
-_counts = {"loaded": 0, "compiled": 0}  # this process's graphs read from files, and compiled (then saved)
+_counts = {"graphs_loaded": 0, "graphs_compiled": 0}  # this process's graphs read from files, and compiled
 
 
 def graph_counts() -> dict[str, int]:
-    """How many graphs this process has loaded from saved files, and compiled (saving each it could), so far."""
+    """How many graphs this process has loaded from saved files (graphs_loaded) and compiled, saving each it could
+    (graphs_compiled), so far: the keys results JSONs and the server's /v1/models report them by."""
     return dict(_counts)
 
 
@@ -156,7 +157,7 @@ class SavedGraphs:
                     graph = torch.compiler.load_compiled_function(f)
                 if graph.guard_check(self.module, *args, **kwargs):
                     self.loaded.append(shape_key)
-                    _counts["loaded"] += 1
+                    _counts["graphs_loaded"] += 1
                     return functools.partial(graph, self.module)
                 reason = "its guards do not fit this call"
             except Exception as err:  # a damaged or foreign file: compiled again, never a failed run
@@ -186,7 +187,7 @@ class SavedGraphs:
 
     def compile(self, shape_key, args, kwargs, path: Path):
         bound = getattr(self.module, self.method)
-        _counts["compiled"] += 1
+        _counts["graphs_compiled"] += 1
         graph = torch.compile(bound, fullgraph=True, dynamic=False).aot_compile((args, kwargs))
         if not graph.guard_check(self.module, *args, **kwargs):
             # a forward that cannot be called back with its module as first argument (nn.Sequential's): compiled

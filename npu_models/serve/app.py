@@ -257,8 +257,7 @@ def create_app(state: ServeState) -> FastAPI:
             served = replicas[0].served
             description.update(endpoints=list(replicas[0].adapters), dtype=str(served.dtype).replace("torch.", ""),
                                quant=served.quant, devices=[str(r.served.device) for r in replicas],
-                               graph=served.graph, compile_s=runtime.compile_seconds(),
-                               **{f"graphs_{how}": count for how, count in runtime.graph_counts().items()})
+                               graph=served.graph, compile_s=runtime.compile_seconds(), **runtime.graph_counts())
         return {"object": "list", "data": [{"id": state.describe["model"], "object": "model", "owned_by": "npu-models",
                                             **description}]}
 
