@@ -188,7 +188,7 @@ def test_busy_load_times_every_row_again_beside_spinning_processes(tmp_path, cap
 
 def test_markdown_table_sets_each_implementation_at_its_best_mode_side_by_side():
     def row(impl, mode, rate):
-        return {"model": "m", "impl": impl, "quant": "none", "mode": mode, "batch_size": 8, "seq_len": 128, "samples_per_second": rate,
+        return {"model": "m", "impl": impl, "quant": "none", "mode": mode, "load": "idle", "batch_size": 8, "seq_len": 128, "samples_per_second": rate,
                 "latency_ms_p50": 1.0, "tflops": 1.0, "fraction_of_peak": 0.5, "tp": 1, "device": "cpu",
                 "dtype": "fp32", "date": "2026-11-28", "max_abs_diff_vs_peer": None if impl == "ours" else 1e-6}
     table = report.markdown_table([row("ours", "eager", 10.0), row("peer", "eager", 8.0), row("ours", "graph", 30.0),

@@ -13,13 +13,13 @@ SPIN = "while True:\n    pass\n"
 
 
 @contextlib.contextmanager
-def competing_load(load: str, processes: int | None = None):
-    """Nothing for "idle"; for "busy", one spinning Python process per core (or `processes`) while the block runs."""
+def competing_load(load: str):
+    """Nothing for "idle"; for "busy", one spinning Python process per core while the block runs."""
     if load == "idle":
         yield
         return
-    count = processes or os.cpu_count() or 1
-    spinners = [subprocess.Popen([sys.executable, "-c", SPIN], stdin=subprocess.DEVNULL) for _ in range(count)]
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN], stdin=subprocess.DEVNULL)
+                for _ in range(os.cpu_count() or 1)]
     try:
         time.sleep(0.5)  # every loop running before the first timed call
         yield

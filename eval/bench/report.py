@@ -58,7 +58,7 @@ def format_table(rows: list[dict]) -> str:
     lines = [header]
     for r in rows:
         diff = "" if r["max_abs_diff_vs_peer"] is None else f"{r['max_abs_diff_vs_peer']:.1e}"
-        lines.append(f"{r['impl']:<5} {r['mode']:<6} {r.get('load', 'idle'):<4} {r['quant']:<12} {r['tp']:>2} {r['batch_size']:>5} {r['seq_len']:>4} "
+        lines.append(f"{r['impl']:<5} {r['mode']:<6} {r['load']:<4} {r['quant']:<12} {r['tp']:>2} {r['batch_size']:>5} {r['seq_len']:>4} "
                      f"{r['samples_per_second']:>10.1f} {r['latency_ms_p50']:>9.2f} {r['latency_ms_p90']:>9.2f} "
                      f"{percent_of_peak(r):>7} {r['param_mb_per_rank']:>9.1f} {diff:>12}")
     return "\n".join(lines)
@@ -72,14 +72,14 @@ def markdown_table(rows: list[dict]) -> str:
     for r in rows:
         diff = "" if r["max_abs_diff_vs_peer"] is None else f"{r['max_abs_diff_vs_peer']:.1e}"
         lines.append(f"| {r['model']} | {r['impl']}{'' if r['tp'] == 1 else ' tp' + str(r['tp'])} | {r['quant']} | {r['mode']} | "
-                     f"{r.get('load', 'idle')} | {r['batch_size']} | {r['seq_len']} | {r['samples_per_second']:.1f} | {r['latency_ms_p50']:.2f} | "
+                     f"{r['load']} | {r['batch_size']} | {r['seq_len']} | {r['samples_per_second']:.1f} | {r['latency_ms_p50']:.2f} | "
                      f"{r['tflops']:.2f} | {percent_of_peak(r)} | {diff} |")
     pairs = best_against_best(rows)
     if pairs:
         lines += ["", "| model | batch | load | quant | ours best | peer best | ours / peer |",
                   "|---|---:|---|---|---|---|---:|"]
         for ours, peer in pairs:
-            lines.append(f"| {ours['model']} | {ours['batch_size']} | {ours.get('load', 'idle')} | {ours['quant']} | "
+            lines.append(f"| {ours['model']} | {ours['batch_size']} | {ours['load']} | {ours['quant']} | "
                          f"{ours['mode']}, {ours['samples_per_second']:.1f}/s | "
                          f"{peer['mode']}, {peer['samples_per_second']:.1f}/s | "
                          f"{ours['samples_per_second'] / peer['samples_per_second']:.2f}x |")
@@ -94,9 +94,9 @@ def quant_speedups(rows: list[dict]) -> list[str]:
     """Each quantized row of ours against our float row of the same part, mode, load, batch size and tp: one line
     each ("w8a8 / float, eager, busy, batch 8: 2.07x")."""
     def key(r):
-        return r["model"], r["mode"], r.get("load", "idle"), r["batch_size"], r["tp"]
+        return r["model"], r["mode"], r["load"], r["batch_size"], r["tp"]
     floats = {key(r): r for r in rows if r["impl"] == "ours" and r["quant"] == "none"}
-    return [f"{r['model']}: {r['quant']} / float, {r['mode']}, {r.get('load', 'idle')}, batch {r['batch_size']}: "
+    return [f"{r['model']}: {r['quant']} / float, {r['mode']}, {r['load']}, batch {r['batch_size']}: "
             f"{r['samples_per_second'] / floats[key(r)]['samples_per_second']:.2f}x"
             for r in rows if r["impl"] == "ours" and r["quant"] != "none" and key(r) in floats]
 
@@ -106,7 +106,7 @@ def best_against_best(rows: list[dict]) -> list[tuple[dict, dict]]:
     quantization (float and int8 each against the float peer), under the same load."""
     best = {}
     for r in rows:
-        key = (r["model"], r["batch_size"], r.get("load", "idle"), r["impl"], r["tp"], r["quant"])
+        key = (r["model"], r["batch_size"], r["load"], r["impl"], r["tp"], r["quant"])
         if key not in best or r["samples_per_second"] > best[key]["samples_per_second"]:
             best[key] = r
     pairs = [(best[key], best.get((*key[:3], "peer", 1, "none"))) for key in best if key[3] == "ours"]
