@@ -10,7 +10,7 @@ from npu_models.checkpoints import quantized
 from npu_models.checkpoints.io import (Converted, check_state_dict, cut_degree, expected_shapes, is_converted_dir,
                                        read_converted, shard_file)
 from npu_models.errors import UserError, arg
-from npu_models.layers.init import materialize_parameters_
+from npu_models.layers.init import SkipInit, materialize_parameters_
 from npu_models.models import bert, blip, vilbert, vit, vlmo
 from npu_models.parallel import SINGLE, TensorParallel
 from npu_models.quantization import quantize_structure
@@ -121,7 +121,7 @@ def read_official(entry: ModelSpec, checkpoint: Path, config_file, quant) -> Con
 def meta_model(entry: ModelSpec, config, tp: TensorParallel = SINGLE,
                quant: quantized.QuantInfo | None = None) -> torch.nn.Module:
     """The model's structure without memory (quantized as `quant` says), split as `tp` says."""
-    with torch.device("meta"):
+    with torch.device("meta"), SkipInit():
         model = entry.build(config)
         if quant is not None:
             quantize_structure(model, quant.scheme, quant.layers)

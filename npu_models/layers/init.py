@@ -1,6 +1,7 @@
 """Reproducible random initialisation, for runs without a checkpoint (demos, benchmarks, tests)."""
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 
 @torch.no_grad()
@@ -41,3 +42,16 @@ def materialize_parameters_(model: nn.Module, device) -> nn.Module:
             if param.is_meta:
                 setattr(module, name, nn.Parameter(torch.empty_like(param, device=device), param.requires_grad))
     return model
+
+
+class SkipInit(TorchFunctionMode):
+    """torch.nn.init's functions do nothing while a model is built on the meta device under this mode: there
+    is nothing there to fill, and on meta tensors nn.init.normal_ (nn.Embedding's reset_parameters) runs a
+    Python reference guarded by torch._disable_dynamo, whose first call imports torch._dynamo, about 1 s of
+    every command's start. Only torch.nn.init's own functions are skipped; every other call runs as usual."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return kwargs["tensor"] if "tensor" in kwargs else args[0]
+        return func(*args, **kwargs)
