@@ -2,9 +2,11 @@
 weights: by registry name, `make_peer(checkpoint or None) -> (peer module, peer fn, our config, our state
 dict)`. A model without one here is timed alone. The one place in eval/ that names models: a peer is
 another library's model of that name."""
+from pathlib import Path
+
 import torch
 
-from npu_models.checkpoints.io import read_sidecar, read_state_dict
+from npu_models.checkpoints.io import read_json, read_sidecar, read_state_dict
 from npu_models.errors import UserError
 from npu_models.models.bert import checkpoint as hf_bert
 from npu_models.models.bert.model import bert_base_cased_sst2
@@ -29,8 +31,11 @@ def bert_peer(checkpoint):
             num_attention_heads=config.num_heads, intermediate_size=config.mlp_dim,
             max_position_embeddings=config.max_positions, num_labels=config.num_labels))
     state = peer.state_dict()
+    # The checkpoint's casing (tokenizer_config.json) as eval.sst2 reads it; without it a cased model was
+    # lower-cased here, in both flows alike, and only a whole-process run (eval.sst2 itself) told them apart
+    tokenizer_file = None if checkpoint is None else hf_bert.find_tokenizer_config(Path(checkpoint))
     config = hf_bert.config_from_hf(peer.config.to_dict(), {k.removeprefix("bert."): v for k, v in state.items()},
-                                    {}, "peer config")
+                                    read_json(tokenizer_file) if tokenizer_file else {}, "peer config")
     def run(input_ids, attention_mask, token_type_ids):
         return peer(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
 

@@ -149,15 +149,19 @@ def test_flops_are_counted_and_set_against_a_measured_matmul_peak(tmp_path):
 
 def test_end_to_end_runs_the_sst2_command_beside_the_padded_flow(tmp_path):
     """eval.sst2's own path against every sentence padded to --seq-len through transformers, on the same
-    weights: the same probabilities, far fewer token rows computed."""
+    weights, in one process and as whole processes (`python -m eval.sst2` and the ModelZoo flow's own): the
+    same probabilities, far fewer token rows computed."""
     out = tmp_path / "e2e.json"
     cli.main(["--checkpoint", str(BERT_FIXTURE / "checkpoint"), "--device", "cpu", "--end-to-end",
                 "--modes", "eager", "--batch-sizes", "8", "--seq-len", "64", "--json", str(out)])
-    ours, peer = json.loads(out.read_text())
-    assert (ours["impl"], peer["impl"]) == ("ours", "peer") and ours["sentences"] == 872
-    assert ours["agree_with_peer"] == 872 and ours["max_abs_diff_vs_peer"] < 1e-5
-    assert peer["token_rows"] == 109 * 8 * 64  # 872 sentences in 109 batches of 8, every one padded to 64
-    assert ours["token_rows"] < peer["token_rows"] / 3  # SST-2's length mix: about 21 tokens per sentence
+    rows = json.loads(out.read_text())
+    assert [(r["impl"], r["process"]) for r in rows] == [("ours", "one"), ("peer", "one"), ("ours", "whole"), ("peer", "whole")]
+    for ours, peer in (rows[:2], rows[2:]):  # in one process, then each flow as its own process
+        assert ours["sentences"] == 872
+        # the fixture is cased (tokenizer_config.json): a flow that lower-cased would differ on capitalised words
+        assert ours["agree_with_peer"] == 872 and ours["max_abs_diff_vs_peer"] < 1e-5
+        assert peer["token_rows"] == 109 * 8 * 64  # 872 sentences in 109 batches of 8, every one padded to 64
+        assert ours["token_rows"] < peer["token_rows"] / 3  # SST-2's length mix: about 21 tokens per sentence
 
 
 def test_end_to_end_is_for_sst2_models(capsys):

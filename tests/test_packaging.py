@@ -119,3 +119,22 @@ def test_the_users_own_openmp_settings_are_left_alone(tmp_path, monkeypatch, use
     done = run_outside_the_repository(tmp_path, "-c", SPIN_AT_TORCH_IMPORT, "eval.sst2")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [expected]
+
+
+PEERS_SPIN_COUNT = """
+import npu_models  # sets GOMP_SPINCOUNT for this process (torch not imported yet)
+import os
+from npu_models.runtime.openmp import users_environment
+print(os.environ.get("GOMP_SPINCOUNT"), users_environment().get("GOMP_SPINCOUNT"))
+"""
+
+
+@pytest.mark.parametrize("users, expected", [({}, ["10000", "None"]), ({"GOMP_SPINCOUNT": "5"}, ["5", "5"])])
+def test_a_peers_process_gets_the_users_environment_without_our_openmp_setting(tmp_path, monkeypatch, users, expected):
+    """eval.bench's whole-process ModelZoo flow must start as transformers' users start it: libgomp's own spin
+    count unless the user chose one."""
+    for name, value in users.items():
+        monkeypatch.setenv(name, value)
+    done = run_outside_the_repository(tmp_path, "-c", PEERS_SPIN_COUNT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == expected

@@ -1,19 +1,31 @@
-"""SST-2 from sentences to predictions, both flows on the same weights in this process: eval.sst2's own
-code path (our tokenizer, length-sorted batches padded to their longest, or to multiples of 16 in graph
-mode, [CLS]-only last layer) against the ModelZoo flow (transformers' tokenizer padding every sentence to
---seq-len, a static batch, transformers' model). Each is run once untimed first (graph mode: over all the
-data, so every shape is compiled), then timed; the rows say how many token rows each computed and whether
-predictions agree."""
+"""SST-2 from sentences to predictions: eval.sst2's own code path (our tokenizer, length-sorted batches padded
+to their longest, or to multiples of 16 in graph mode, [CLS]-only last layer) against the ModelZoo flow
+(eval/bench/modelzoo.py: transformers' tokenizer padding every sentence to --seq-len, a static batch,
+transformers' model), on the same weights.
+
+Two ways, a row per flow each:
+- in one process ("process": "one"): each flow run once untimed first (graph mode: over all the data, so every
+  shape is compiled), then timed;
+- as whole processes ("process": "whole", eager mode): `python -m eval.sst2` and the ModelZoo flow's own
+  process, each timed from its start to its exit, as a user waits for it: Python's start, the imports, the
+  tokenizer, reading the weights and the predictions. The peer's process gets the user's environment, without
+  the OpenMP setting npu_models makes for itself.
+The rows say how many token rows each computed and whether the predictions agree.
+"""
 import dataclasses
 import datetime
 import json
+import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from eval import metrics, sst2
+from eval.bench.modelzoo import modelzoo_flow, modelzoo_tokenizer, run_as_process
 from eval.bench.options import BenchOptions
 from eval.bench.report import format_end_to_end
 from eval.peers import PEERS
@@ -23,6 +35,7 @@ from eval.timing import timed_call
 from npu_models import parallel, runtime
 from npu_models.cli import note
 from npu_models.errors import UserError
+from npu_models.runtime.openmp import users_environment
 
 
 def end_to_end(entry, options: BenchOptions, device, dtype) -> list[dict]:
@@ -33,12 +46,14 @@ def end_to_end(entry, options: BenchOptions, device, dtype) -> list[dict]:
     if parallel.world_size() > 1:
         raise UserError("--end-to-end runs in one process; drop torchrun and --tp.")
     peer, peer_fn, config, state = PEERS[entry.name](options.checkpoint)
+    scratch = Path(tempfile.mkdtemp(prefix="sst2-end-to-end-"))
+    vocab = sst2.resolve_vocab(None, options.checkpoint)
+    # The processes read the weights from disk: random ones are saved first, as a Hugging Face directory
+    checkpoint = options.checkpoint or save_hf_checkpoint(peer, vocab, config.do_lower_case, scratch / "checkpoint")
     ours = entry.build(config)
     ours.load_state_dict(state)
     for module in (ours, peer):
         runtime.prepare_model(module, device, dtype)
-    scratch = Path(tempfile.mkdtemp(prefix="sst2-end-to-end-"))
-    vocab = sst2.resolve_vocab(None, options.checkpoint)
     data = options.data or random_sentences(scratch / "dev.tsv", vocab)
     sentences = [e.sentence for e in read_sst2(data)]
     tokenizer = modelzoo_tokenizer(vocab, config.do_lower_case)
@@ -53,11 +68,77 @@ def end_to_end(entry, options: BenchOptions, device, dtype) -> list[dict]:
             flows = {"ours": lambda limit=None: sst2_flow(ours_run, sst2_options, limit, scratch),
                      "peer": lambda limit=None: modelzoo_flow(peer_run, tokenizer, sentences[:limit], batch_size,
                                                               options.seq_len, device)}
-            base = {"model": entry.name, "mode": mode, "batch_size": batch_size, "sentences": len(sentences)}
+            base = {"model": entry.name, "mode": mode, "process": "one", "batch_size": batch_size,
+                    "sentences": len(sentences)}
             rows += compare_flows(flows, base, options.seq_len, device, dtype, data)
             if options.json:
                 write_json_atomic(options.json, rows)
+    if "eager" in options.modes:
+        sentences_file = scratch / "sentences.json"  # JSON: a line-per-sentence file breaks at \x85 or \u2028
+        sentences_file.write_text(json.dumps(sentences), encoding="utf-8")
+        for batch_size in options.batch_sizes:
+            base = {"model": entry.name, "mode": "eager", "process": "whole", "batch_size": batch_size,
+                    "sentences": len(sentences)}
+            command = ProcessFlow(checkpoint, data, sentences_file, config.do_lower_case, batch_size, options.seq_len,
+                                  device, dtype, scratch)
+            timed = {"ours": command.ours(), "peer": command.peer()}
+            rows += flow_rows(timed, base, options.seq_len, device, dtype, data)
+            if options.json:
+                write_json_atomic(options.json, rows)
     return rows
+
+
+def save_hf_checkpoint(peer, vocab: Path, lower_case: bool, directory: Path) -> Path:
+    """The peer's weights as a Hugging Face directory both flows' processes read: config, weights, vocab.txt and
+    the tokenizer's casing."""
+    peer.save_pretrained(directory)
+    shutil.copy(vocab, directory / "vocab.txt")
+    (directory / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lower_case}))
+    return directory
+
+
+@dataclasses.dataclass
+class ProcessFlow:
+    """Each flow as the fresh process a user starts, timed from its start to its exit. ours and peer return
+    (seconds, class probabilities per sentence, token rows)."""
+    checkpoint: Path
+    data: Path
+    sentences: Path
+    lower_case: bool
+    batch_size: int
+    seq_len: int
+    device: torch.device
+    dtype: torch.dtype
+    scratch: Path
+
+    def ours(self):
+        out = Path(tempfile.mkdtemp(dir=self.scratch))
+        seconds = self.timed_process([sys.executable, "-m", "eval.sst2", "--data", str(self.data), "--checkpoint",
+                                      str(self.checkpoint), *self.shared_flags(), "--dtype", runtime.dtype_name(self.dtype),
+                                      "--predictions", str(out / "predictions.jsonl"), "--output", str(out / "results.json")])
+        results = json.loads((out / "results.json").read_text())
+        return seconds, read_predictions(out / "predictions.jsonl"), results["token_rows"]
+
+    def peer(self):
+        out = Path(tempfile.mkdtemp(dir=self.scratch)) / "peer.json"
+        seconds = self.timed_process(run_as_process(
+            ["--checkpoint", str(self.checkpoint), "--sentences", str(self.sentences), *self.shared_flags(),
+             "--dtype", runtime.dtype_name(self.dtype), "--out", str(out)] + (["--lower-case"] if self.lower_case else [])))
+        result = json.loads(out.read_text())
+        return seconds, result["probs"], result["token_rows"]
+
+    def shared_flags(self) -> list[str]:
+        return ["--batch-size", str(self.batch_size), "--seq-len", str(self.seq_len), "--device", str(self.device)]
+
+    def timed_process(self, command: list[str]) -> float:
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=self.scratch, env=users_environment(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+        seconds = time.perf_counter() - start
+        if done.returncode:
+            raise UserError(f"the whole-process run failed (exit {done.returncode}): {' '.join(command)}\n"
+                            f"{done.stderr[-3000:]}")
+        return seconds
 
 
 def random_sentences(path: Path, vocab: Path) -> Path:
@@ -73,8 +154,13 @@ def sst2_flow(model, options: sst2.SST2Options, limit: int | None, scratch: Path
     and read back in example order. Returns (class probabilities per sentence, token rows computed)."""
     predictions = Path(tempfile.mkdtemp(dir=scratch)) / "predictions.jsonl"
     results = sst2.evaluate(dataclasses.replace(options, predictions=predictions, limit=limit), model)
-    records = [json.loads(line) for line in predictions.read_text().splitlines()]
-    return [r["probs"] for r in sorted(records, key=lambda r: r["index"])], results["token_rows"]
+    return read_predictions(predictions), results["token_rows"]
+
+
+def read_predictions(path: Path) -> list:
+    """Class probabilities per sentence, in example order, from eval.sst2's --predictions stream."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r["probs"] for r in sorted(records, key=lambda r: r["index"])]
 
 
 def compare_flows(flows: dict, base: dict, seq_len: int, device, dtype, data: Path) -> list[dict]:
@@ -85,13 +171,18 @@ def compare_flows(flows: dict, base: dict, seq_len: int, device, dtype, data: Pa
         flow(None if base["mode"] == "graph" else base["batch_size"])  # warm-up
         (probs, token_rows), seconds = timed_call(flow, (), device)
         timed[impl] = (seconds, probs, token_rows)
+    return flow_rows(timed, base, seq_len, device, dtype, data)
+
+
+def flow_rows(timed: dict, base: dict, seq_len: int, device, dtype, data: Path) -> list[dict]:
+    """One row per flow from its (seconds, probabilities, token rows), set against the peer's."""
     rows = []
     peer_seconds, peer_probs, _ = timed["peer"]
     for impl, (seconds, probs, token_rows) in timed.items():
         agree = sum(metrics.argmax(a) == metrics.argmax(b) for a, b in zip(probs, peer_probs))
         diff = max(abs(x - y) for a, b in zip(probs, peer_probs) for x, y in zip(a, b))
         rows.append({"model": base["model"], "impl": impl, "flow": "eval.sst2" if impl == "ours" else f"pad to {seq_len}",
-                     "mode": base["mode"], "batch_size": base["batch_size"], "sentences": base["sentences"],
+                     "mode": base["mode"], "process": base["process"], "batch_size": base["batch_size"], "sentences": base["sentences"],
                      "seconds": seconds, "sentences_per_second": base["sentences"] / seconds, "token_rows": token_rows,
                      "speedup_vs_peer": peer_seconds / seconds, "agree_with_peer": agree, "max_abs_diff_vs_peer": diff,
                      "device": runtime.device_description(device), "dtype": runtime.dtype_name(dtype),
@@ -99,26 +190,3 @@ def compare_flows(flows: dict, base: dict, seq_len: int, device, dtype, data: Pa
         print(format_end_to_end(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     return rows
 
-
-def modelzoo_tokenizer(vocab: Path, lower_case: bool):
-    try:
-        import transformers
-    except ImportError:
-        raise UserError("--end-to-end runs the ModelZoo flow with transformers: `pip install -e .[test]`.") from None
-    return transformers.BertTokenizer(str(vocab), do_lower_case=lower_case)
-
-
-def modelzoo_flow(run, tokenizer, sentences, batch_size, seq_len, device):
-    """The ModelZoo SST-2 flow in one process: every sentence tokenised and padded to seq_len, batches of a
-    fixed size (the last one padded with empty rows, as a static-shape OM takes it), argmax of the logits.
-    Returns (class probabilities per sentence, token rows computed)."""
-    encoded = tokenizer(sentences, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
-    predictions, token_rows = [], 0
-    with torch.no_grad():
-        for start in range(0, len(sentences), batch_size):
-            batch = [encoded[k][start:start + batch_size] for k in ("input_ids", "attention_mask", "token_type_ids")]
-            count = len(batch[0])
-            batch = [torch.cat([t, t.new_zeros(batch_size - count, seq_len)]).to(device) for t in batch]
-            predictions += run(*batch)[:count].float().softmax(dim=-1).tolist()
-            token_rows += batch_size * seq_len
-    return predictions, token_rows

@@ -114,11 +114,11 @@ def best_against_best(rows: list[dict]) -> list[tuple[dict, dict]]:
 
 
 def format_end_to_end(rows: list[dict]) -> str:
-    header = (f"{'impl':<5} {'flow':<12} {'mode':<6} {'batch':>5} {'sentences':>9} {'seconds':>8} {'sent/s':>8} "
+    header = (f"{'impl':<5} {'flow':<12} {'mode':<6} {'process':<7} {'batch':>5} {'sentences':>9} {'seconds':>8} {'sent/s':>8} "
               f"{'token rows':>10} {'speedup':>8} {'agree':>6} {'diff vs peer':>12}")
     lines = [header]
     for r in rows:
-        lines.append(f"{r['impl']:<5} {r['flow']:<12} {r['mode']:<6} {r['batch_size']:>5} {r['sentences']:>9} "
+        lines.append(f"{r['impl']:<5} {r['flow']:<12} {r['mode']:<6} {r['process']:<7} {r['batch_size']:>5} {r['sentences']:>9} "
                      f"{r['seconds']:>8.2f} {r['sentences_per_second']:>8.1f} {r['token_rows']:>10} "
                      f"{r['speedup_vs_peer']:>7.2f}x {r['agree_with_peer']:>6} {r['max_abs_diff_vs_peer']:>12.1e}")
     return "\n".join(lines)

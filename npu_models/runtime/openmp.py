@@ -17,9 +17,16 @@ import os
 import sys
 
 SPIN_COUNT = "10000"
+_SET_HERE: dict[str, str] = {}  # what this process set in os.environ, so a peer's process can start without it
 
 
 def prefer_short_spin_waits() -> None:
     if "torch" in sys.modules or "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
         return
-    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+    os.environ["GOMP_SPINCOUNT"] = _SET_HERE["GOMP_SPINCOUNT"] = SPIN_COUNT
+
+
+def users_environment() -> dict[str, str]:
+    """os.environ as the user set it, without what prefer_short_spin_waits added: for a child process timed as
+    another library's user would run it (eval.bench's whole-process peer)."""
+    return {key: value for key, value in os.environ.items() if _SET_HERE.get(key) != value}
