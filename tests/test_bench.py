@@ -145,6 +145,45 @@ def test_flops_are_counted_and_set_against_a_measured_matmul_peak(tmp_path):
     assert (peer["gflop_per_batch"] - ours["gflop_per_batch"]) * 1e9 == pytest.approx(skipped, rel=1e-6)
     for row in (ours, peer):
         assert row["tflops"] > 0 and 0 < row["fraction_of_peak"] < 2
+        # each row is also set against its own operators' rate (eval.bench.ceiling): a ratio, not a threshold
+        assert row["ceiling_fraction_of_peak"] > 0 and row["fraction_of_ceiling"] == pytest.approx(
+            row["fraction_of_peak"] / row["ceiling_fraction_of_peak"])
+
+
+def test_the_ceiling_replays_exactly_the_counted_operators_on_the_real_weights():
+    """eval.bench.ceiling: one call's counted operators (here a BERT model's matmuls and attention) recorded
+    and run again alone do the FLOPs the counter counted for the whole call, with the model's own weights and
+    stand-ins for everything else."""
+    import torch
+    from torch.utils._pytree import tree_map
+
+    from eval.bench.ceiling import FlopOperatorRecorder, StandIn, measure_ceiling
+
+    model = registry.build_model(registry.get_entry("bert"), BERT_FIXTURE / "checkpoint").eval()
+    inputs = (torch.randint(1, 100, (2, 12)), torch.ones(2, 12, dtype=torch.long), torch.zeros(2, 12, dtype=torch.long))
+    counted = flops.counted_flops(model, inputs)
+    recorder = FlopOperatorRecorder(model)
+    with torch.no_grad(), recorder:
+        model(*inputs)
+    ops = {func.overloadpacket for func, _, _ in recorder.calls}
+    assert torch.ops.aten.addmm in ops and torch.ops.aten._scaled_dot_product_flash_attention_for_cpu in ops
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    for func, args, _ in recorder.calls:
+        if func.overloadpacket is torch.ops.aten.addmm:  # bias, activation, weight: the weights are the model's own
+            bias, activation, weight = args[:3]
+            assert {bias.untyped_storage().data_ptr(), weight.untyped_storage().data_ptr()} <= weights
+            assert isinstance(activation, StandIn)
+
+    def replay():
+        for func, args, kwargs in recorder.calls:
+            func(*tree_map(real, args), **tree_map(real, kwargs))
+
+    def real(value):
+        return value.make() if isinstance(value, StandIn) else value
+    assert flops.counted_flops(replay, ()) == counted
+    assert measure_ceiling(model, model, inputs, counted, torch.device("cpu"), warmup=0, iters=1) > 0
+    assert measure_ceiling(torch.nn.LayerNorm(8), torch.nn.LayerNorm(8), (torch.randn(2, 8),), 0,
+                           torch.device("cpu"), warmup=0, iters=1) is None  # nothing counted, no ceiling
 
 
 def test_end_to_end_runs_the_sst2_command_beside_the_padded_flow(tmp_path):
@@ -193,7 +232,8 @@ def test_busy_load_times_every_row_again_beside_spinning_processes(tmp_path, cap
 def test_markdown_table_sets_each_implementation_at_its_best_mode_side_by_side():
     def row(impl, mode, rate):
         return {"model": "m", "impl": impl, "quant": "none", "mode": mode, "load": "idle", "batch_size": 8, "seq_len": 128, "samples_per_second": rate,
-                "latency_ms_p50": 1.0, "tflops": 1.0, "fraction_of_peak": 0.5, "tp": 1, "device": "cpu",
+                "latency_ms_p50": 1.0, "tflops": 1.0, "fraction_of_peak": 0.5,
+                "ceiling_fraction_of_peak": 0.6, "fraction_of_ceiling": 0.83, "tp": 1, "device": "cpu",
                 "dtype": "fp32", "date": "2026-11-28", "max_abs_diff_vs_peer": None if impl == "ours" else 1e-6}
     table = report.markdown_table([row("ours", "eager", 10.0), row("peer", "eager", 8.0), row("ours", "graph", 30.0),
                                   row("peer", "graph", 20.0)])

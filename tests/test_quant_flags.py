@@ -116,7 +116,8 @@ def test_bench_times_float_and_int8_side_by_side(tmp_path, capsys, monkeypatch):
 def test_bench_markdown_table_shows_float_and_int8_against_the_peer():
     def row(impl, quant, rate):
         return {"model": "m", "impl": impl, "quant": quant, "mode": "eager", "load": "idle", "batch_size": 8, "seq_len": 128,
-                "samples_per_second": rate, "latency_ms_p50": 1.0, "tflops": 1.0, "fraction_of_peak": 0.5, "tp": 1,
+                "samples_per_second": rate, "latency_ms_p50": 1.0, "tflops": 1.0, "fraction_of_peak": 0.5,
+                "ceiling_fraction_of_peak": 0.6, "fraction_of_ceiling": 0.83, "tp": 1,
                 "device": "cpu", "dtype": "fp32", "date": "2026-12-01", "max_abs_diff_vs_peer": None}
     table = report.markdown_table([row("ours", "none", 10.0), row("ours", "w8a8", 25.0), row("peer", "none", 8.0)])
     assert "| m | ours | w8a8 | eager | idle | 8 |" in table

@@ -20,13 +20,16 @@ def int_mm_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
     return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
 
+# The operators torch's FLOP counter has no formula for, with ours
+FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention_flops,
+                 torch.ops.aten._int_mm: int_mm_flops}
+
+
 def counted_flops(fn, inputs) -> int:
     """Floating-point operations of one call, counted by torch (matmuls, convolutions, attention; int8 GEMMs
     as the matmuls they replace)."""
     from torch.utils.flop_counter import FlopCounterMode
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention_flops,
-               torch.ops.aten._int_mm: int_mm_flops}
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
         fn(*inputs)
     return counter.get_total_flops()
 

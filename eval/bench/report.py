@@ -7,7 +7,7 @@ from eval.store import write_json_atomic
 from npu_models.errors import UserError
 
 COLUMNS = ["model", "impl", "quant", "mode", "load", "batch_size", "seq_len", "samples_per_second", "latency_ms_p50",
-           "latency_ms_p90", "first_call_s", "gflop_per_batch", "tflops", "fraction_of_peak", "peak", "device", "dtype", "tp",
+           "latency_ms_p90", "first_call_s", "gflop_per_batch", "tflops", "fraction_of_peak", "peak", "ceiling_fraction_of_peak", "fraction_of_ceiling", "device", "dtype", "tp",
            "param_mb_per_rank", "max_abs_diff_vs_peer", "date"]
 
 
@@ -48,32 +48,38 @@ def plot(rows: list[dict], path: Path) -> None:
 def percent_of_peak(row: dict) -> str:
     """The row's share of its peak (its dtype's matmul, or the int8 GEMM for int8 rows); '-' where none was
     measured."""
-    fraction = row.get("fraction_of_peak")
+    return percent(row.get("fraction_of_peak"))
+
+
+def percent(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.1f}"
 
 
 def format_table(rows: list[dict]) -> str:
     header = (f"{'impl':<5} {'mode':<6} {'load':<4} {'quant':<12} {'tp':>2} {'batch':>5} {'seq':>4} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} "
-              f"{'% peak':>7} {'MiB/rank':>9} {'diff vs peer':>12}")
+              f"{'% peak':>7} {'ceil %':>7} {'% ceil':>7} {'MiB/rank':>9} {'diff vs peer':>12}")
     lines = [header]
     for r in rows:
         diff = "" if r["max_abs_diff_vs_peer"] is None else f"{r['max_abs_diff_vs_peer']:.1e}"
         lines.append(f"{r['impl']:<5} {r['mode']:<6} {r['load']:<4} {r['quant']:<12} {r['tp']:>2} {r['batch_size']:>5} {r['seq_len']:>4} "
                      f"{r['samples_per_second']:>10.1f} {r['latency_ms_p50']:>9.2f} {r['latency_ms_p90']:>9.2f} "
-                     f"{percent_of_peak(r):>7} {r['param_mb_per_rank']:>9.1f} {diff:>12}")
+                     f"{percent_of_peak(r):>7} {percent(r['ceiling_fraction_of_peak']):>7} "
+                     f"{percent(r['fraction_of_ceiling']):>7} {r['param_mb_per_rank']:>9.1f} {diff:>12}")
     return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict]) -> str:
     """Every row as one markdown table, then each implementation's best mode per model part and batch size
     set side by side (the honest ratio: each at its fastest)."""
-    lines = ["| model | impl | quant | mode | load | batch | seq | samples/s | p50 ms | TFLOP/s | % of peak | max diff vs peer |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | impl | quant | mode | load | batch | seq | samples/s | p50 ms | TFLOP/s | % of peak | ceiling % of peak "
+             "| % of ceiling | max diff vs peer |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         diff = "" if r["max_abs_diff_vs_peer"] is None else f"{r['max_abs_diff_vs_peer']:.1e}"
         lines.append(f"| {r['model']} | {r['impl']}{'' if r['tp'] == 1 else ' tp' + str(r['tp'])} | {r['quant']} | {r['mode']} | "
                      f"{r['load']} | {r['batch_size']} | {r['seq_len']} | {r['samples_per_second']:.1f} | {r['latency_ms_p50']:.2f} | "
-                     f"{r['tflops']:.2f} | {percent_of_peak(r)} | {diff} |")
+                     f"{r['tflops']:.2f} | {percent_of_peak(r)} | {percent(r['ceiling_fraction_of_peak'])} | "
+                     f"{percent(r['fraction_of_ceiling'])} | {diff} |")
     pairs = best_against_best(rows)
     if pairs:
         lines += ["", "| model | batch | load | quant | ours best | peer best | ours / peer |",
@@ -85,7 +91,8 @@ def markdown_table(rows: list[dict]) -> str:
                          f"{ours['samples_per_second'] / peer['samples_per_second']:.2f}x |")
     first = rows[0]
     lines += ["", f"{first['device']}, {first['dtype']}, {first['date']}; peak = dense {first['dtype']} matmul measured "
-              "in the same run" + ("; int8 rows against the int8 GEMM (torch._int_mm) measured in the same run."
+              "in the same run; ceiling = the part's own matmuls, convolutions and attention run alone (eval.bench.ceiling)"
+              + ("; int8 rows against the int8 GEMM (torch._int_mm) measured in the same run."
                                    if any(r["quant"] != "none" for r in rows) else ".")]
     return "\n".join(lines)
 

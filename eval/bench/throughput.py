@@ -1,6 +1,7 @@
 """Each model part timed beside its peer: for every mode and batch size, warm-up calls, then iterations
 timed with the implementations taking turns, one row per implementation with samples/s, latency, the first
-call, FLOPs and their fraction of the measured matmul peak."""
+call, FLOPs and their fraction of the measured matmul peak, and of the ceiling the part's own operators set
+(eval.bench.ceiling)."""
 import copy
 import datetime
 import functools
@@ -11,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from eval.bench.ceiling import measure_ceiling
 from eval.bench.load import competing_load
 from eval.bench.flops import counted_flops, int8_matmul_peak, matmul_peak
 from eval.bench.options import BenchOptions
@@ -48,6 +50,7 @@ class Part:
     config: object                 # our config, from which the inputs are made
     contenders: list[Contender]
     flops: dict = field(default_factory=dict)  # (contender key, batch size) -> FLOPs of a call, the same in every mode
+    ceiling: dict = field(default_factory=dict)  # (contender key, batch size) -> FLOP/s of its counted ops alone
 
 
 @dataclass
@@ -239,6 +242,10 @@ def add_rows(run: BenchRun, part: Part, mode: str, batch_size: int, seq_len: int
         if (c.key, batch_size) not in part.flops:  # counted eagerly: the work graph mode does too
             part.flops[c.key, batch_size] = counted_flops(c.fn, inputs)
         flops = part.flops[c.key, batch_size]
+        if (c.key, batch_size) not in part.ceiling:  # its operators' own rate (eval.bench.ceiling), idle, once
+            part.ceiling[c.key, batch_size] = measure_ceiling(c.fn, c.module, inputs, flops, run.device,
+                                                              run.options.warmup, run.options.iters)
+        ceiling = part.ceiling[c.key, batch_size]
         achieved = flops / statistics.median(seconds)
         diff = None  # the peer's row: against our float model; an int8 row: against the peer
         if c.impl == "peer" and ours_output is not None:
@@ -251,6 +258,8 @@ def add_rows(run: BenchRun, part: Part, mode: str, batch_size: int, seq_len: int
                  "samples_per_second": batch_size * len(seconds) / sum(seconds), **latency_percentiles(seconds),
                  "first_call_s": first_call[c.key], "gflop_per_batch": flops / 1e9, "tflops": achieved / 1e12,
                  "fraction_of_peak": None if peak is None else achieved / peak, "peak": peak_name,
+                 "ceiling_fraction_of_peak": None if peak is None or ceiling is None else ceiling / peak,
+                 "fraction_of_ceiling": None if ceiling is None else achieved / ceiling,
                  "device": runtime.device_description(run.device),
                  "dtype": runtime.dtype_name(run.dtype), "tp": c.tp, "param_mb_per_rank": parameter_megabytes(c.module),
                  "max_abs_diff_vs_peer": diff, "date": datetime.date.today().isoformat()})
