@@ -77,11 +77,13 @@ def test_a_cpu_graph_drops_torchs_cuda_home_notice_and_nothing_else(caplog):
     assert [r.getMessage() for r in caplog.records] == ["Error checking compiler version for c++"]
 
 
-def test_a_text_only_command_never_imports_torchvision(tmp_path):
+def test_a_text_only_eager_command_never_imports_torchvision_or_dynamo(tmp_path):
     """eval.sst2 reads no image: torchvision (about a second to import, torch._dynamo through torchvision.ops)
-    stays out of its process, start-up and run alike."""
+    stays out of its process, start-up and run alike. So does torch._dynamo itself, another second, which
+    building the model on the meta device imported through nn.init.normal_ until layers.init.SkipInit."""
     script = ("import sys\nfrom eval import sst2\nsst2.main(['--limit', '2', '--device', 'cpu'])\n"
-              "assert 'torchvision' not in sys.modules, 'torchvision was imported'\n")
+              "assert 'torchvision' not in sys.modules, 'torchvision was imported'\n"
+              "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'\n")
     done = run_outside_the_repository(tmp_path, "-c", script)
     assert done.returncode == 0, done.stderr
 
