@@ -114,8 +114,8 @@ class ProcessFlow:
     def ours(self):
         out = Path(tempfile.mkdtemp(dir=self.scratch))
         seconds = self.timed_process([sys.executable, "-m", "eval.sst2", "--data", str(self.data), "--checkpoint",
-                                      str(self.checkpoint), *self.shared_flags(), "--dtype", runtime.dtype_name(self.dtype),
-                                      "--predictions", str(out / "predictions.jsonl"), "--output", str(out / "results.json")])
+                                      str(self.checkpoint), *self.shared_flags(), "--predictions",
+                                      str(out / "predictions.jsonl"), "--output", str(out / "results.json")])
         results = json.loads((out / "results.json").read_text())
         return seconds, read_predictions(out / "predictions.jsonl"), results["token_rows"]
 
@@ -123,12 +123,13 @@ class ProcessFlow:
         out = Path(tempfile.mkdtemp(dir=self.scratch)) / "peer.json"
         seconds = self.timed_process(run_as_process(
             ["--checkpoint", str(self.checkpoint), "--sentences", str(self.sentences), *self.shared_flags(),
-             "--dtype", runtime.dtype_name(self.dtype), "--out", str(out)] + (["--lower-case"] if self.lower_case else [])))
+             "--out", str(out)] + (["--lower-case"] if self.lower_case else [])))
         result = json.loads(out.read_text())
         return seconds, result["probs"], result["token_rows"]
 
     def shared_flags(self) -> list[str]:
-        return ["--batch-size", str(self.batch_size), "--seq-len", str(self.seq_len), "--device", str(self.device)]
+        return ["--batch-size", str(self.batch_size), "--seq-len", str(self.seq_len), "--device", str(self.device),
+                "--dtype", runtime.dtype_name(self.dtype)]
 
     def timed_process(self, command: list[str]) -> float:
         start = time.perf_counter()
