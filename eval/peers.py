@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from npu_models.checkpoints.io import read_json, read_sidecar, read_state_dict
+from npu_models.checkpoints.io import read_sidecar, read_state_dict
 from npu_models.errors import UserError
 from npu_models.models.bert import checkpoint as hf_bert
 from npu_models.models.bert.model import bert_base_cased_sst2
@@ -33,9 +33,9 @@ def bert_peer(checkpoint):
     state = peer.state_dict()
     # The checkpoint's casing (tokenizer_config.json) as eval.sst2 reads it; without it a cased model was
     # lower-cased here, in both flows alike, and only a whole-process run (eval.sst2 itself) told them apart
-    tokenizer_file = None if checkpoint is None else hf_bert.find_tokenizer_config(Path(checkpoint))
+    tokenizer_config = {} if checkpoint is None else hf_bert.read_tokenizer_config(Path(checkpoint))
     config = hf_bert.config_from_hf(peer.config.to_dict(), {k.removeprefix("bert."): v for k, v in state.items()},
-                                    read_json(tokenizer_file) if tokenizer_file else {}, "peer config")
+                                    tokenizer_config, "peer config")
     def run(input_ids, attention_mask, token_type_ids):
         return peer(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
 

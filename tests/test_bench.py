@@ -157,7 +157,7 @@ def test_the_ceiling_replays_exactly_the_counted_operators_on_the_real_weights()
     import torch
     from torch.utils._pytree import tree_map
 
-    from eval.bench.ceiling import FlopOperatorRecorder, StandIn, measure_ceiling
+    from eval.bench.ceiling import FlopOperatorRecorder, StandIn, flops_and_ceiling
 
     model = registry.build_model(registry.get_entry("bert"), BERT_FIXTURE / "checkpoint").eval()
     inputs = (torch.randint(1, 100, (2, 12)), torch.ones(2, 12, dtype=torch.long), torch.zeros(2, 12, dtype=torch.long))
@@ -181,9 +181,11 @@ def test_the_ceiling_replays_exactly_the_counted_operators_on_the_real_weights()
     def real(value):
         return value.make() if isinstance(value, StandIn) else value
     assert flops.counted_flops(replay, ()) == counted
-    assert measure_ceiling(model, model, inputs, counted, torch.device("cpu"), warmup=0, iters=1) > 0
-    assert measure_ceiling(torch.nn.LayerNorm(8), torch.nn.LayerNorm(8), (torch.randn(2, 8),), 0,
-                           torch.device("cpu"), warmup=0, iters=1) is None  # nothing counted, no ceiling
+    flops_counted, ceiling = flops_and_ceiling(model, model, inputs, torch.device("cpu"), warmup=0, iters=1)
+    assert flops_counted == counted and ceiling > 0  # counted and recorded in one call, as counted_flops counts
+    norm = torch.nn.LayerNorm(8)
+    assert flops_and_ceiling(norm, norm, (torch.randn(2, 8),), torch.device("cpu"), warmup=0,
+                             iters=1) == (0, None)  # nothing counted, no ceiling
 
 
 def test_end_to_end_runs_the_sst2_command_beside_the_padded_flow(tmp_path):

@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import flop_registry
 
-from eval.bench.flops import FLOP_FORMULAS
+from eval.bench.flops import FLOP_FORMULAS, flop_counter
 from eval.timing import time_iterations
 
 
@@ -62,13 +62,15 @@ class FlopOperatorRecorder(TorchDispatchMode):
         return StandIn(tuple(value.shape), tuple(value.stride()), value.dtype, value.device)
 
 
-def measure_ceiling(fn, module: torch.nn.Module, inputs, flops: int, device, warmup: int, iters: int) -> float | None:
-    """FLOP/s of `fn(*inputs)`'s counted operators run alone (`flops` of them); None if it has none."""
+def flops_and_ceiling(fn, module: torch.nn.Module, inputs, device, warmup: int, iters: int) -> tuple[int, float | None]:
+    """(FLOPs of `fn(*inputs)` as eval.bench.flops counts them, FLOP/s of those operators run alone; None if it
+    has none), from one call that is counted and recorded at once."""
     recorder = FlopOperatorRecorder(module)
-    with torch.no_grad(), recorder:
+    with torch.no_grad(), flop_counter() as counter, recorder:
         fn(*inputs)
+    flops = counter.get_total_flops()
     if not recorder.calls:
-        return None
+        return flops, None
     stand_ins = {}
 
     def real(value):
@@ -86,4 +88,4 @@ def measure_ceiling(fn, module: torch.nn.Module, inputs, flops: int, device, war
 
     with torch.no_grad():
         seconds = time_iterations(replay, (), device, warmup, iters)
-    return flops / statistics.median(seconds)
+    return flops, flops / statistics.median(seconds)

@@ -25,11 +25,16 @@ FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: att
                  torch.ops.aten._int_mm: int_mm_flops}
 
 
-def counted_flops(fn, inputs) -> int:
-    """Floating-point operations of one call, counted by torch (matmuls, convolutions, attention; int8 GEMMs
-    as the matmuls they replace)."""
+def flop_counter():
+    """torch's FLOP counter with our formulas: matmuls, convolutions, attention; int8 GEMMs as the matmuls they
+    replace. Read its get_total_flops() after the calls it watched."""
     from torch.utils.flop_counter import FlopCounterMode
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
+    return FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
+
+
+def counted_flops(fn, inputs) -> int:
+    """Floating-point operations of one call, counted by torch (flop_counter)."""
+    with torch.no_grad(), flop_counter() as counter:
         fn(*inputs)
     return counter.get_total_flops()
 

@@ -12,9 +12,9 @@ from typing import Callable
 
 import torch
 
-from eval.bench.ceiling import measure_ceiling
+from eval.bench.ceiling import flops_and_ceiling
 from eval.bench.load import competing_load
-from eval.bench.flops import counted_flops, int8_matmul_peak, matmul_peak
+from eval.bench.flops import int8_matmul_peak, matmul_peak
 from eval.bench.options import BenchOptions
 from eval.bench.report import format_table, quant_speedups, write_rows
 from eval.data.region_features import MAX_BOXES, RegionFeatureExtractor, pad_regions
@@ -239,13 +239,11 @@ def add_rows(run: BenchRun, part: Part, mode: str, batch_size: int, seq_len: int
     ours_output, peer_output = outputs.get(f"ours@tp{run.tp.size}"), outputs.get("peer@tp1")
     for c in part.contenders:
         seconds = timings[c.key]
-        if (c.key, batch_size) not in part.flops:  # counted eagerly: the work graph mode does too
-            part.flops[c.key, batch_size] = counted_flops(c.fn, inputs)
-        flops = part.flops[c.key, batch_size]
-        if (c.key, batch_size) not in part.ceiling:  # its operators' own rate (eval.bench.ceiling), idle, once
-            part.ceiling[c.key, batch_size] = measure_ceiling(c.fn, c.module, inputs, flops, run.device,
-                                                              run.options.warmup, run.options.iters)
-        ceiling = part.ceiling[c.key, batch_size]
+        if (c.key, batch_size) not in part.flops:  # counted eagerly (the work graph mode does too), in the same call
+            # that records the operators whose own rate is the ceiling (eval.bench.ceiling), measured idle, once
+            part.flops[c.key, batch_size], part.ceiling[c.key, batch_size] = flops_and_ceiling(
+                c.fn, c.module, inputs, run.device, run.options.warmup, run.options.iters)
+        flops, ceiling = part.flops[c.key, batch_size], part.ceiling[c.key, batch_size]
         achieved = flops / statistics.median(seconds)
         diff = None  # the peer's row: against our float model; an int8 row: against the peer
         if c.impl == "peer" and ours_output is not None:

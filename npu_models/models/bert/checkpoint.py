@@ -44,10 +44,10 @@ def find_weights(directory: Path) -> Path:
                     "(a Hugging Face model directory).")
 
 
-def find_tokenizer_config(directory: Path) -> Path | None:
-    """The tokenizer_config.json beside a model's weights (its do_lower_case); None if it has none."""
+def read_tokenizer_config(directory: Path) -> dict:
+    """The tokenizer_config.json beside a model's weights (its do_lower_case); {} if it has none."""
     path = directory / "tokenizer_config.json"
-    return path if path.is_file() else None
+    return read_json(path) if path.is_file() else {}
 
 
 def config_from_hf(hf: dict, state_dict: dict, tokenizer_config: dict, source) -> BertConfig:
@@ -113,8 +113,7 @@ def read_hf_bert(path, config_file=None) -> Converted:
     if hf_config.get("model_type", "bert") != "bert":
         raise UserError(f"{config_path} describes model_type '{hf_config['model_type']}', "
                         "not 'bert'.")
-    tokenizer_path = find_tokenizer_config(directory)
-    tokenizer_config = read_json(tokenizer_path) if tokenizer_path else {}
+    tokenizer_config = read_tokenizer_config(directory)
     hf_state = read_state_dict(path if path.is_file() else find_weights(directory))
     config = config_from_hf(hf_config, {k.removeprefix("bert."): v for k, v in hf_state.items()},
                             tokenizer_config, config_path)
